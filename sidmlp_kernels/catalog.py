@@ -1,0 +1,242 @@
+"""SIDCatalog: the items of a catalog and their Semantic IDs, with a prefix index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+
+
+def _as_long_tensor(value, name: str, ndim: int) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+    else:
+        tensor = torch.as_tensor(value)
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"{name} must hold integers, got dtype {tensor.dtype}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(tensor.shape)}")
+    return tensor.to(torch.long).contiguous()
+
+
+class SIDCatalog:
+    """Items and their L-digit Semantic IDs; answers 'which digits may follow this prefix'.
+
+    Prefixes are packed into integer keys in mixed radix, so the children of a
+    prefix at level l are one contiguous range of the sorted level-(l+1) keys.
+    """
+
+    def __init__(self, item_ids: torch.Tensor, codes: torch.Tensor, codebook_sizes: Sequence[int]):
+        item_ids = _as_long_tensor(item_ids, "item_ids", 1)
+        codes = _as_long_tensor(codes, "codes", 2)
+        sizes = tuple(int(k) for k in codebook_sizes)
+        if codes.shape[0] != item_ids.shape[0]:
+            raise ValueError(
+                f"codes has {codes.shape[0]} rows but item_ids has {item_ids.shape[0]} items"
+            )
+        if codes.shape[0] == 0:
+            raise ValueError("codes must describe at least one item, got 0 rows")
+        if len(sizes) != codes.shape[1]:
+            raise ValueError(
+                f"codebook_sizes has {len(sizes)} entries but codes have {codes.shape[1]} digits"
+            )
+        if any(k < 1 for k in sizes):
+            raise ValueError(f"codebook_sizes must all be >= 1, got {sizes}")
+        if (item_ids < 0).any():
+            raise ValueError(f"item_ids must be non-negative, got min {int(item_ids.min())}")
+        if item_ids.unique().numel() != item_ids.numel():
+            raise ValueError("item_ids must be unique")
+        if (codes < 0).any():
+            raise ValueError(f"codes must be non-negative, got min {int(codes.min())}")
+        for level, k in enumerate(sizes):
+            top = int(codes[:, level].max())
+            if top >= k:
+                raise ValueError(
+                    f"codes at digit {level} must be < codebook size {k}, got {top}"
+                )
+        radix = 1
+        for k in sizes:
+            radix *= k
+        if radix >= 2**62:
+            raise ValueError(f"codebook_sizes {sizes} are too large to pack into 64-bit keys")
+        self.item_ids = item_ids
+        self.codes = codes
+        self.codebook_sizes = sizes
+        # level_keys[l]: sorted unique packed prefixes of length l (l = 0..L).
+        self._level_keys = [torch.zeros(1, dtype=torch.long)]
+        for level in range(1, self.num_levels + 1):
+            self._level_keys.append(torch.unique(self.pack(codes[:, :level])))
+        full = self.pack(codes)
+        if self._level_keys[-1].numel() != full.numel():
+            keys, counts = torch.unique(full, return_counts=True)
+            dup = keys[counts > 1][0]
+            rows = (full == dup).nonzero().flatten()[:2].tolist()
+            raise ValueError(
+                f"codes must be unique per item: items {item_ids[rows].tolist()} share code "
+                f"{codes[rows[0]].tolist()}"
+            )
+        order = torch.argsort(full)
+        self._sorted_full_keys = full[order]
+        self._sorted_items = item_ids[order]
+        self._item_to_row = {int(i): r for r, i in enumerate(item_ids.tolist())}
+
+    @classmethod
+    def from_codes(
+        cls,
+        item_ids,
+        codes,
+        codebook_sizes: Sequence[int] | int | None = None,
+    ) -> "SIDCatalog":
+        """Build a catalog; codebook sizes default to max code + 1 per digit."""
+        codes_t = _as_long_tensor(codes, "codes", 2)
+        if codebook_sizes is None:
+            if codes_t.shape[0] == 0:
+                raise ValueError("codes must describe at least one item, got 0 rows")
+            codebook_sizes = [int(c) + 1 for c in codes_t.max(dim=0).values]
+        elif isinstance(codebook_sizes, int):
+            codebook_sizes = [codebook_sizes] * codes_t.shape[1]
+        return cls(item_ids, codes_t, codebook_sizes)
+
+    @property
+    def num_items(self) -> int:
+        """Number of items in the catalog."""
+        return int(self.item_ids.numel())
+
+    @property
+    def num_levels(self) -> int:
+        """Number of SID digits L."""
+        return int(self.codes.shape[1])
+
+    def pack(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Pack (N, l) prefixes into integer keys (mixed radix over the codebook sizes)."""
+        keys = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
+        for level in range(prefixes.shape[1]):
+            keys = keys * self.codebook_sizes[level] + prefixes[:, level].long()
+        return keys
+
+    def num_prefixes(self, level: int) -> int:
+        """Number of distinct valid prefixes of length `level`."""
+        return int(self._level_keys[level].numel())
+
+    def valid_children(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Bool mask (N, K_l) of digits that extend each (N, l) prefix to a catalog prefix.
+
+        Prefixes that are themselves not in the catalog get an all-False row.
+        """
+        prefixes = _as_long_tensor(prefixes, "prefixes", 2)
+        level = prefixes.shape[1]
+        if level >= self.num_levels:
+            raise ValueError(
+                f"prefixes must have fewer than {self.num_levels} digits, got {level}"
+            )
+        k = self.codebook_sizes[level]
+        n = prefixes.shape[0]
+        mask = torch.zeros(n, k, dtype=torch.bool)
+        if n == 0:
+            return mask
+        in_range = torch.ones(n, dtype=torch.bool)
+        for j in range(level):
+            in_range &= (prefixes[:, j] >= 0) & (prefixes[:, j] < self.codebook_sizes[j])
+        parent = self.pack(prefixes.clamp(min=0)) * k
+        child_keys = self._level_keys[level + 1]
+        start = torch.searchsorted(child_keys, parent)
+        end = torch.searchsorted(child_keys, parent + k)
+        counts = torch.where(in_range, end - start, torch.zeros_like(start))
+        rows = torch.repeat_interleave(torch.arange(n), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        positions = torch.repeat_interleave(start, counts) + offsets
+        mask[rows, child_keys[positions] - torch.repeat_interleave(parent, counts)] = True
+        return mask
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Item id of each full (N, L) code, -1 where the code names no item."""
+        codes = _as_long_tensor(codes, "codes", 2)
+        if codes.shape[1] != self.num_levels:
+            raise ValueError(f"codes must have {self.num_levels} digits, got {codes.shape[1]}")
+        in_range = torch.ones(codes.shape[0], dtype=torch.bool)
+        for j, k in enumerate(self.codebook_sizes):
+            in_range &= (codes[:, j] >= 0) & (codes[:, j] < k)
+        keys = self.pack(codes.clamp(min=0))
+        pos = torch.searchsorted(self._sorted_full_keys, keys).clamp(max=self.num_items - 1)
+        found = in_range & (self._sorted_full_keys[pos] == keys)
+        return torch.where(found, self._sorted_items[pos], torch.full_like(keys, -1))
+
+    def codes_of(self, item_ids) -> torch.Tensor:
+        """Codes (N, L) of the given item ids; ValueError for unknown items."""
+        ids = _as_long_tensor(item_ids, "item_ids", 1)
+        rows = []
+        for i in ids.tolist():
+            if i not in self._item_to_row:
+                raise ValueError(f"item_ids contains {i}, which is not in the catalog")
+            rows.append(self._item_to_row[i])
+        return self.codes[torch.tensor(rows, dtype=torch.long)]
+
+    def save(self, directory) -> None:
+        """Write catalog.safetensors + catalog.json into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"item_ids": self.item_ids, "codes": self.codes},
+            str(directory / "catalog.safetensors"),
+        )
+        meta = {
+            "format": "sidmlp-catalog",
+            "format_version": FORMAT_VERSION,
+            "codebook_sizes": list(self.codebook_sizes),
+            "num_items": self.num_items,
+        }
+        (directory / "catalog.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory) -> "SIDCatalog":
+        """Load and validate a catalog written by `save`."""
+        directory = Path(directory)
+        meta_path = directory / "catalog.json"
+        data_path = directory / "catalog.safetensors"
+        if not meta_path.is_file() or not data_path.is_file():
+            raise FileNotFoundError(
+                f"no catalog in {directory}: expected catalog.json and catalog.safetensors"
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"corrupted catalog metadata {meta_path}: {err}") from err
+        if meta.get("format") != "sidmlp-catalog":
+            raise ValueError(f"{meta_path} is not a sidmlp catalog (format={meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path} has format_version {meta.get('format_version')}, "
+                f"this version reads {FORMAT_VERSION}"
+            )
+        try:
+            tensors = load_file(str(data_path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"corrupted catalog tensors {data_path}: {err}") from err
+        if set(tensors) != {"item_ids", "codes"}:
+            raise ValueError(f"{data_path} must hold item_ids and codes, got {sorted(tensors)}")
+        catalog = cls(tensors["item_ids"], tensors["codes"], meta["codebook_sizes"])
+        if catalog.num_items != meta.get("num_items"):
+            raise ValueError(
+                f"{data_path} holds {catalog.num_items} items but {meta_path} says "
+                f"{meta.get('num_items')}"
+            )
+        return catalog
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SIDCatalog):
+            return NotImplemented
+        return (
+            self.codebook_sizes == other.codebook_sizes
+            and torch.equal(self.item_ids, other.item_ids)
+            and torch.equal(self.codes, other.codes)
+        )
+
+    def __repr__(self) -> str:
+        return f"SIDCatalog(num_items={self.num_items}, codebook_sizes={self.codebook_sizes})"

@@ -1,0 +1,160 @@
+"""Reference catalog-constrained beam search (DESIGN.md section 4), plain PyTorch.
+
+This module defines correct results. Fast paths are tested against it; it is
+never edited to match them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .catalog import SIDCatalog
+
+# step_fn(level, prefixes (B, W, level), parents (B, W) or None) -> logits (B, W, K_level).
+# `parents` says which previous beam each current beam came from, so stateful
+# decoders (KV caches) can reorder; it is None at level 0.
+StepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class GenerationOutput:
+    """Ranked results per user: items (B, N), codes (B, N, L), scores (B, N).
+
+    Slots past the number of valid items hold item -1, codes -1 and score -inf.
+    """
+
+    items: torch.Tensor
+    codes: torch.Tensor
+    scores: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+def check_beam_args(beam_size: int, top_n: int) -> None:
+    """Validate beam_size and top_n (ints, 1 <= top_n <= beam_size)."""
+    for name, value in (("beam_size", beam_size), ("top_n", top_n)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if top_n > beam_size:
+        raise ValueError(f"top_n must be <= beam_size ({beam_size}), got {top_n}")
+
+
+def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the valid entries of the last dim; invalid entries are -inf."""
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    masked = torch.where(valid, logits, neg_inf)
+    lse = torch.logsumexp(masked, dim=-1, keepdim=True)
+    # A row with no valid entry has lse = -inf; keep it finite so no NaN appears.
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return torch.where(valid, masked - lse, neg_inf)
+
+
+def beam_step_reference(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    valid: torch.Tensor,
+    beam_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One constrained beam step: returns new scores, parent beams and tokens, each (B, beam).
+
+    Candidates are (beam, token) pairs with `valid` set; score = beam score +
+    log-softmax of the logits over the valid tokens. The best `beam_size` are
+    kept, ties broken by (beam index, token) ascending; missing candidates are
+    dead (-inf score).
+    """
+    batch, width, k = logits.shape
+    logp = masked_log_softmax(logits.float(), valid)
+    candidates = (beam_scores.float().unsqueeze(-1) + logp).reshape(batch, width * k)
+    # Stable sort keeps flat index order (beam-major, then token) among equal scores.
+    order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :beam_size]
+    scores = torch.gather(candidates, 1, order)
+    if order.shape[1] < beam_size:
+        pad = beam_size - order.shape[1]
+        order = torch.cat([order, order.new_zeros(batch, pad)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch, pad), float("-inf"))], dim=1)
+    return scores, order // k, order % k
+
+
+def beam_search_reference(
+    step_fn: StepFn,
+    catalog: SIDCatalog,
+    batch_size: int,
+    beam_size: int = 50,
+    top_n: int = 10,
+) -> GenerationOutput:
+    """Catalog-constrained beam search over `step_fn`'s logits; every result is a catalog item."""
+    check_beam_args(beam_size, top_n)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_levels = catalog.num_levels
+    prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long)
+    scores = torch.zeros(batch_size, 1)
+    parents: Optional[torch.Tensor] = None
+    for level in range(num_levels):
+        logits = step_fn(level, prefixes, parents)
+        k = catalog.codebook_sizes[level]
+        expected = (batch_size, prefixes.shape[1], k)
+        if tuple(logits.shape) != expected:
+            raise ValueError(f"step_fn must return logits of shape {expected}, got {tuple(logits.shape)}")
+        width = prefixes.shape[1]
+        valid = catalog.valid_children(prefixes.reshape(batch_size * width, level)).reshape(
+            batch_size, width, k
+        )
+        valid &= torch.isfinite(scores).unsqueeze(-1)
+        scores, parents, tokens = beam_step_reference(logits.cpu(), scores, valid, beam_size)
+        parent_prefix = torch.gather(
+            prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)
+        )
+        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
+    return finalize_beams(catalog, prefixes, scores, top_n)
+
+
+def finalize_beams(
+    catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, top_n: int
+) -> GenerationOutput:
+    """Turn final beams (B, W, L) sorted by score into the top_n catalog items."""
+    batch, width, num_levels = codes.shape
+    codes, scores = codes[:, :top_n], scores[:, :top_n]
+    items = catalog.lookup(codes.reshape(-1, num_levels)).reshape(batch, -1)
+    alive = torch.isfinite(scores)
+    items = torch.where(alive, items, torch.full_like(items, -1))
+    codes = torch.where(alive.unsqueeze(-1), codes, torch.full_like(codes, -1))
+    if width < top_n:
+        pad = top_n - width
+        items = torch.cat([items, items.new_full((batch, pad), -1)], dim=1)
+        codes = torch.cat([codes, codes.new_full((batch, pad, num_levels), -1)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch, pad), float("-inf"))], dim=1)
+    return GenerationOutput(items=items, codes=codes, scores=scores)
+
+
+def exhaustive_search(
+    prefix_logits: Callable[[int, torch.Tensor], torch.Tensor],
+    catalog: SIDCatalog,
+    batch_size: int,
+    top_n: int = 10,
+) -> GenerationOutput:
+    """Score every catalog item by its constrained path log-probability; the beam-search oracle.
+
+    prefix_logits(level, prefixes (B, N, level)) -> logits (B, N, K_level).
+    """
+    codes = catalog.codes
+    n = catalog.num_items
+    total = torch.zeros(batch_size, n)
+    for level in range(catalog.num_levels):
+        prefixes = codes[:, :level].unsqueeze(0).expand(batch_size, -1, -1)
+        logits = prefix_logits(level, prefixes).float().cpu()
+        valid = catalog.valid_children(codes[:, :level]).unsqueeze(0).expand(batch_size, -1, -1)
+        logp = masked_log_softmax(logits, valid)
+        total += torch.gather(logp, 2, codes[:, level].view(1, n, 1).expand(batch_size, -1, -1)).squeeze(-1)
+    # Order by score, then by code (the order beam search's tie-break produces).
+    code_order = torch.argsort(catalog.pack(codes))
+    ranked = torch.sort(total[:, code_order], dim=1, descending=True, stable=True)
+    rows = code_order[ranked.indices[:, :top_n]]
+    scores = ranked.values[:, :top_n]
+    return finalize_beams(catalog, codes[rows], scores, top_n)

@@ -1,0 +1,75 @@
+"""Full-ranking metrics with one target per instance: Recall@K and NDCG@K."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(ranked: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ranked = torch.as_tensor(ranked)
+    targets = torch.as_tensor(targets)
+    if ranked.dim() != 2:
+        raise ValueError(f"ranked must be 2-D (instances, list length), got shape {tuple(ranked.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != ranked.shape[0]:
+        raise ValueError(
+            f"targets must be 1-D with {ranked.shape[0]} entries, got shape {tuple(targets.shape)}"
+        )
+    if ranked.dtype.is_floating_point or targets.dtype.is_floating_point:
+        raise TypeError("ranked and targets must hold integer item ids")
+    return ranked.long(), targets.long()
+
+
+def dedup_ranked(ranked: torch.Tensor) -> torch.Tensor:
+    """Drop repeated items in each ranked list (first occurrence wins), pad with -1 at the end."""
+    ranked, _ = _check(ranked, torch.zeros(torch.as_tensor(ranked).shape[0], dtype=torch.long))
+    n, m = ranked.shape
+    if m == 0:
+        return ranked.clone()
+    same = ranked.unsqueeze(2) == ranked.unsqueeze(1)  # (n, m, m)
+    earlier = torch.tril(torch.ones(m, m, dtype=torch.bool), diagonal=-1)
+    repeated = (same & earlier).any(dim=2) | (ranked < 0)
+    # Move kept entries to the front, preserving their order.
+    keys = repeated.long() * m + torch.arange(m)
+    order = torch.argsort(keys, dim=1)
+    out = torch.gather(ranked, 1, order)
+    return torch.where(torch.gather(repeated, 1, order), torch.full_like(out, -1), out)
+
+
+def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each target in its deduplicated list; 0 where it is absent."""
+    ranked, targets = _check(ranked, targets)
+    deduped = dedup_ranked(ranked)
+    hit = (deduped == targets.unsqueeze(1)) & (targets.unsqueeze(1) >= 0)
+    positions = torch.arange(1, ranked.shape[1] + 1).expand_as(hit)
+    return torch.where(hit, positions, torch.zeros_like(positions)).max(dim=1).values
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+
+
+def recall_at_k(ranked, targets, k: int, per_instance: bool = False):
+    """Recall@k (= hit rate with one target); mean, or a float tensor per instance."""
+    _check_k(k)
+    ranks = target_ranks(ranked, targets)
+    values = ((ranks >= 1) & (ranks <= k)).float()
+    return values if per_instance else float(values.mean()) if values.numel() else 0.0
+
+
+def ndcg_at_k(ranked, targets, k: int, per_instance: bool = False):
+    """NDCG@k with one target: 1/log2(rank+1) if rank <= k else 0."""
+    _check_k(k)
+    ranks = target_ranks(ranked, targets)
+    inside = (ranks >= 1) & (ranks <= k)
+    values = torch.where(inside, 1.0 / torch.log2(ranks.float() + 1.0), torch.zeros(ranks.shape))
+    return values if per_instance else float(values.mean()) if values.numel() else 0.0
+
+
+def evaluate_ranking(ranked, targets, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """Recall@k and NDCG@k for each k, as a flat dict like {'recall@10': ..., 'ndcg@10': ...}."""
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(ranked, targets, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranked, targets, k)
+    return out

@@ -1,0 +1,139 @@
+"""Dataset -> split -> item embeddings -> Semantic IDs -> catalog, saved to one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalog import SIDCatalog
+from .data import InteractionData, Split, leave_last_out, load_movielens
+from .embeddings import DEFAULT_MODEL, embed_texts
+from .semantic_ids import build_semantic_ids
+
+__all__ = ["FORMAT_VERSION", "Prepared", "load_prepared", "prepare"]
+
+FORMAT_VERSION = 1
+_FORMAT = "sidmlp-prepared"
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset: interactions, split, SID catalog, SID stats and the config used."""
+
+    data: InteractionData
+    split: Split
+    catalog: SIDCatalog
+    stats: dict[str, Any]
+    config: dict[str, Any]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write JSON via a temp file + rename so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+def prepare(
+    dataset: str,
+    out_dir: str | Path,
+    num_levels: int = 4,
+    codebook_size: int = 256,
+    max_history: int = 20,
+    k_core: int | None = None,
+    pca_dim: int | None = None,
+    seed: int = 0,
+    embedding_cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> Prepared:
+    """Build and save data.json, catalog/, sid_stats.json (+ embedding cache) for a dataset."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # A rerun first invalidates the old result, so a crash midway cannot pair new files with it.
+    (out / "data.json").unlink(missing_ok=True)
+    config = {
+        "dataset": dataset, "num_levels": num_levels, "codebook_size": codebook_size,
+        "max_history": max_history, "k_core": k_core, "pca_dim": pca_dim, "seed": seed,
+        "embedding_model": DEFAULT_MODEL,
+    }
+    data = load_movielens(dataset, k_core=k_core)
+    split = leave_last_out(data, max_history=max_history)
+    cache = Path(embedding_cache_dir) if embedding_cache_dir is not None else out / "embeddings"
+    emb = embed_texts(data.item_text, cache, DEFAULT_MODEL, show_progress=show_progress)
+    train_items = np.unique(np.fromiter((i for s in split.train_sequences for i in s), dtype=np.int64))
+    sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
+                              pca_dim=pca_dim, seed=seed)
+    catalog = SIDCatalog.from_codes(np.arange(data.num_items), sids.codes, (codebook_size,) * num_levels)
+
+    # data.json is written last: its presence marks a complete directory.
+    catalog.save(out / "catalog")
+    stats = dict(sids.stats, num_users=data.num_users, num_interactions=data.num_interactions,
+                 num_split_users=len(split.test_targets))
+    _write_json(out / "sid_stats.json", stats)
+    _write_json(out / "data.json", {
+        "format": _FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "data": asdict(data),
+        "split": asdict(split),
+    })
+    usage = ", ".join(f"{u:.3f}" for u in stats["code_usage"])
+    print(
+        f"[sidmlp prepare] {dataset}: {data.num_items} items, {data.num_users} users, "
+        f"{data.num_interactions} interactions ({len(split.test_targets)} users in split, "
+        f"{train_items.size} train items)\n"
+        f"  SIDs L={num_levels} K={codebook_size}: code usage per level [{usage}], "
+        f"distinct prefixes {stats['distinct_prefixes']}, {stats['collision_items']} items in "
+        f"{stats['collision_groups']} colliding {num_levels - 1}-prefixes, max dedup digit "
+        f"{stats['max_dedup_digit']}, reconstruction rel. error {stats['reconstruction_rel']:.3f}\n"
+        f"  wrote {out} in {time.perf_counter() - t0:.1f}s"
+    )
+    return Prepared(data=data, split=split, catalog=catalog, stats=stats, config=config)
+
+
+def load_prepared(out_dir: str | Path) -> Prepared:
+    """Load and validate a directory written by prepare()."""
+    out = Path(out_dir)
+    hint = f"rerun prepare(dataset, {str(out)!r}) to rebuild it"
+    path = out / "data.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} is not a prepared dataset (no data.json); {hint}")
+    try:
+        blob = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupted {path}: {e}; {hint}") from e
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a sidmlp prepared-data file; {hint}")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {blob.get('format_version')!r}, this version reads "
+            f"{FORMAT_VERSION}; {hint}"
+        )
+    try:
+        data = InteractionData(**blob["data"])
+        split = Split(**blob["split"])
+        config = dict(blob["config"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"corrupted {path}: {e}; {hint}") from e
+    try:
+        stats = json.loads((out / "sid_stats.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"missing or corrupted {out / 'sid_stats.json'}: {e}; {hint}") from e
+    catalog = SIDCatalog.load(out / "catalog")
+    if catalog.num_items != data.num_items or not np.array_equal(catalog.item_ids.numpy(), np.arange(data.num_items)):
+        raise ValueError(
+            f"catalog in {out / 'catalog'} has {catalog.num_items} items, data.json has "
+            f"{data.num_items} (item ids must be 0..n-1); {hint}"
+        )
+    n_users = len(split.test_targets)
+    if not (len(split.train_sequences) == len(split.valid_histories) == len(split.valid_targets)
+            == len(split.test_histories) == n_users) or len(data.sequences) != data.num_users:
+        raise ValueError(f"inconsistent split/sequence lengths in {path}; {hint}")
+    return Prepared(data=data, split=split, catalog=catalog, stats=stats, config=config)
