@@ -2,6 +2,12 @@
 
 The package works without it (PyTorch reference path). Build with
 `pip install --no-build-isolation .` so the installed torch is reused.
+
+Environment:
+  SIDMLP_NO_EXTENSION=1   skip the extension entirely
+  SIDMLP_FORCE_CUDA=1     compile csrc/*.cu even when no GPU is visible (needs a CUDA torch)
+  SIDMLP_CUDA_ARCHS="80;90"  GPU targets (default: torch's TORCH_CUDA_ARCH_LIST logic)
+  MAX_JOBS=N              parallel compile jobs (ninja)
 """
 
 import glob
@@ -24,7 +30,10 @@ def extension_modules():
     use_cuda = bool(cuda_sources) and cpp_extension.CUDA_HOME is not None and (
         torch.cuda.is_available() or os.environ.get("SIDMLP_FORCE_CUDA") == "1"
     )
-    extra = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
+    if cuda_sources and not use_cuda:
+        print("sidmlp-kernels: building the CPU extension only (no CUDA toolkit/torch CUDA)")
+    # torch >= 2.10 headers are C++20; csrc itself stays C++17 (CMake, nvcc check).
+    extra = {"cxx": ["-O3", "-std=c++20", "-fopenmp"]}
     kwargs = dict(
         name="sidmlp_kernels._C",
         sources=sources + (cuda_sources if use_cuda else []),
@@ -33,7 +42,11 @@ def extension_modules():
         extra_link_args=["-fopenmp"],
     )
     if use_cuda:
-        extra["nvcc"] = ["-O3", "-std=c++17"]
+        archs = os.environ.get("SIDMLP_CUDA_ARCHS")
+        if archs:
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", " ".join(
+                f"{a[:-1]}.{a[-1]}" for a in archs.replace(",", ";").split(";") if a))
+        extra["nvcc"] = ["-O3", "-std=c++20"]
         kwargs["define_macros"] = [("SIDMLP_WITH_CUDA", "1")]
         ext = cpp_extension.CUDAExtension(**kwargs)
     else:

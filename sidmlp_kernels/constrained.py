@@ -1,0 +1,400 @@
+"""Catalog-constrained decoding on the C++/CUDA extension (`sidmlp_kernels._C`).
+
+`ConstrainedIndex` is a STATIC-style hybrid trie over the catalog's codes
+(csrc/index.h): dense child tables for shallow levels, CSR child lists below,
+O(items) memory. A beam's prefix is one int64 node id per level (`PrefixState`),
+so a beam step visits only each beam's valid children. Semantics are those of
+`decoding.beam_step_reference` / `beam_search_reference` (DESIGN.md section 4).
+
+    index = ConstrainedIndex.from_catalog(catalog)
+    state = index.root_state(batch)
+    scores, parents, tokens, state = index.beam_step(logits, scores, state, beam_size)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .catalog import SIDCatalog
+from .decoding import GenerationOutput, StepFn, beam_search_reference, check_beam_args
+
+logger = logging.getLogger(__name__)
+
+try:
+    from . import _C  # registers torch.ops.sidmlp.*
+
+    _IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as err:  # extension not built
+    _C = None
+    _IMPORT_ERROR = err
+
+# Dense child tables are built for levels < DEFAULT_DENSE_DEPTH whose
+# (nodes x K) table has at most DEFAULT_DENSE_LIMIT entries (int32).
+DEFAULT_DENSE_DEPTH = 2
+DEFAULT_DENSE_LIMIT = 1 << 22
+BACKEND_ENV = "SIDMLP_CONSTRAINED_BACKEND"  # "ext" or "reference"
+
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def has_extension() -> bool:
+    """True when the compiled extension sidmlp_kernels._C imported."""
+    return _C is not None
+
+
+def has_cuda_extension() -> bool:
+    """True when the extension was compiled with its CUDA ops."""
+    return _C is not None and bool(_C.compiled_with_cuda())
+
+
+def _require_extension() -> None:
+    if _C is None:
+        raise RuntimeError(
+            "sidmlp_kernels._C is not built; build it with "
+            f"`pip install --no-build-isolation -e .` (import error: {_IMPORT_ERROR})"
+        )
+
+
+def _check_tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    """Beams' prefixes as trie node ids: nodes (B, W) int64 at `level` digits; -1 is dead."""
+
+    nodes: torch.Tensor
+    level: int
+
+
+class ConstrainedIndex:
+    """Hybrid trie over a catalog's Semantic IDs, held as flat tensors on one device."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], meta: Sequence[int], validate: bool = True):
+        _require_extension()
+        tensors = [_check_tensor(t, "tensors") for t in tensors]
+        self._tensors = list(tensors)
+        self._meta = [int(m) for m in meta]
+        if len(self._meta) < 2:
+            raise ValueError("meta is too short to describe an index")
+        if validate:
+            # O(nodes) consistency check (on CPU) so corrupt arrays fail here, not mid-decode.
+            cpu = [t.cpu() for t in self._tensors]
+            torch.ops.sidmlp.validate_index(cpu, self._meta)
+        num_levels = self._meta[1]
+        self.codebook_sizes: tuple[int, ...] = tuple(self._meta[2 : 2 + num_levels])
+        self._base = self._meta[2 + num_levels : 4 + 2 * num_levels]
+
+    @classmethod
+    def from_catalog(
+        cls,
+        catalog: SIDCatalog,
+        dense_depth: int = DEFAULT_DENSE_DEPTH,
+        dense_limit: int = DEFAULT_DENSE_LIMIT,
+        device: Union[str, torch.device, None] = None,
+    ) -> "ConstrainedIndex":
+        """Build the index from a SIDCatalog (on CPU, then moved to `device`)."""
+        _require_extension()
+        if not isinstance(catalog, SIDCatalog):
+            raise TypeError(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
+        _check_int(dense_depth, "dense_depth", 0)
+        _check_int(dense_limit, "dense_limit", 0)
+        out = torch.ops.sidmlp.build_index(
+            catalog.codes.cpu(), catalog.item_ids.cpu(), list(catalog.codebook_sizes),
+            dense_depth, dense_limit,
+        )
+        meta, tensors = out[0].tolist(), list(out[1:])
+        index = cls(tensors, meta, validate=False)  # built by us: consistent by construction
+        return index.to(device) if device is not None else index
+
+    # ---- properties -------------------------------------------------------
+
+    @property
+    def num_levels(self) -> int:
+        """Number of SID digits L."""
+        return len(self.codebook_sizes)
+
+    @property
+    def device(self) -> torch.device:
+        """Device holding the index tensors."""
+        return self._tensors[0].device
+
+    @property
+    def num_items(self) -> int:
+        """Number of catalog items (leaves)."""
+        return self.num_nodes(self.num_levels)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index tensors."""
+        return sum(t.numel() * t.element_size() for t in self._tensors)
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        """[child_ptr, token, parent, dense, leaf_item] (see csrc/index.h)."""
+        return list(self._tensors)
+
+    @property
+    def meta(self) -> list[int]:
+        """Layout description that goes with `tensors`."""
+        return list(self._meta)
+
+    def num_nodes(self, level: int) -> int:
+        """Number of distinct catalog prefixes with `level` digits."""
+        if not 0 <= level <= self.num_levels:
+            raise ValueError(f"level must be in [0, {self.num_levels}], got {level}")
+        return self._base[level + 1] - self._base[level]
+
+    def to(self, device: Union[str, torch.device]) -> "ConstrainedIndex":
+        """A copy of the index on `device` (self if already there)."""
+        device = torch.device(device)
+        if device.type == "cuda" and not has_cuda_extension():
+            raise ValueError("this build of sidmlp_kernels._C has no CUDA ops; rebuild with CUDA")
+        if self.device == device:
+            return self
+        moved = ConstrainedIndex.__new__(ConstrainedIndex)
+        moved._tensors = [t.to(device) for t in self._tensors]
+        moved._meta = list(self._meta)
+        moved.codebook_sizes = self.codebook_sizes
+        moved._base = list(self._base)
+        return moved
+
+    def __repr__(self) -> str:
+        return (
+            f"ConstrainedIndex(num_items={self.num_items}, codebook_sizes={self.codebook_sizes}, "
+            f"nodes={self._base[-1]}, nbytes={self.nbytes}, device={self.device})"
+        )
+
+    # ---- ops --------------------------------------------------------------
+
+    def root_state(self, batch_size: int) -> PrefixState:
+        """Level-0 state: one live beam (the empty prefix) per user, (B, 1)."""
+        _check_int(batch_size, "batch_size", 0)
+        return PrefixState(torch.zeros(batch_size, 1, dtype=torch.long, device=self.device), 0)
+
+    def _check_device(self, tensor: torch.Tensor, name: str) -> None:
+        if tensor.device != self.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but the index is on {self.device}; "
+                "use index.to(device) or move the tensor"
+            )
+
+    def beam_step(
+        self,
+        logits: torch.Tensor,
+        beam_scores: torch.Tensor,
+        prefix_state: Union[PrefixState, torch.Tensor],
+        beam_size: int,
+        level: Optional[int] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PrefixState]:
+        """One constrained beam step: (scores, parents, tokens) each (B, beam) and the new state.
+
+        logits (B, W, K_level) float32/bf16/fp16, beam_scores (B, W) float32 (-inf = dead),
+        prefix_state a PrefixState (or a (B, W) int64 node tensor plus `level`).
+        """
+        logits = _check_tensor(logits, "logits")
+        beam_scores = _check_tensor(beam_scores, "beam_scores")
+        if isinstance(prefix_state, PrefixState):
+            if level is not None and level != prefix_state.level:
+                raise ValueError(f"level={level} contradicts prefix_state.level={prefix_state.level}")
+            nodes, level = prefix_state.nodes, prefix_state.level
+        else:
+            nodes = _check_tensor(prefix_state, "prefix_state")
+            if level is None:
+                raise ValueError("level is required when prefix_state is a plain tensor")
+        _check_int(level, "level", 0)
+        if level >= self.num_levels:
+            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}")
+        _check_int(beam_size, "beam_size", 1)
+        if logits.dtype not in _LOGIT_DTYPES:
+            raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+        if beam_scores.dtype != torch.float32:
+            raise TypeError(f"beam_scores must be float32, got {beam_scores.dtype}")
+        if nodes.dtype != torch.int64:
+            raise TypeError(f"prefix_state nodes must be int64, got {nodes.dtype}")
+        for tensor, name in ((logits, "logits"), (beam_scores, "beam_scores"), (nodes, "prefix_state")):
+            self._check_device(tensor, name)
+        scores, parents, tokens, new_nodes = torch.ops.sidmlp.beam_step(
+            logits, beam_scores, nodes, self._tensors, self._meta, level, beam_size
+        )
+        return scores, parents, tokens, PrefixState(new_nodes, level + 1)
+
+    def prefix_state(self, prefixes: torch.Tensor) -> PrefixState:
+        """State of (B, W, l) or (N, l) digit prefixes; -1 where not a catalog prefix.
+
+        Digits outside the codebook raise ValueError.
+        """
+        prefixes = _check_tensor(prefixes, "prefixes")
+        if prefixes.dtype != torch.int64:
+            raise TypeError(f"prefixes must be int64, got {prefixes.dtype}")
+        if prefixes.dim() not in (2, 3):
+            raise ValueError(f"prefixes must be (N, l) or (B, W, l), got shape {tuple(prefixes.shape)}")
+        self._check_device(prefixes, "prefixes")
+        level = prefixes.shape[-1]
+        if level > self.num_levels:
+            raise ValueError(f"prefixes must have at most {self.num_levels} digits, got {level}")
+        flat = prefixes.reshape(prefixes.shape[:-1].numel(), level)
+        nodes = torch.ops.sidmlp.prefix_states(flat, self._tensors, self._meta)
+        return PrefixState(nodes.reshape(prefixes.shape[:-1]), level)
+
+    def lookup(self, codes_or_state: Union[torch.Tensor, PrefixState]) -> torch.Tensor:
+        """Item ids of full codes (..., L) or of a level-L PrefixState; -1 where none/dead."""
+        if isinstance(codes_or_state, PrefixState):
+            if codes_or_state.level != self.num_levels:
+                raise ValueError(
+                    f"lookup needs a state at level {self.num_levels}, got level {codes_or_state.level}"
+                )
+            nodes = _check_tensor(codes_or_state.nodes, "state.nodes")
+            if nodes.dtype != torch.int64:
+                raise TypeError(f"state nodes must be int64, got {nodes.dtype}")
+            self._check_device(nodes, "state")
+            return torch.ops.sidmlp.leaf_items(nodes, self._tensors, self._meta)
+        codes = _check_tensor(codes_or_state, "codes")
+        if codes.dtype != torch.int64:
+            raise TypeError(f"codes must be int64, got {codes.dtype}")
+        if codes.dim() < 1 or codes.shape[-1] != self.num_levels:
+            raise ValueError(f"codes must have shape (..., {self.num_levels}), got {tuple(codes.shape)}")
+        self._check_device(codes, "codes")
+        nodes = torch.ops.sidmlp.prefix_states(
+            codes.reshape(codes.shape[:-1].numel(), self.num_levels), self._tensors, self._meta
+        )
+        return torch.ops.sidmlp.leaf_items(nodes, self._tensors, self._meta).reshape(codes.shape[:-1])
+
+    def finalize(self, state: PrefixState, scores: torch.Tensor, top_n: int) -> GenerationOutput:
+        """Final beams -> the top_n distinct catalog items per user (dead beams dropped, padded with -1)."""
+        if not isinstance(state, PrefixState):
+            raise TypeError(f"state must be a PrefixState, got {type(state).__name__}")
+        if state.level != self.num_levels:
+            raise ValueError(f"finalize needs a state at level {self.num_levels}, got level {state.level}")
+        scores = _check_tensor(scores, "scores")
+        _check_int(top_n, "top_n", 1)
+        if scores.dtype != torch.float32:
+            raise TypeError(f"scores must be float32, got {scores.dtype}")
+        self._check_device(state.nodes, "state")
+        self._check_device(scores, "scores")
+        items, codes, out_scores = torch.ops.sidmlp.finalize(
+            state.nodes, scores, self._tensors, self._meta, top_n
+        )
+        return GenerationOutput(items=items, codes=codes, scores=out_scores)
+
+
+# ---- fake (meta) kernels so the ops trace under torch.compile ---------------
+
+if _C is not None:
+
+    @torch.library.register_fake("sidmlp::beam_step")
+    def _beam_step_fake(logits, beam_scores, states, index, meta, level, beam_size):
+        batch = logits.shape[0]
+        scores = logits.new_empty((batch, beam_size), dtype=torch.float32)
+        ints = [logits.new_empty((batch, beam_size), dtype=torch.int64) for _ in range(3)]
+        return scores, ints[0], ints[1], ints[2]
+
+    @torch.library.register_fake("sidmlp::prefix_states")
+    def _prefix_states_fake(prefixes, index, meta):
+        return prefixes.new_empty((prefixes.shape[0],))
+
+    @torch.library.register_fake("sidmlp::leaf_items")
+    def _leaf_items_fake(states, index, meta):
+        return torch.empty_like(states)
+
+    @torch.library.register_fake("sidmlp::finalize")
+    def _finalize_fake(states, scores, index, meta, top_n):
+        batch, num_levels = states.shape[0], meta[1]
+        return (
+            states.new_empty((batch, top_n)),
+            states.new_empty((batch, top_n, num_levels)),
+            scores.new_empty((batch, top_n)),
+        )
+
+
+# ---- beam search -------------------------------------------------------------
+
+_INDEX_CACHE: dict[int, ConstrainedIndex] = {}
+_FALLBACK_LOGGED = False
+
+
+def index_for(catalog: SIDCatalog, device: Union[str, torch.device, None] = None) -> ConstrainedIndex:
+    """The ConstrainedIndex of `catalog` (built once per catalog object, cached per device)."""
+    key = id(catalog)
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = ConstrainedIndex.from_catalog(catalog)
+        _INDEX_CACHE[key] = index
+        weakref.finalize(catalog, _INDEX_CACHE.pop, key, None)
+    return index.to(device) if device is not None else index
+
+
+def _use_extension() -> bool:
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced not in ("", "ext", "reference"):
+        raise ValueError(f"{BACKEND_ENV} must be 'ext' or 'reference', got {forced!r}")
+    if forced == "ext":
+        _require_extension()
+    return forced != "reference" and has_extension()
+
+
+def constrained_beam_search(
+    step_logits_fn: StepFn,
+    index: Union[ConstrainedIndex, SIDCatalog],
+    batch_size: int,
+    beam_size: int = 50,
+    top_n: int = 10,
+) -> GenerationOutput:
+    """Catalog-constrained beam search on the extension ops; same contract as beam_search_reference.
+
+    step_logits_fn(level, prefixes (B, W, level), parents (B, W) or None) -> logits (B, W, K_level).
+    `index` may be a SIDCatalog: its index is built and cached; without the extension (or with
+    SIDMLP_CONSTRAINED_BACKEND=reference) that falls back to the PyTorch reference, logged once.
+    """
+    global _FALLBACK_LOGGED
+    check_beam_args(beam_size, top_n)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(index, SIDCatalog):
+        if not _use_extension():
+            if not _FALLBACK_LOGGED:
+                why = "forced by " + BACKEND_ENV if has_extension() else "extension not built"
+                logger.warning("sidmlp: constrained beam search on the PyTorch reference (%s)", why)
+                _FALLBACK_LOGGED = True
+            return beam_search_reference(step_logits_fn, index, batch_size, beam_size, top_n)
+        index = index_for(index)
+    elif not isinstance(index, ConstrainedIndex):
+        raise TypeError(f"index must be a ConstrainedIndex or SIDCatalog, got {type(index).__name__}")
+
+    device = index.device
+    prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, 1, device=device)
+    state = index.root_state(batch_size)
+    parents: Optional[torch.Tensor] = None
+    for level in range(index.num_levels):
+        logits = step_logits_fn(level, prefixes, parents)
+        expected = (batch_size, prefixes.shape[1], index.codebook_sizes[level])
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"step_fn must return logits of shape {expected}, got {got}")
+        if logits.device != device:
+            logits = logits.to(device)
+        if logits.dtype not in _LOGIT_DTYPES:
+            logits = logits.float()
+        scores, parents, tokens, state = index.beam_step(logits, scores, state, beam_size)
+        parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
+        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
+    return index.finalize(state, scores, top_n)
