@@ -34,6 +34,8 @@ enum ErrorCode : int32_t {
   kCorruptIndex = 4,       // index arrays disagree with each other
   kCodeOutOfRange = 5,     // a code digit outside [0, K_l)
   kBadScore = 6,           // NaN or +inf score passed to finalize
+  kParentOutOfRange = 7,   // a kept slot's parent beam is not in [0, width)
+  kRowOutOfRange = 8,      // a live beam's hidden row is not in [0, rows)
 };
 
 SIDMLP_HD SIDMLP_INLINE const char* error_name(int32_t code) {
@@ -45,6 +47,8 @@ SIDMLP_HD SIDMLP_INLINE const char* error_name(int32_t code) {
     case kCorruptIndex: return "corrupt index";
     case kCodeOutOfRange: return "code outside the codebook";
     case kBadScore: return "NaN or +inf score";
+    case kParentOutOfRange: return "parent beam out of range";
+    case kRowOutOfRange: return "hidden row out of range";
     default: return "unknown error";
   }
 }

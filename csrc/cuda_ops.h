@@ -36,6 +36,16 @@ int launch_finalize(const IndexView& ix, const int64_t* states, const float* sco
                     int64_t batch, int64_t width, int64_t top_n, int64_t* out_items,
                     int64_t* out_codes, float* out_scores, Status* d_status, void* stream);
 
+// states (batch, width) -> out (batch, width, K_level) bytes; out must be zeroed.
+int launch_valid_mask(const IndexView& ix, int level, const int64_t* states, int64_t batch,
+                      int64_t width, uint8_t* out, Status* d_status, void* stream);
+
+// scores may be null (see advance_slot in lookup.h).
+int launch_advance_states(const IndexView& ix, int level, const int64_t* states, int64_t batch,
+                          int64_t width, const int64_t* parents, const int64_t* tokens,
+                          const float* scores, int64_t beam, int64_t* out, Status* d_status,
+                          void* stream);
+
 const char* error_string(int cuda_error);
 
 }  // namespace cuda

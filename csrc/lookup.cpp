@@ -37,4 +37,46 @@ Status finalize(const IndexView& ix, const int64_t* states, const float* scores,
   return Status{};
 }
 
+Status valid_mask(const IndexView& ix, int level, const int64_t* states, int64_t batch,
+                  int64_t width, uint8_t* out) {
+  const int64_t K = ix.K[level];
+  for (int64_t i = 0; i < batch * width; ++i) {
+    const int32_t rc = mark_valid_children(ix, level, states[i], out + i * K);
+    if (rc != kOk) return make_error(rc, i / width, i % width, static_cast<double>(states[i]));
+  }
+  return Status{};
+}
+
+Status advance_states(const IndexView& ix, int level, const int64_t* states, int64_t batch,
+                      int64_t width, const int64_t* parents, const int64_t* tokens,
+                      const float* scores, int64_t beam, int64_t* out) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t r = 0; r < beam; ++r) {
+      const int64_t i = b * beam + r;
+      const Status st = advance_slot(ix, level, states + b * width, width, parents[i], tokens[i],
+                                     scores ? scores + i : nullptr, b, r, out + i);
+      if (!st.ok()) return st;
+    }
+  }
+  return Status{};
+}
+
+Status child_logits(const IndexView& ix, int level, const int64_t* states, const int64_t* rows,
+                    int64_t batch, int64_t width, const float* hidden, int64_t n_rows, int64_t H,
+                    const float* weight, const float* bias, float* out) {
+  const int64_t K = ix.K[level];
+  for (int64_t i = 0; i < batch * width; ++i) {
+    const int64_t state = states[i];
+    if (state == -1) continue;
+    const int64_t row = rows[i];
+    if (row < 0 || row >= n_rows) {
+      return make_error(kRowOutOfRange, i / width, i % width, static_cast<double>(row));
+    }
+    const int32_t rc =
+        child_logits_row(ix, level, state, hidden + row * H, weight, bias, H, out + i * K);
+    if (rc != kOk) return make_error(rc, i / width, i % width, static_cast<double>(state));
+  }
+  return Status{};
+}
+
 }  // namespace sidmlp

@@ -14,7 +14,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -221,6 +223,65 @@ void check_finalize(const Tensor& states, const Tensor& scores, int64_t top_n) {
   TORCH_CHECK_VALUE(top_n >= 1, "top_n must be >= 1, got ", top_n);
 }
 
+void check_level(const IndexView& ix, int64_t level) {
+  TORCH_CHECK_VALUE(level >= 0 && level < ix.num_levels, "level must be in [0, ", ix.num_levels,
+                    "), got ", level);
+}
+
+void check_states_2d(const Tensor& states) {
+  check_integer(states, "states");
+  TORCH_CHECK_VALUE(states.dim() == 2, "states must be 2-D (batch, width), got shape ",
+                    shape_str(states));
+}
+
+// Checks advance_states' inputs; returns the contiguous scores (undefined when absent).
+Tensor check_advance(const Tensor& states, const Tensor& parents, const Tensor& tokens,
+                     const std::optional<Tensor>& scores) {
+  check_states_2d(states);
+  check_integer(parents, "parents");
+  check_integer(tokens, "tokens");
+  TORCH_CHECK_VALUE(parents.dim() == 2 && parents.size(0) == states.size(0),
+                    "parents must have shape (", states.size(0),
+                    ", beam) to match states, got ", shape_str(parents));
+  TORCH_CHECK_VALUE(tokens.sizes() == parents.sizes(), "tokens must have the shape of parents ",
+                    shape_str(parents), ", got ", shape_str(tokens));
+  TORCH_CHECK_VALUE(parents.device() == states.device() && tokens.device() == states.device(),
+                    "states, parents and tokens must be on one device, got ", states.device(),
+                    ", ", parents.device(), ", ", tokens.device());
+  if (!scores.has_value()) return Tensor();
+  const Tensor& sc = *scores;
+  TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, "scores must be float32, got ",
+                   sc.scalar_type());
+  TORCH_CHECK_VALUE(sc.sizes() == parents.sizes(), "scores must have the shape of parents ",
+                    shape_str(parents), ", got ", shape_str(sc));
+  TORCH_CHECK_VALUE(sc.device() == states.device(), "scores must be on the device of states (",
+                    states.device(), "), got ", sc.device());
+  return sc.contiguous();
+}
+
+void raise_masks(const Status& s, const IndexView& ix, int64_t level, int64_t width = -1) {
+  switch (s.code) {
+    case sidmlp::kStateOutOfRange:
+      TORCH_CHECK_VALUE(false, "states[", s.row, ", ", s.col, "] = ",
+                        static_cast<int64_t>(s.value), " is not a node of level ", level,
+                        " (expected -1 or [0, ", ix.num_nodes(static_cast<int>(level)), "))");
+    case sidmlp::kParentOutOfRange:
+      TORCH_CHECK_VALUE(false, "parents[", s.row, ", ", s.col, "] = ",
+                        static_cast<int64_t>(s.value), " is not a beam of states (expected [0, ",
+                        width, "))");
+    case sidmlp::kCodeOutOfRange:
+      TORCH_CHECK_VALUE(false, "tokens[", s.row, ", ", s.col, "] = ",
+                        static_cast<int64_t>(s.value), " is outside the codebook [0, ",
+                        ix.K[level], ") of level ", level);
+    case sidmlp::kBadScore:
+      TORCH_CHECK_VALUE(false, "scores[", s.row, ", ", s.col, "] is ", s.value,
+                        " (scores must be finite or -inf)");
+    default:
+      TORCH_CHECK_VALUE(false, "index lookup failed: ", sidmlp::error_name(s.code), " at [",
+                        s.row, ", ", s.col, "] (is the index corrupt?)");
+  }
+}
+
 // ---- CPU kernels ----------------------------------------------------------
 
 std::vector<Tensor> build_index_cpu(const Tensor& codes, const Tensor& item_ids,
@@ -367,6 +428,114 @@ std::tuple<Tensor, Tensor, Tensor> finalize_cpu(const Tensor& states, const Tens
   return {items, codes, out_scores};
 }
 
+Tensor valid_mask_cpu(const Tensor& states, const std::vector<Tensor>& index,
+                      at::IntArrayRef meta, int64_t level) {
+  const IndexView ix = make_view(index, meta, states.device());
+  check_states_2d(states);
+  check_level(ix, level);
+  const Tensor st = states.contiguous();
+  const int64_t B = st.size(0), W = st.size(1), K = ix.K[level];
+  Tensor out = at::zeros({B, W, K}, st.options().dtype(at::kBool));
+  const int64_t* src = st.data_ptr<int64_t>();
+  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr<bool>());
+  // ~W * (children per node) writes per user.
+  const int64_t fanout = ix.num_nodes(static_cast<int>(level) + 1) /
+                             std::max<int64_t>(1, ix.num_nodes(static_cast<int>(level))) + 1;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, W * fanout));
+  FirstError first;
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    Status s = sidmlp::valid_mask(ix, static_cast<int>(level), src + begin * W, end - begin, W,
+                                  dst + begin * W * K);
+    if (!s.ok()) {
+      s.row += begin;
+      first.record(s);
+    }
+  });
+  if (!first.get().ok()) raise_masks(first.get(), ix, level);
+  return out;
+}
+
+Tensor advance_states_cpu(const Tensor& states, const Tensor& parents, const Tensor& tokens,
+                          const std::vector<Tensor>& index, at::IntArrayRef meta, int64_t level,
+                          const std::optional<Tensor>& scores) {
+  const IndexView ix = make_view(index, meta, states.device());
+  const Tensor sc = check_advance(states, parents, tokens, scores);
+  check_level(ix, level);
+  const Tensor st = states.contiguous();
+  const Tensor pa = parents.contiguous();
+  const Tensor to = tokens.contiguous();
+  const int64_t B = st.size(0), W = st.size(1), beam = pa.size(1);
+  Tensor out = at::empty({B, beam}, st.options());
+  const float* score_ptr = sc.defined() ? sc.data_ptr<float>() : nullptr;
+  FirstError first;
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, beam)),
+                   [&](int64_t begin, int64_t end) {
+    Status s = sidmlp::advance_states(
+        ix, static_cast<int>(level), st.data_ptr<int64_t>() + begin * W, end - begin, W,
+        pa.data_ptr<int64_t>() + begin * beam, to.data_ptr<int64_t>() + begin * beam,
+        score_ptr ? score_ptr + begin * beam : nullptr, beam,
+        out.data_ptr<int64_t>() + begin * beam);
+    if (!s.ok()) {
+      s.row += begin;
+      first.record(s);
+    }
+  });
+  if (!first.get().ok()) raise_masks(first.get(), ix, level, W);
+  return out;
+}
+
+Tensor child_logits_cpu(const Tensor& hidden, const Tensor& rows, const Tensor& out_w,
+                        const Tensor& out_b, const Tensor& states,
+                        const std::vector<Tensor>& index, at::IntArrayRef meta, int64_t level) {
+  const IndexView ix = make_view(index, meta, states.device());
+  check_states_2d(states);
+  check_level(ix, level);
+  check_integer(rows, "rows");
+  TORCH_CHECK_VALUE(rows.sizes() == states.sizes(), "rows must have the shape of states ",
+                    shape_str(states), ", got ", shape_str(rows));
+  for (const Tensor* t : {&hidden, &out_w, &out_b}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "hidden, out_w and out_b must be float32, got ",
+                     t->scalar_type());
+  }
+  TORCH_CHECK_VALUE(hidden.dim() == 2, "hidden must be 2-D (rows, H), got shape ",
+                    shape_str(hidden));
+  const int64_t H = hidden.size(1), K = ix.K[level];
+  TORCH_CHECK_VALUE(out_w.dim() == 2 && out_w.size(0) == K && out_w.size(1) == H,
+                    "out_w must have shape (", K, ", ", H, "), got ", shape_str(out_w));
+  TORCH_CHECK_VALUE(out_b.dim() == 1 && out_b.size(0) == K, "out_b must have shape (", K,
+                    ",), got ", shape_str(out_b));
+  for (const Tensor* t : {&hidden, &rows, &out_w, &out_b}) {
+    TORCH_CHECK_VALUE(t->device() == states.device(), "hidden, rows, out_w, out_b and states ",
+                      "must be on one device, got ", t->device(), " and ", states.device());
+  }
+  const Tensor h = hidden.contiguous(), r = rows.contiguous(), w = out_w.contiguous();
+  const Tensor bias = out_b.contiguous(), st = states.contiguous();
+  const int64_t B = st.size(0), W = st.size(1);
+  Tensor out = at::zeros({B, W, K}, h.options());
+  // ~W * fanout * H multiply-adds per user.
+  const int64_t fanout = ix.num_nodes(static_cast<int>(level) + 1) /
+                             std::max<int64_t>(1, ix.num_nodes(static_cast<int>(level))) + 1;
+  const int64_t grain = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, W * fanout * H));
+  FirstError first;
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    Status s = sidmlp::child_logits(ix, static_cast<int>(level), st.data_ptr<int64_t>() + begin * W,
+                                    r.data_ptr<int64_t>() + begin * W, end - begin, W,
+                                    h.data_ptr<float>(), h.size(0), H, w.data_ptr<float>(),
+                                    bias.data_ptr<float>(), out.data_ptr<float>() + begin * W * K);
+    if (!s.ok()) {
+      s.row += begin;
+      first.record(s);
+    }
+  });
+  const Status& s = first.get();
+  if (s.code == sidmlp::kRowOutOfRange) {
+    TORCH_CHECK_VALUE(false, "rows[", s.row, ", ", s.col, "] = ", static_cast<int64_t>(s.value),
+                      " is not a row of hidden (expected [0, ", h.size(0), ") for a live beam)");
+  }
+  if (!s.ok()) raise_masks(s, ix, level, W);
+  return out;
+}
+
 // ---- CUDA kernels -----------------------------------------------------------
 
 #ifdef SIDMLP_WITH_CUDA
@@ -465,6 +634,47 @@ std::tuple<Tensor, Tensor, Tensor> finalize_cuda(const Tensor& states, const Ten
   return {items, codes, out_scores};
 }
 
+Tensor valid_mask_cuda(const Tensor& states, const std::vector<Tensor>& index,
+                       at::IntArrayRef meta, int64_t level) {
+  const c10::cuda::CUDAGuard guard(states.device());
+  const IndexView ix = make_view(index, meta, states.device());
+  check_states_2d(states);
+  check_level(ix, level);
+  const Tensor st = states.contiguous();
+  const int64_t B = st.size(0), W = st.size(1);
+  Tensor out = at::zeros({B, W, ix.K[level]}, st.options().dtype(at::kBool));
+  Tensor status = new_status(st.options());
+  check_launch(sidmlp::cuda::launch_valid_mask(
+      ix, static_cast<int>(level), st.data_ptr<int64_t>(), B, W,
+      reinterpret_cast<uint8_t*>(out.data_ptr<bool>()),
+      reinterpret_cast<Status*>(status.data_ptr()), current_stream()));
+  const Status s = read_status(status);
+  if (!s.ok()) raise_masks(s, ix, level);
+  return out;
+}
+
+Tensor advance_states_cuda(const Tensor& states, const Tensor& parents, const Tensor& tokens,
+                           const std::vector<Tensor>& index, at::IntArrayRef meta, int64_t level,
+                           const std::optional<Tensor>& scores) {
+  const c10::cuda::CUDAGuard guard(states.device());
+  const IndexView ix = make_view(index, meta, states.device());
+  const Tensor sc = check_advance(states, parents, tokens, scores);
+  check_level(ix, level);
+  const Tensor st = states.contiguous();
+  const Tensor pa = parents.contiguous();
+  const Tensor to = tokens.contiguous();
+  const int64_t B = st.size(0), W = st.size(1), beam = pa.size(1);
+  Tensor out = at::empty({B, beam}, st.options());
+  Tensor status = new_status(st.options());
+  check_launch(sidmlp::cuda::launch_advance_states(
+      ix, static_cast<int>(level), st.data_ptr<int64_t>(), B, W, pa.data_ptr<int64_t>(),
+      to.data_ptr<int64_t>(), sc.defined() ? sc.data_ptr<float>() : nullptr, beam,
+      out.data_ptr<int64_t>(), reinterpret_cast<Status*>(status.data_ptr()), current_stream()));
+  const Status s = read_status(status);
+  if (!s.ok()) raise_masks(s, ix, level, W);
+  return out;
+}
+
 #endif  // SIDMLP_WITH_CUDA
 
 }  // namespace
@@ -482,6 +692,13 @@ TORCH_LIBRARY(sidmlp, m) {
   m.def(
       "finalize(Tensor states, Tensor scores, Tensor[] index, int[] meta, int top_n) "
       "-> (Tensor, Tensor, Tensor)");
+  m.def("valid_mask(Tensor states, Tensor[] index, int[] meta, int level) -> Tensor");
+  m.def(
+      "advance_states(Tensor states, Tensor parents, Tensor tokens, Tensor[] index, int[] meta, "
+      "int level, Tensor? scores=None) -> Tensor");
+  m.def(
+      "child_logits(Tensor hidden, Tensor rows, Tensor out_w, Tensor out_b, Tensor states, "
+      "Tensor[] index, int[] meta, int level) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sidmlp, CPU, m) {
@@ -491,6 +708,9 @@ TORCH_LIBRARY_IMPL(sidmlp, CPU, m) {
   m.impl("prefix_states", &prefix_states_cpu);
   m.impl("leaf_items", &leaf_items_cpu);
   m.impl("finalize", &finalize_cpu);
+  m.impl("valid_mask", &valid_mask_cpu);
+  m.impl("advance_states", &advance_states_cpu);
+  m.impl("child_logits", &child_logits_cpu);
 }
 
 #ifdef SIDMLP_WITH_CUDA
@@ -499,6 +719,8 @@ TORCH_LIBRARY_IMPL(sidmlp, CUDA, m) {
   m.impl("prefix_states", &prefix_states_cuda);
   m.impl("leaf_items", &leaf_items_cuda);
   m.impl("finalize", &finalize_cuda);
+  m.impl("valid_mask", &valid_mask_cuda);
+  m.impl("advance_states", &advance_states_cuda);
 }
 #endif
 

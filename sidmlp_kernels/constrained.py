@@ -235,6 +235,86 @@ class ConstrainedIndex:
         )
         return scores, parents, tokens, PrefixState(new_nodes, level + 1)
 
+    def _state_nodes(self, prefix_state: Union[PrefixState, torch.Tensor], level: Optional[int]) -> tuple:
+        """(nodes, level) of a PrefixState or of a plain (B, W) node tensor plus `level`, checked."""
+        if isinstance(prefix_state, PrefixState):
+            if level is not None and level != prefix_state.level:
+                raise ValueError(f"level={level} contradicts prefix_state.level={prefix_state.level}")
+            nodes, level = prefix_state.nodes, prefix_state.level
+        else:
+            nodes = _check_tensor(prefix_state, "prefix_state")
+            if level is None:
+                raise ValueError("level is required when prefix_state is a plain tensor")
+        _check_int(level, "level", 0)
+        if level >= self.num_levels:
+            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}")
+        nodes = _check_tensor(nodes, "prefix_state")
+        if nodes.dtype != torch.int64:
+            raise TypeError(f"prefix_state nodes must be int64, got {nodes.dtype}")
+        if nodes.dim() != 2:
+            raise ValueError(f"prefix_state nodes must be (B, W), got shape {tuple(nodes.shape)}")
+        self._check_device(nodes, "prefix_state")
+        return nodes, level
+
+    def valid_mask(
+        self, prefix_state: Union[PrefixState, torch.Tensor], level: Optional[int] = None
+    ) -> torch.Tensor:
+        """Bool (B, W, K_level) mask of each beam's catalog-valid next digits; dead beams (-1) all False.
+
+        Equals catalog.valid_children of the beams' prefixes, from O(1) trie lookups.
+        """
+        nodes, level = self._state_nodes(prefix_state, level)
+        return torch.ops.sidmlp.valid_mask(nodes, self._tensors, self._meta, level)
+
+    def advance_states(
+        self,
+        prefix_state: Union[PrefixState, torch.Tensor],
+        parents: torch.Tensor,
+        tokens: torch.Tensor,
+        scores: Optional[torch.Tensor] = None,
+        level: Optional[int] = None,
+    ) -> PrefixState:
+        """States (B, beam) at level + 1 of the slots a beam step kept (parents, tokens each (B, beam)).
+
+        A slot is dead (-1) when its parent beam is dead, its digit names no catalog prefix, or
+        (with `scores`, (B, beam) float32) its score is -inf; dead slots' parents/tokens go unchecked.
+        """
+        nodes, level = self._state_nodes(prefix_state, level)
+        parents = _check_tensor(parents, "parents")
+        tokens = _check_tensor(tokens, "tokens")
+        for tensor, name in ((parents, "parents"), (tokens, "tokens")):
+            if tensor.dtype != torch.int64:
+                raise TypeError(f"{name} must be int64, got {tensor.dtype}")
+            self._check_device(tensor, name)
+        if scores is not None:
+            scores = _check_tensor(scores, "scores")
+            if scores.dtype != torch.float32:
+                raise TypeError(f"scores must be float32, got {scores.dtype}")
+            self._check_device(scores, "scores")
+        new_nodes = torch.ops.sidmlp.advance_states(nodes, parents, tokens, self._tensors, self._meta, level, scores)
+        return PrefixState(new_nodes, level + 1)
+
+    def child_logits(
+        self,
+        hidden: torch.Tensor,
+        rows: torch.Tensor,
+        out_w: torch.Tensor,
+        out_b: torch.Tensor,
+        prefix_state: Union[PrefixState, torch.Tensor],
+        level: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Head logits (B, W, K_level) at each live beam's valid children only (0 elsewhere), CPU float32.
+
+        hidden (n, H) post-activation rows, rows (B, W) int64 the hidden row of each beam (-1 for
+        dead beams), out_w (K_level, H), out_b (K_level,): one dot product per valid child instead of
+        a K-wide GEMM row, which wins deep in the trie where beams have a handful of children.
+        """
+        nodes, level = self._state_nodes(prefix_state, level)
+        for tensor, name in ((hidden, "hidden"), (rows, "rows"), (out_w, "out_w"), (out_b, "out_b")):
+            _check_tensor(tensor, name)
+            self._check_device(tensor, name)
+        return torch.ops.sidmlp.child_logits(hidden, rows, out_w, out_b, nodes, self._tensors, self._meta, level)
+
     def prefix_state(self, prefixes: torch.Tensor) -> PrefixState:
         """State of (B, W, l) or (N, l) digit prefixes; -1 where not a catalog prefix.
 
@@ -313,6 +393,19 @@ if _C is not None:
     def _leaf_items_fake(states, index, meta):
         return torch.empty_like(states)
 
+    @torch.library.register_fake("sidmlp::valid_mask")
+    def _valid_mask_fake(states, index, meta, level):
+        k = meta[2 + level]
+        return states.new_empty((states.shape[0], states.shape[1], k), dtype=torch.bool)
+
+    @torch.library.register_fake("sidmlp::advance_states")
+    def _advance_states_fake(states, parents, tokens, index, meta, level, scores=None):
+        return torch.empty_like(parents)
+
+    @torch.library.register_fake("sidmlp::child_logits")
+    def _child_logits_fake(hidden, rows, out_w, out_b, states, index, meta, level):
+        return hidden.new_empty((states.shape[0], states.shape[1], out_w.shape[0]))
+
     @torch.library.register_fake("sidmlp::finalize")
     def _finalize_fake(states, scores, index, meta, top_n):
         batch, num_levels = states.shape[0], meta[1]
@@ -325,19 +418,31 @@ if _C is not None:
 
 # ---- beam search -------------------------------------------------------------
 
-_INDEX_CACHE: dict[int, ConstrainedIndex] = {}
+# id(catalog) -> {device: index}; the entry dies with the catalog (weakref.finalize).
+_INDEX_CACHE: dict[int, dict[torch.device, ConstrainedIndex]] = {}
 _FALLBACK_LOGGED = False
 
 
 def index_for(catalog: SIDCatalog, device: Union[str, torch.device, None] = None) -> ConstrainedIndex:
     """The ConstrainedIndex of `catalog` (built once per catalog object, cached per device)."""
     key = id(catalog)
-    index = _INDEX_CACHE.get(key)
-    if index is None:
+    per_device = _INDEX_CACHE.get(key)
+    if per_device is None:
         index = ConstrainedIndex.from_catalog(catalog)
-        _INDEX_CACHE[key] = index
+        per_device = {index.device: index}
+        _INDEX_CACHE[key] = per_device
         weakref.finalize(catalog, _INDEX_CACHE.pop, key, None)
-    return index.to(device) if device is not None else index
+    if device is None:
+        return per_device[torch.device("cpu")]
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    index = per_device.get(device)
+    if index is None:
+        # Copied once per device, not per decode call.
+        index = per_device[torch.device("cpu")].to(device)
+        per_device[device] = index
+    return index
 
 
 def _use_extension() -> bool:

@@ -554,3 +554,159 @@ def test_torch_compile_fullgraph(small):
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     for a, b in zip(compiled(logits, scores, state.nodes), step(logits, scores, state.nodes)):
         assert torch.equal(a, b)
+
+
+# ---- valid_mask / advance_states / child_logits (the Triton and cpu decode paths) -----
+
+
+@pytest.mark.parametrize("sizes", SHAPES)
+@pytest.mark.parametrize("dense_depth", [0, 2, 5])
+def test_valid_mask_matches_catalog(sizes, dense_depth):
+    cat = random_catalog(sum(sizes) + dense_depth, 300, sizes)
+    index = ConstrainedIndex.from_catalog(cat, dense_depth=dense_depth)
+    for level in range(cat.num_levels):
+        prefixes, scores, _ = random_level_inputs(cat, 7 * level + 1, level, 4, 6)
+        state = index.prefix_state(prefixes)
+        nodes = state.nodes.clone()
+        nodes[0, 0] = -1  # an explicitly dead beam
+        want = cat.valid_children(prefixes.reshape(4 * 6, level)).reshape(4, 6, -1)
+        want[0, 0] = False
+        got = index.valid_mask(PrefixState(nodes, level))
+        assert got.dtype == torch.bool and got.shape == (4, 6, sizes[level])
+        assert torch.equal(got, want)
+        assert torch.equal(index.valid_mask(nodes, level), want)
+
+
+@pytest.mark.parametrize("sizes", SHAPES)
+def test_advance_states_matches_prefix_states(sizes):
+    cat = random_catalog(sum(sizes) + 1, 300, sizes)
+    index = ConstrainedIndex.from_catalog(cat)
+    g = torch.Generator().manual_seed(3)
+    for level in range(cat.num_levels):
+        batch, width, beam = 3, 5, 9
+        prefixes, _, _ = random_level_inputs(cat, 11 * level + 2, level, batch, width)
+        state = index.prefix_state(prefixes)
+        k = sizes[level]
+        parents = torch.randint(0, width, (batch, beam), generator=g)
+        tokens = torch.randint(0, k, (batch, beam), generator=g)
+        # Half of the slots pick a valid child of their parent, so both outcomes occur.
+        valid = index.valid_mask(state)
+        for b in range(batch):
+            for r in range(0, beam, 2):
+                children = valid[b, parents[b, r]].nonzero().flatten()
+                if children.numel():
+                    tokens[b, r] = children[torch.randint(0, children.numel(), (1,), generator=g)]
+        extended = torch.cat([torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)), tokens.unsqueeze(-1)], 2)
+        want = index.prefix_state(extended).nodes
+        got = index.advance_states(state, parents, tokens)
+        assert got.level == level + 1
+        assert torch.equal(got.nodes, want)
+        # Alive exactly where the mask says the digit is a valid child.
+        assert torch.equal(got.nodes >= 0, torch.gather(valid, 1, parents.unsqueeze(-1).expand(-1, -1, k)).gather(2, tokens.unsqueeze(-1)).squeeze(-1))
+        # With scores, -inf slots are dead whatever they point at.
+        scores = torch.zeros(batch, beam)
+        scores[:, ::3] = float("-inf")
+        dead = index.advance_states(state, parents, tokens, scores).nodes
+        assert (dead[:, ::3] == -1).all()
+        keep = torch.isfinite(scores)
+        assert torch.equal(dead[keep], want[keep])
+
+
+def test_valid_mask_and_advance_match_beam_step():
+    """valid_mask -> beam_step_reference -> advance_states reproduces the C++ beam_step exactly."""
+    cat = random_catalog(60, 400, [6, 5, 4, 3])
+    index = ConstrainedIndex.from_catalog(cat)
+    for level in range(cat.num_levels):
+        prefixes, scores, logits = random_level_inputs(cat, 60 + level, level, 4, 7)
+        state = index.prefix_state(prefixes)
+        valid = index.valid_mask(state) & torch.isfinite(scores).unsqueeze(-1)
+        ref = beam_step_reference(logits, scores, valid, 10)
+        got = index.beam_step(logits, scores, state, 10)
+        assert_same_step(got[:3], ref)
+        new = index.advance_states(state, ref[1], ref[2], ref[0])
+        alive = torch.isfinite(ref[0])
+        assert torch.equal(new.nodes[alive], got[3].nodes[alive])
+        assert (new.nodes[~alive] == -1).all()
+
+
+def test_child_logits_match_dense_at_valid_children():
+    cat = random_catalog(61, 300, [6, 7, 5])
+    index = ConstrainedIndex.from_catalog(cat)
+    g = torch.Generator().manual_seed(61)
+    for level in range(cat.num_levels):
+        prefixes, _, _ = random_level_inputs(cat, 61 + level, level, 3, 5)
+        state = index.prefix_state(prefixes)
+        k, h = cat.codebook_sizes[level], 19  # H not a multiple of the 8-wide partial sums
+        out_w, out_b = torch.randn(k, h, generator=g), torch.randn(k, generator=g)
+        live = state.nodes.reshape(-1) >= 0
+        hidden = torch.randn(int(live.sum()), h, generator=g)
+        rows = torch.where(live, torch.cumsum(live, 0) - 1, -1).reshape(3, 5)
+        got = index.child_logits(hidden, rows, out_w, out_b, state)
+        dense = torch.zeros(15, k)
+        dense[live] = hidden @ out_w.T + out_b
+        valid = index.valid_mask(state)
+        torch.testing.assert_close(got[valid], dense.reshape(3, 5, k)[valid], atol=1e-5, rtol=1e-5)
+        assert (got[~valid] == 0).all()
+
+
+def test_mask_ops_bad_inputs(small):
+    cat, index, prefixes, scores, logits = small
+    state = index.prefix_state(prefixes)  # (2, 3) at level 1
+    parents = torch.zeros(2, 4, dtype=torch.long)
+    tokens = torch.zeros(2, 4, dtype=torch.long)
+    broken = state.nodes.clone()
+    broken[1, 2] = index.num_nodes(1)
+    t, meta = index.tensors, index.meta
+    cases = [
+        (ValueError, r"states\[1, 2\] = \d+ is not a node of level 1", lambda: index.valid_mask(broken, 1)),
+        (ValueError, "level must be in", lambda: index.valid_mask(state.nodes, 3)),
+        (ValueError, "level is required", lambda: index.valid_mask(state.nodes)),
+        (TypeError, "int64", lambda: index.valid_mask(state.nodes.int(), 1)),
+        (ValueError, r"\(B, W\)", lambda: index.valid_mask(state.nodes[0], 1)),
+        (ValueError, "states must be 2-D", lambda: torch.ops.sidmlp.valid_mask(state.nodes[0], t, meta, 1)),
+        (ValueError, r"parents\[0, 1\] = 3 is not a beam of states \(expected \[0, 3\)\)",
+         lambda: index.advance_states(state, parents.index_fill(1, torch.tensor([1]), 3), tokens)),
+        (ValueError, r"tokens\[1, 0\] = 5 is outside the codebook \[0, 5\) of level 1",
+         lambda: index.advance_states(state, parents, tokens.index_fill(0, torch.tensor([1]), 5))),
+        (ValueError, r"states\[1, 2\]", lambda: index.advance_states(PrefixState(broken, 1), parents + 2, tokens)),
+        (ValueError, "tokens must have the shape", lambda: index.advance_states(state, parents, tokens[:, :2])),
+        (ValueError, "parents must have shape", lambda: index.advance_states(state, parents[:1], tokens[:1])),
+        (TypeError, "parents must be int64", lambda: index.advance_states(state, parents.int(), tokens)),
+        (TypeError, "scores must be float32", lambda: index.advance_states(state, parents, tokens, torch.zeros(2, 4, dtype=torch.float64))),
+        (ValueError, r"scores\[0, 0\] is nan", lambda: index.advance_states(state, parents, tokens, torch.full((2, 4), float("nan")))),
+        (ValueError, "scores must have the shape", lambda: torch.ops.sidmlp.advance_states(state.nodes, parents, tokens, t, meta, 1, torch.zeros(2, 3))),
+        (ValueError, "rows must have the shape",
+         lambda: index.child_logits(torch.zeros(6, 4), torch.zeros(2, 2, dtype=torch.long), torch.zeros(5, 4), torch.zeros(5), state)),
+        (ValueError, r"rows\[0, 0\] = 6 is not a row of hidden",
+         lambda: index.child_logits(torch.zeros(6, 4), torch.full((2, 3), 6), torch.zeros(5, 4), torch.zeros(5), state)),
+        (ValueError, r"out_w must have shape \(5, 4\)",
+         lambda: index.child_logits(torch.zeros(6, 4), torch.zeros(2, 3, dtype=torch.long), torch.zeros(4, 4), torch.zeros(5), state)),
+        (TypeError, "float32",
+         lambda: index.child_logits(torch.zeros(6, 4).double(), torch.zeros(2, 3, dtype=torch.long), torch.zeros(5, 4), torch.zeros(5), state)),
+    ]
+    for exc, match, call in cases:
+        with pytest.raises(exc, match=match):
+            call()
+    # Dead slots (-inf) are placeholders: out-of-range parents/tokens there are fine.
+    dead = index.advance_states(state, parents + 7, tokens + 9, torch.full((2, 4), float("-inf")))
+    assert (dead.nodes == -1).all()
+
+
+def test_mask_ops_empty_and_opcheck(small):
+    cat, index, prefixes, scores, logits = small
+    state = index.prefix_state(prefixes)
+    assert index.valid_mask(torch.zeros(0, 3, dtype=torch.long), 1).shape == (0, 3, 5)
+    assert index.advance_states(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long),
+                                torch.zeros(2, 0, dtype=torch.long), level=1).nodes.shape == (2, 0)
+    t, meta = index.tensors, index.meta
+    parents = torch.tensor([[0, 1, 2, 0], [2, 1, 0, 0]])
+    tokens = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    torch.library.opcheck(torch.ops.sidmlp.valid_mask.default, (state.nodes, t, meta, 1))
+    torch.library.opcheck(torch.ops.sidmlp.advance_states.default, (state.nodes, parents, tokens, t, meta, 1))
+    torch.library.opcheck(
+        torch.ops.sidmlp.advance_states.default, (state.nodes, parents, tokens, t, meta, 1, torch.zeros(2, 4))
+    )
+    rows = torch.arange(6).reshape(2, 3)
+    torch.library.opcheck(
+        torch.ops.sidmlp.child_logits.default, (torch.randn(6, 4), rows, torch.randn(5, 4), torch.randn(5), state.nodes, t, meta, 1)
+    )

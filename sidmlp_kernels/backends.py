@@ -1,0 +1,339 @@
+"""Decoding backends for folded SID-MLP heads (DESIGN.md section 5, "Dispatch").
+
+    reference  decoding.beam_search_reference over folded.folded_logits: plain PyTorch,
+               defines the results every other backend is tested against.
+    cpu        the folded head in PyTorch on live beams only (gather-add, LayerNorm, GELU,
+               hidden -> K only where needed) + the C++ constrained ops (beam_step, finalize).
+    triton     per digit: valid_mask op -> fused Triton step (kernels/fused_step.py) ->
+               advance_states op; finalize op. Runs on CUDA, or on CPU tensors under
+               TRITON_INTERPRET=1 (tests).
+
+`select_backend` picks one per device: CUDA + triton + CUDA extension -> triton; CPU +
+extension -> cpu; otherwise reference, logged once per process. SIDMLP_BACKEND forces one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import constrained as _constrained
+from .catalog import SIDCatalog
+from .decoding import GenerationOutput, beam_search_reference, check_beam_args
+from .folded import FoldedHeads, folded_logits
+
+__all__ = ["BACKENDS", "BACKEND_ENV", "select_backend", "decode_folded"]
+
+BACKENDS = ("reference", "cpu", "triton")
+BACKEND_ENV = "SIDMLP_BACKEND"
+logger = logging.getLogger("sidmlp_kernels")
+
+# The cpu backend computes only the valid children's logits (one dot product each, the
+# child_logits op) when a level's mean fan-out is below K / SPARSE_FANOUT_DIVISOR, else
+# one dense GEMM over the live beams. Measured at H=512, K=256, 1 thread: ~0.1 us per
+# child vs ~5 us per GEMM row, a crossover near K/5 children per beam; 8 keeps a margin.
+SPARSE_FANOUT_DIVISOR = 8
+
+_FALLBACK_LOGGED = False
+
+
+# ---- backend selection ----------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _unavailable(name: str, device: torch.device) -> Optional[str]:
+    """Why backend `name` cannot run on `device` (None when it can)."""
+    if name == "reference":
+        return None
+    if not _constrained.has_extension():
+        return "the C++ extension sidmlp_kernels._C is not built (build it with `pip install --no-build-isolation -e .`)"
+    if device.type == "cuda" and not _constrained.has_cuda_extension():
+        return "sidmlp_kernels._C was built without CUDA ops (rebuild it on a machine with the CUDA toolkit)"
+    if device.type not in ("cpu", "cuda"):
+        return f"device type {device.type!r} is not supported (cpu or cuda)"
+    if name == "triton":
+        if not _has_triton():
+            return "triton is not installed"
+        if device.type == "cpu":
+            from . import kernels  # noqa: F401  (sets TRITON_INTERPRET=1 where no CUDA exists)
+
+            if not _interpreting():
+                return "CPU tensors need TRITON_INTERPRET=1 set before triton is imported"
+    return None
+
+
+def select_backend(device: torch.device, requested: Optional[str] = None) -> str:
+    """The decoding backend for tensors on `device`: 'reference', 'cpu' or 'triton'.
+
+    Precedence: `requested`, then the SIDMLP_BACKEND environment variable, then the
+    automatic choice. A named backend that cannot run raises RuntimeError saying why; an
+    automatic fall back to 'reference' logs one warning per process.
+    """
+    global _FALLBACK_LOGGED
+    device = torch.device(device)
+    source, choice = "backend", requested
+    if choice is None:
+        source, choice = BACKEND_ENV, os.environ.get(BACKEND_ENV, "").strip() or None
+    if choice is not None:
+        if not isinstance(choice, str) or choice.strip().lower() not in BACKENDS:
+            raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {choice!r}")
+        choice = choice.strip().lower()
+        why = _unavailable(choice, device)
+        if why is not None:
+            raise RuntimeError(f"{source}={choice!r} cannot run on {device}: {why}")
+        return choice
+
+    if device.type == "cuda":
+        why = _unavailable("triton", device)
+        if why is None:
+            return "triton"
+    else:
+        why = _unavailable("cpu", device)
+        if why is None:
+            return "cpu"
+    if not _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED = True
+        logger.warning(
+            "sidmlp_kernels: decoding on the slow PyTorch reference backend because %s; "
+            "set %s=reference to choose it explicitly",
+            why,
+            BACKEND_ENV,
+        )
+    return "reference"
+
+
+# ---- input checks ---------------------------------------------------------------
+
+
+def _check_inputs(folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], catalog: SIDCatalog) -> int:
+    """Validate heads, projected contexts and catalog against each other; returns the batch size."""
+    if not isinstance(folded, FoldedHeads):
+        raise TypeError(f"folded must be a FoldedHeads, got {type(folded).__name__}")
+    if not isinstance(catalog, SIDCatalog):
+        raise TypeError(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
+    if not isinstance(ctx_proj, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in ctx_proj):
+        raise TypeError("ctx_proj must be a list of (B, H) tensors, one per head (see folded.project_context)")
+    sizes = tuple(catalog.codebook_sizes)
+    if folded.codebook_sizes != sizes:
+        raise ValueError(f"folded heads have codebook_sizes {folded.codebook_sizes}, the catalog {sizes}")
+    if len(ctx_proj) != len(sizes):
+        raise ValueError(f"ctx_proj must hold one (B, H) tensor per head ({len(sizes)}), got {len(ctx_proj)}")
+    batch = int(ctx_proj[0].shape[0]) if ctx_proj[0].dim() == 2 else -1
+    if batch < 1:
+        raise ValueError(f"ctx_proj[0] must have shape (B >= 1, H), got {tuple(ctx_proj[0].shape)}")
+    device = ctx_proj[0].device
+    for level, k in enumerate(sizes):
+        h = int(folded.out_weight[level].shape[1])
+        expected = {
+            f"ctx_proj[{level}]": (ctx_proj[level], (batch, h)),
+            f"folded.out_weight[{level}]": (folded.out_weight[level], (k, h)),
+            f"folded.out_bias[{level}]": (folded.out_bias[level], (k,)),
+            f"folded.ln_weight[{level}]": (folded.ln_weight[level], (h,)),
+            f"folded.ln_bias[{level}]": (folded.ln_bias[level], (h,)),
+        }
+        if len(folded.prefix_tables[level]) != level:
+            raise ValueError(
+                f"folded.prefix_tables[{level}] must hold {level} tables, got {len(folded.prefix_tables[level])}"
+            )
+        for j, table in enumerate(folded.prefix_tables[level]):
+            expected[f"folded.prefix_tables[{level}][{j}]"] = (table, (sizes[j], h))
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+            if tensor.device != device:
+                raise ValueError(f"{name} is on {tensor.device}, ctx_proj[0] on {device}; move both to one device")
+    return batch
+
+
+# ---- reference --------------------------------------------------------------------
+
+
+def _decode_reference(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+    device = ctx_proj[0].device
+
+    def step_fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        # Stateless heads: each beam row carries its whole prefix, `parents` is not needed.
+        return folded_logits(folded, level, ctx_proj[level], prefixes.to(device))
+
+    return beam_search_reference(step_fn, catalog, batch, beam_size=beam_size, top_n=top_n)
+
+
+# ---- cpu: PyTorch head on live beams + C++ constrained ops -------------------------
+
+
+def _live_hidden(folded, level, ctx_l, prefixes, rows, batch, width) -> torch.Tensor:
+    """Post-GELU hidden rows (n, H) of the beams `rows` (flat b * W + w; None = all), in beam order.
+
+    Same arithmetic as folded_logits (ctx + T_0[d_0] + T_1[d_1] ..., LayerNorm, GELU), so the
+    rows equal the reference's bit for bit. Large CPU temporaries cost page faults, so the
+    sum is built in one buffer and GELU runs in place.
+    """
+    tables = folded.prefix_tables[level]
+    users = None if rows is None else torch.div(rows, width, rounding_mode="floor")
+    if not tables:
+        if users is not None:
+            hidden = ctx_l.index_select(0, users)
+        else:
+            hidden = ctx_l.repeat_interleave(width, dim=0) if width > 1 else ctx_l
+    else:
+        digits = prefixes.reshape(batch * width, level)
+        if rows is not None:
+            digits = digits.index_select(0, rows)
+        dtype = torch.promote_types(ctx_l.dtype, tables[0].dtype)
+        hidden = tables[0].index_select(0, digits[:, 0]).to(dtype)
+        # ctx + T_0[d_0] == T_0[d_0] + ctx exactly (IEEE addition commutes): add ctx in place.
+        if users is None:
+            hidden.view(batch, width, -1).add_(ctx_l.unsqueeze(1))
+        else:
+            hidden.add_(ctx_l.index_select(0, users))
+        for j in range(1, level):
+            hidden.add_(tables[j].index_select(0, digits[:, j]))
+    hidden = F.layer_norm(hidden, hidden.shape[-1:], folded.ln_weight[level], folded.ln_bias[level], folded.ln_eps)
+    return torch.ops.aten.gelu_(hidden)  # same values as F.gelu (exact erf form)
+
+
+def _use_sparse(index, level: int, k: int) -> bool:
+    """Valid-children logits only (child_logits op) when a level's mean fan-out is small."""
+    fanout = index.num_nodes(level + 1) / max(1, index.num_nodes(level))
+    return fanout * SPARSE_FANOUT_DIVISOR < k
+
+
+def _head_logits_cpu(folded, level, ctx_l, prefixes, states, index) -> torch.Tensor:
+    """(B, W, K) logits of head `level`, exact at every live beam's valid children.
+
+    Only live beams get a hidden row. Dense levels: one addmm over them. Sparse levels
+    (CPU float32): one dot product per valid child. Entries the constrained beam step
+    never reads (dead beams, and invalid children on sparse levels) are 0.
+    """
+    batch, width = states.shape
+    out_w, out_b = folded.out_weight[level], folded.out_bias[level]
+    k = int(out_w.shape[0])
+    live = states.reshape(-1) >= 0
+    n_live = int(live.sum())
+    if n_live == 0:
+        return torch.zeros(batch, width, k, dtype=out_w.dtype, device=states.device)
+    rows = None if n_live == batch * width else live.nonzero().squeeze(1)
+    hidden = _live_hidden(folded, level, ctx_l, prefixes, rows, batch, width)
+
+    sparse_ok = (
+        states.device.type == "cpu"
+        and hidden.dtype == out_w.dtype == out_b.dtype == torch.float32
+        and _use_sparse(index, level, k)
+    )
+    if sparse_ok:
+        if rows is None:
+            row_of = torch.arange(batch * width, device=states.device).view(batch, width)
+        else:
+            # Each live beam's rank among the live beams is its hidden row; dead beams -1.
+            row_of = torch.where(live, torch.cumsum(live, 0) - 1, -1).view(batch, width)
+        return index.child_logits(hidden, row_of, out_w, out_b, states, level)
+
+    live_logits = torch.addmm(out_b, hidden, out_w.t())
+    if rows is None:
+        return live_logits.view(batch, width, k)
+    logits = torch.zeros(batch * width, k, dtype=live_logits.dtype, device=states.device)
+    logits.index_copy_(0, rows, live_logits)
+    return logits.view(batch, width, k)
+
+
+def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+    device = ctx_proj[0].device
+    index = _constrained.index_for(catalog, device)
+    states = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
+    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)
+    num_levels = catalog.num_levels
+    for level in range(num_levels):
+        logits = _head_logits_cpu(folded, level, ctx_proj[level], prefixes, states, index)
+        if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            logits = logits.float()
+        scores, parents, tokens, new_state = index.beam_step(
+            logits, scores, _constrained.PrefixState(states, level), beam_size
+        )
+        states = new_state.nodes
+        if level + 1 < num_levels:
+            prefixes = _extend(prefixes, parents, tokens)
+    return index.finalize(_constrained.PrefixState(states, num_levels), scores, top_n)
+
+
+def _extend(prefixes: torch.Tensor, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Kept beams' prefixes (B, beam, l + 1): parent prefix plus the chosen digit."""
+    level = prefixes.shape[2]
+    parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
+    return torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
+
+
+# ---- triton: valid_mask op -> fused step -> advance_states op ----------------------
+
+
+def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+    from .kernels.fused_step import fused_step
+
+    device = ctx_proj[0].device
+    index = _constrained.index_for(catalog, device)
+    states = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
+    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)
+    num_levels = catalog.num_levels
+    for level in range(num_levels):
+        valid = index.valid_mask(states, level)
+        # fused_step validates its inputs fully at level 0 (no device sync: no codes yet);
+        # deeper levels reuse _check_inputs' shape/device checks and feed back the kernel's
+        # own in-range outputs, so they skip the per-step range check and its sync.
+        new_scores, parents, tokens = fused_step(
+            ctx_proj[level].contiguous(),
+            [t.contiguous() for t in folded.prefix_tables[level]],
+            prefixes,
+            folded.ln_weight[level].contiguous(),
+            folded.ln_bias[level].contiguous(),
+            float(folded.ln_eps),
+            folded.out_weight[level].contiguous(),
+            folded.out_bias[level].contiguous(),
+            scores,
+            valid,
+            beam_size,
+            check_inputs=level == 0,
+        )
+        states = index.advance_states(states, parents, tokens, new_scores, level).nodes
+        scores = new_scores
+        if level + 1 < num_levels:
+            prefixes = _extend(prefixes, parents, tokens)
+    return index.finalize(_constrained.PrefixState(states, num_levels), scores, top_n)
+
+
+# ---- entry point ------------------------------------------------------------------
+
+_DECODERS = {"reference": _decode_reference, "cpu": _decode_cpu, "triton": _decode_triton}
+
+
+@torch.no_grad()
+def decode_folded(
+    folded: FoldedHeads,
+    ctx_proj: Sequence[torch.Tensor],
+    catalog: SIDCatalog,
+    beam_size: int = 50,
+    top_n: int = 10,
+    backend: Optional[str] = None,
+) -> GenerationOutput:
+    """Catalog-constrained beam search over folded heads on the chosen (or best available) backend.
+
+    ctx_proj: per head l the (B, H) projected context (folded.project_context). Every backend
+    returns the reference's ranked items (DESIGN.md section 4); outputs live on ctx_proj's
+    device for 'cpu'/'triton' and on the CPU for 'reference'.
+    """
+    check_beam_args(beam_size, top_n)
+    batch = _check_inputs(folded, ctx_proj, catalog)
+    name = select_backend(ctx_proj[0].device, backend)
+    return _DECODERS[name](folded, list(ctx_proj), catalog, batch, beam_size, top_n)

@@ -1,0 +1,375 @@
+"""Decoding backends (sidmlp_kernels.backends) against the PyTorch reference and the exhaustive oracle.
+
+Every backend available here runs: 'reference', 'cpu' (C++ ops, dense and sparse head paths)
+and 'triton' (fused step in Triton's CPU interpreter; the interpreted part is kept small).
+"""
+
+import logging
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The Triton interpreter must be chosen before triton is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sidmlp_kernels import SIDCatalog, backends, constrained  # noqa: E402
+from sidmlp_kernels.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend  # noqa: E402
+from sidmlp_kernels.decoding import exhaustive_search  # noqa: E402
+from sidmlp_kernels.folded import FoldedHeads, folded_logits  # noqa: E402
+
+HAS_EXT = constrained.has_extension()
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    HAS_TRITON = False
+
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="sidmlp_kernels._C not built")
+needs_triton = pytest.mark.skipif(not (HAS_EXT and HAS_TRITON), reason="needs triton and sidmlp_kernels._C")
+
+TOL = 1e-4
+
+
+# ---- builders -------------------------------------------------------------------
+
+
+def random_catalog(seed, n, sizes):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.stack([torch.randint(0, k, (n,), generator=g) for k in sizes], 1)
+    codes = torch.unique(raw, dim=0)
+    codes = codes[torch.randperm(codes.shape[0], generator=g)]
+    ids = torch.randperm(10 * codes.shape[0], generator=g)[: codes.shape[0]]
+    return SIDCatalog.from_codes(ids, codes, sizes)
+
+
+def chain_catalog(sizes):
+    """Each first digit starts one item: every deeper prefix has a single child."""
+    k0 = sizes[0]
+    codes = torch.stack([torch.tensor([d] + [(d * 7 + j) % k for j, k in enumerate(sizes[1:])]) for d in range(k0)])
+    return SIDCatalog.from_codes(torch.arange(k0) * 3, codes, sizes)
+
+
+def make_heads(seed, sizes, hidden, context=6, constant=False):
+    """Random folded heads; constant=True zeroes the output layers (all logits 0: exact ties)."""
+    g = torch.Generator().manual_seed(seed)
+    num_levels = len(sizes)
+    scale = 3.0 / math.sqrt(hidden)
+
+    def out_w(k):
+        return torch.zeros(k, hidden) if constant else torch.randn(k, hidden, generator=g) * scale
+
+    def out_b(k):
+        return torch.zeros(k) if constant else torch.randn(k, generator=g) * 0.1
+
+    return FoldedHeads(
+        ctx_weight=[torch.randn(hidden, context, generator=g) for _ in range(num_levels)],
+        ctx_bias=[torch.randn(hidden, generator=g) * 0.1 for _ in range(num_levels)],
+        prefix_tables=[[torch.randn(sizes[j], hidden, generator=g) * 0.5 for j in range(l)] for l in range(num_levels)],
+        ln_weight=[torch.rand(hidden, generator=g) + 0.5 for _ in range(num_levels)],
+        ln_bias=[torch.randn(hidden, generator=g) * 0.1 for _ in range(num_levels)],
+        ln_eps=1e-5,
+        out_weight=[out_w(k) for k in sizes],
+        out_bias=[out_b(k) for k in sizes],
+    )
+
+
+def make_ctx(seed, folded, batch):
+    g = torch.Generator().manual_seed(seed + 1)
+    return [torch.randn(batch, int(w.shape[1]), generator=g) for w in folded.out_weight]
+
+
+def available_backends():
+    names = ["reference"]
+    if HAS_EXT:
+        names.append("cpu")
+    if HAS_EXT and HAS_TRITON:
+        names.append("triton")
+    return names
+
+
+# ---- comparison -------------------------------------------------------------------
+
+
+def assert_same_ranking(out, ref, tol=TOL):
+    """Scores close; items equal wherever the ranking is not decided by a near-tie (DESIGN.md section 4).
+
+    Runs of scores within `tol` of each other are near-ties: inside a run the item *set* must
+    match, except for a run reaching the end of the list (the top_n cut may split it).
+    """
+    assert out.items.shape == ref.items.shape and out.codes.shape == ref.codes.shape
+    items, scores = out.items.cpu(), out.scores.cpu()
+    ref_items, ref_scores = ref.items.cpu(), ref.scores.cpu()
+    torch.testing.assert_close(scores, ref_scores, atol=tol, rtol=tol)
+    assert torch.equal(items == -1, ref_items == -1)
+    assert torch.equal(torch.isinf(scores), torch.isinf(ref_scores))
+    n = items.shape[1]
+    for b in range(items.shape[0]):
+        s = ref_scores[b].tolist()
+        start = 0
+        while start < n:
+            end = start + 1
+            while end < n and math.isfinite(s[end]) and abs(s[end] - s[end - 1]) <= tol:
+                end += 1
+            if end < n or end - start == 1:
+                assert sorted(items[b, start:end].tolist()) == sorted(ref_items[b, start:end].tolist()), (b, start)
+                if end - start == 1:
+                    assert torch.equal(out.codes[b, start].cpu(), ref.codes[b, start].cpu())
+            start = end
+    # Every returned item is a catalog item with its own code.
+    return True
+
+
+def assert_valid_items(out, catalog):
+    items, codes = out.items.cpu(), out.codes.cpu()
+    alive = items >= 0
+    assert torch.equal(catalog.lookup(codes[alive]), items[alive])
+    for row in items.tolist():
+        live = [i for i in row if i >= 0]
+        assert len(live) == len(set(live)), "items must be distinct"
+
+
+# ---- sweeps -------------------------------------------------------------------------
+
+# name, catalog builder, hidden, batch, beam, top_n, constant heads
+CASES = [
+    ("one item", lambda: SIDCatalog.from_codes([42], [[1, 2, 0]], [3, 4, 2]), 8, 2, 4, 3, False),
+    ("single-child prefixes", lambda: chain_catalog([6, 5, 7, 3]), 8, 2, 4, 4, False),
+    ("K not a power of two", lambda: random_catalog(20, 200, [7, 11, 5]), 16, 3, 8, 5, False),
+    ("beam > valid candidates", lambda: random_catalog(21, 6, [3, 4, 2]), 8, 2, 16, 10, False),
+    ("L=2", lambda: random_catalog(22, 30, [9, 6]), 12, 2, 5, 5, False),
+    ("L=5", lambda: random_catalog(23, 150, [3, 4, 3, 5, 2]), 8, 2, 6, 4, False),
+    ("exact ties", lambda: random_catalog(24, 60, [4, 5, 3]), 8, 2, 7, 7, True),
+    ("singleton codebooks", lambda: SIDCatalog.from_codes([5], [[0, 0, 0]], [1, 1, 1]), 4, 1, 3, 2, False),
+]
+
+
+@pytest.fixture(params=["dense", "sparse"])
+def head_path(request, monkeypatch):
+    """Force the cpu backend's dense GEMM or its sparse valid-children path on every level."""
+    # Fan-out is >= 1, so a huge divisor never picks sparse and 0 always does.
+    monkeypatch.setattr(backends, "SPARSE_FANOUT_DIVISOR", 10**9 if request.param == "dense" else 0)
+    return request.param
+
+
+@needs_ext
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cpu_matches_reference_cases(case, head_path):
+    name, make, hidden, batch, beam, top_n, constant = case
+    cat = make()
+    folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
+    ctx = make_ctx(len(name), folded, batch)
+    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
+    out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+    assert_same_ranking(out, ref)
+    assert_valid_items(out, cat)
+    if constant:  # exact ties resolve by (beam, token) in every backend
+        assert torch.equal(out.items, ref.items)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_triton_matches_reference_cases(case):
+    name, make, hidden, batch, beam, top_n, constant = case
+    cat = make()
+    folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
+    ctx = make_ctx(len(name), folded, batch)
+    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
+    out = decode_folded(folded, ctx, cat, beam, top_n, backend="triton")
+    assert_same_ranking(out, ref)
+    assert_valid_items(out, cat)
+    if constant:
+        assert torch.equal(out.items.cpu(), ref.items)
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5),
+    n=st.integers(1, 150),
+    seed=st.integers(0, 10_000),
+    batch=st.integers(1, 3),
+    beam=st.integers(1, 24),
+    hidden=st.sampled_from([4, 8, 24]),
+    sparse=st.booleans(),
+)
+def test_cpu_matches_reference_sweep(sizes, n, seed, batch, beam, hidden, sparse):
+    cat = random_catalog(seed, n, sizes)
+    folded = make_heads(seed, sizes, hidden)
+    ctx = make_ctx(seed, folded, batch)
+    top_n = max(1, beam // 2)
+    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
+    old = backends.SPARSE_FANOUT_DIVISOR
+    backends.SPARSE_FANOUT_DIVISOR = 0 if sparse else 10**9
+    try:
+        out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+    finally:
+        backends.SPARSE_FANOUT_DIVISOR = old
+    assert_same_ranking(out, ref)
+
+
+# Seeded random shapes for the interpreted Triton path (each decode = L kernel launches).
+TRITON_SWEEP = [
+    # seed, sizes, n, batch, beam, hidden
+    (1, [5, 3], 12, 2, 4, 8),
+    (2, [4, 6, 3], 40, 1, 9, 16),
+    (3, [2, 3, 2, 3], 30, 2, 5, 8),
+    (4, [3, 2, 4, 2, 3], 80, 1, 7, 4),
+    (5, [10, 7], 50, 3, 12, 12),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("seed, sizes, n, batch, beam, hidden", TRITON_SWEEP)
+def test_triton_matches_reference_sweep(seed, sizes, n, batch, beam, hidden):
+    cat = random_catalog(seed, n, sizes)
+    folded = make_heads(seed, sizes, hidden)
+    ctx = make_ctx(seed, folded, batch)
+    top_n = max(1, beam - 2)
+    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
+    assert_same_ranking(decode_folded(folded, ctx, cat, beam, top_n, backend="triton"), ref)
+
+
+# ---- exhaustive oracle ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("seed, sizes, n", [(0, [4, 5, 3], 25), (1, [3, 2, 3, 2], 20), (2, [6, 4], 1)])
+def test_full_beam_equals_exhaustive(backend, seed, sizes, n):
+    cat = random_catalog(seed, n, sizes)
+    folded = make_heads(seed, sizes, 8)
+    ctx = make_ctx(seed, folded, 2)
+    beam = cat.num_items
+    oracle = exhaustive_search(lambda level, p: folded_logits(folded, level, ctx[level], p), cat, 2, top_n=beam)
+    out = decode_folded(folded, ctx, cat, beam_size=beam, top_n=beam, backend=backend)
+    assert_same_ranking(out, oracle)
+
+
+# ---- dispatch -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.setattr(backends, "_FALLBACK_LOGGED", False)
+    return monkeypatch
+
+
+def test_default_backend_per_device(clean_env):
+    assert set(BACKENDS) == {"reference", "cpu", "triton"}
+    assert select_backend(torch.device("cpu")) == ("cpu" if HAS_EXT else "reference")
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton", " CPU "])
+def test_env_var_forces_backend(clean_env, name):
+    clean_env.setenv(BACKEND_ENV, name)
+    want = name.strip().lower()
+    if want in available_backends():
+        assert select_backend(torch.device("cpu")) == want
+    else:
+        with pytest.raises(RuntimeError, match=want):
+            select_backend(torch.device("cpu"))
+
+
+def test_env_var_drives_decode(clean_env, caplog):
+    cat = random_catalog(3, 20, [4, 3])
+    folded = make_heads(3, [4, 3], 8)
+    ctx = make_ctx(3, folded, 2)
+    clean_env.setenv(BACKEND_ENV, "reference")
+    calls = []
+    original = backends._DECODERS["reference"]
+    clean_env.setitem(backends._DECODERS, "reference", lambda *a: calls.append(1) or original(*a))
+    with caplog.at_level(logging.WARNING, logger="sidmlp_kernels"):
+        decode_folded(folded, ctx, cat, 4, 2)
+    assert calls == [1]
+    assert not caplog.records, "a forced reference is not a fallback: no warning"
+
+
+def test_invalid_backend_lists_valid_ones(clean_env):
+    clean_env.setenv(BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match=r"SIDMLP_BACKEND.*'reference', 'cpu', 'triton'.*'cuda'"):
+        select_backend(torch.device("cpu"))
+    clean_env.delenv(BACKEND_ENV)
+    with pytest.raises(ValueError, match="'reference', 'cpu', 'triton'"):
+        select_backend(torch.device("cpu"), "fast")
+
+
+def test_argument_overrides_env(clean_env):
+    clean_env.setenv(BACKEND_ENV, "bogus")  # never read when the caller names a backend
+    assert select_backend(torch.device("cpu"), "reference") == "reference"
+
+
+def test_forcing_cpu_without_extension_is_a_clear_error(clean_env):
+    clean_env.setattr(constrained, "has_extension", lambda: False)
+    clean_env.setenv(BACKEND_ENV, "cpu")
+    with pytest.raises(RuntimeError, match=r"SIDMLP_BACKEND='cpu'.*not built.*pip install"):
+        select_backend(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="not built"):
+        select_backend(torch.device("cpu"), "triton")
+
+
+def test_fallback_logs_one_line_per_process(clean_env, caplog):
+    clean_env.setattr(constrained, "has_extension", lambda: False)
+    cat = random_catalog(4, 20, [4, 3])
+    folded = make_heads(4, [4, 3], 8)
+    ctx = make_ctx(4, folded, 2)
+    with caplog.at_level(logging.WARNING, logger="sidmlp_kernels"):
+        assert select_backend(torch.device("cpu")) == "reference"
+        out = decode_folded(folded, ctx, cat, 4, 2)
+        assert select_backend(torch.device("cpu")) == "reference"
+    records = [r for r in caplog.records if r.name == "sidmlp_kernels"]
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "reference" in message and "not built" in message and BACKEND_ENV in message
+    assert_same_ranking(out, decode_folded(folded, ctx, cat, 4, 2, backend="reference"))
+
+
+@needs_ext
+def test_cuda_device_without_cuda_ops_falls_back(clean_env, caplog):
+    clean_env.setattr(constrained, "has_cuda_extension", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="sidmlp_kernels"):
+        assert select_backend(torch.device("cuda")) == "reference"
+    assert len(caplog.records) == 1 and "CUDA" in caplog.records[0].getMessage()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        select_backend(torch.device("cuda"), "triton")
+
+
+# ---- input checks ---------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_value_errors():
+    cat = random_catalog(5, 20, [4, 3])
+    folded = make_heads(5, [4, 3], 8)
+    ctx = make_ctx(5, folded, 2)
+    with pytest.raises(ValueError, match="top_n"):
+        decode_folded(folded, ctx, cat, 2, 3)
+    with pytest.raises(ValueError, match="beam_size"):
+        decode_folded(folded, ctx, cat, 0, 1)
+    with pytest.raises(ValueError, match="codebook_sizes"):
+        decode_folded(folded, ctx, random_catalog(5, 20, [4, 5]), 4, 2)
+    with pytest.raises(ValueError, match="one"):
+        decode_folded(folded, ctx[:1], cat, 4, 2)
+    with pytest.raises(ValueError, match=r"ctx_proj\[1\]"):
+        decode_folded(folded, [ctx[0], ctx[1][:1]], cat, 4, 2)
+    with pytest.raises(ValueError, match=r"ctx_proj\[0\]"):
+        decode_folded(folded, [c[:0] for c in ctx], cat, 4, 2)
+    with pytest.raises(TypeError, match="ctx_proj"):
+        decode_folded(folded, ctx[0], cat, 4, 2)
+    bad = make_heads(5, [4, 3], 8)
+    bad.prefix_tables[1][0] = bad.prefix_tables[1][0][:, :4]
+    with pytest.raises(ValueError, match=r"prefix_tables\[1\]\[0\]"):
+        decode_folded(bad, ctx, cat, 4, 2)
+
+
+@needs_ext
+def test_index_cached_per_catalog_and_device():
+    cat = random_catalog(6, 20, [4, 3])
+    index = constrained.index_for(cat)
+    assert constrained.index_for(cat, "cpu") is index
+    assert constrained.index_for(cat, torch.device("cpu")) is index
