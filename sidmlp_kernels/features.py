@@ -1,0 +1,300 @@
+"""Teacher features for distillation: encoder states + mask and teacher-forced per-digit logits.
+
+Extracted once from a frozen teacher (batched, tqdm) and stored as safetensors
+shards + a JSON index, so distillation can be rerun (or resumed midway through
+extraction) without the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+__all__ = ["FeatureStore", "extract_features", "load_features", "encode_in_batches", "teacher_fingerprint"]
+
+FORMAT_VERSION = 1
+_FORMAT = "sidmlp-features"
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class FeatureStore:
+    """N examples: states (N, T, D), mask (N, T), input_ids (N, T), teacher logits [(N, K_l)], targets."""
+
+    states: torch.Tensor  # storage dtype (float16 by default); batches come out as float32
+    mask: torch.Tensor  # bool, True = real token
+    input_ids: torch.Tensor  # long, the teacher-layout tokens the states were computed from
+    teacher_logits: list[torch.Tensor]  # float32, restricted to digit l's K_l codes
+    target_codes: torch.Tensor  # (N, L) long
+    target_items: torch.Tensor  # (N,) long
+
+    def __post_init__(self) -> None:
+        n = self.states.shape[0]
+        if self.states.dim() != 3 or tuple(self.mask.shape) != tuple(self.states.shape[:2]):
+            raise ValueError(
+                f"states must be (N, T, D) and mask (N, T), got {tuple(self.states.shape)} and {tuple(self.mask.shape)}"
+            )
+        if tuple(self.input_ids.shape) != tuple(self.mask.shape):
+            raise ValueError(f"input_ids must be {tuple(self.mask.shape)}, got {tuple(self.input_ids.shape)}")
+        if self.target_codes.dim() != 2 or self.target_codes.shape[0] != n:
+            raise ValueError(f"target_codes must be (N={n}, L), got {tuple(self.target_codes.shape)}")
+        if len(self.teacher_logits) != self.target_codes.shape[1]:
+            raise ValueError(f"need one teacher_logits tensor per digit ({self.target_codes.shape[1]}), got {len(self.teacher_logits)}")
+        for l, t in enumerate(self.teacher_logits):
+            if t.dim() != 2 or t.shape[0] != n:
+                raise ValueError(f"teacher_logits[{l}] must be (N={n}, K_{l}), got {tuple(t.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    @property
+    def num_levels(self) -> int:
+        """Number of SID digits L."""
+        return int(self.target_codes.shape[1])
+
+    @property
+    def hidden_size(self) -> int:
+        """Width D of the stored encoder states."""
+        return int(self.states.shape[2])
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A float32 batch trimmed to its longest row: states, mask, input_ids, teacher_logits, target_codes."""
+        mask = self.mask[index]
+        real = mask.any(dim=0).nonzero().flatten()
+        # Rows may be right- or left-padded; keep the column span that holds any real token.
+        lo, hi = (int(real.min()), int(real.max()) + 1) if real.numel() else (0, 1)
+        return {
+            "states": self.states[index, lo:hi].float(),
+            "mask": mask[:, lo:hi],
+            "input_ids": self.input_ids[index, lo:hi],
+            "teacher_logits": [t[index].float() for t in self.teacher_logits],
+            "target_codes": self.target_codes[index],
+            "target_items": self.target_items[index],
+        }
+
+    def with_states(self, states: torch.Tensor) -> "FeatureStore":
+        """The same examples with other encoder states (e.g. the MLP encoder's), same (N, T) grid."""
+        return FeatureStore(states, self.mask, self.input_ids, self.teacher_logits, self.target_codes, self.target_items)
+
+    def subset(self, index: torch.Tensor) -> "FeatureStore":
+        """The examples at `index`."""
+        return FeatureStore(
+            self.states[index], self.mask[index], self.input_ids[index],
+            [t[index] for t in self.teacher_logits], self.target_codes[index], self.target_items[index],
+        )
+
+
+def teacher_fingerprint(adapter) -> str:
+    """Short hash of a teacher's code embeddings: tells one trained teacher from another."""
+    h = hashlib.sha256()
+    for level in range(adapter.layout.num_levels):
+        emb = adapter.code_embeddings(level).detach().float().cpu().contiguous()
+        h.update(emb.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _examples_fingerprint(examples) -> str:
+    h = hashlib.sha256()
+    for t in (examples.input_ids, examples.attention_mask, examples.target_codes, examples.target_items):
+        h.update(t.detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pad_to(x: torch.Tensor, t: int, value=0) -> torch.Tensor:
+    """Pad dim 1 of x on the right to length t (rows keep their own mask, so placement is free)."""
+    if x.shape[1] == t:
+        return x
+    pad = [0, 0] * (x.dim() - 2) + [0, t - x.shape[1]]
+    return torch.nn.functional.pad(x, pad, value=value)
+
+
+def encode_in_batches(
+    encoder, examples, batch_size: int = 128, desc: str = "encode", show_progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encoder states of every example -> (states (N, T, D) float32, mask (N, T) bool, input_ids (N, T)).
+
+    `encoder(input_ids, attention_mask)` returns an Encoded (a teacher adapter's
+    encode or an MLP encoder); each batch is trimmed to its longest row first.
+    """
+    n, t = examples.input_ids.shape
+    states, masks, ids_out = [], [], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not show_progress, leave=False):
+            ids, am, _, _ = examples.batch(torch.arange(start, min(start + batch_size, n)))
+            enc = encoder(ids, am)
+            enc_ids = getattr(enc, "input_ids", None)
+            states.append(_pad_to(enc.states.float().cpu(), t))
+            masks.append(_pad_to(enc.mask.bool().cpu(), t, False))
+            ids_out.append(_pad_to((ids if enc_ids is None else enc_ids).long().cpu(), t))
+    return torch.cat(states), torch.cat(masks), torch.cat(ids_out)
+
+
+def _extract_shard(adapter, examples, lo: int, hi: int, batch_size: int, dtype: torch.dtype, bar) -> dict[str, torch.Tensor]:
+    """Features of examples[lo:hi] on the full T grid (each batch trimmed, then re-padded)."""
+    t = examples.input_ids.shape[1]
+    parts: dict[str, list[torch.Tensor]] = {"states": [], "mask": [], "input_ids": []}
+    logits: list[list[torch.Tensor]] = [[] for _ in range(examples.target_codes.shape[1])]
+    with torch.inference_mode():
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            ids, am, codes, _ = examples.batch(torch.arange(start, stop))
+            enc = adapter.encode(ids, am)
+            per_digit = adapter.digit_logits(enc, codes)
+            # Causal-LM adapters re-pad on the left: keep the ids aligned with their states.
+            enc_ids = getattr(enc, "input_ids", None)
+            parts["states"].append(_pad_to(enc.states.float().cpu().to(dtype), t))
+            parts["mask"].append(_pad_to(enc.mask.bool().cpu(), t, False))
+            parts["input_ids"].append(_pad_to((ids if enc_ids is None else enc_ids).long().cpu(), t))
+            for l, lg in enumerate(per_digit):
+                logits[l].append(lg.float().cpu())
+            bar.update(stop - start)
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    for l, lg in enumerate(logits):
+        out[f"teacher_logits{l}"] = torch.cat(lg)
+    return out
+
+
+def extract_features(
+    adapter,
+    examples,
+    out_dir: Optional[str | Path] = None,
+    batch_size: int = 128,
+    storage_dtype: str = "float16",
+    shard_size: int = 4096,
+    show_progress: bool = True,
+) -> FeatureStore:
+    """Run the frozen teacher over `examples` (an Examples); with out_dir, store shards and resume/reuse them."""
+    if storage_dtype not in _DTYPES:
+        raise ValueError(f"storage_dtype must be one of {sorted(_DTYPES)}, got {storage_dtype!r}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    n = len(examples)
+    if n == 0:
+        raise ValueError("examples must hold at least one example")
+    layout = adapter.layout
+    if examples.target_codes.shape[1] != layout.num_levels:
+        raise ValueError(
+            f"examples have {examples.target_codes.shape[1]}-digit targets, the teacher layout {layout.num_levels}"
+        )
+    layout.check_inputs(examples.input_ids, examples.attention_mask)
+    meta = {
+        "format": _FORMAT,
+        "format_version": FORMAT_VERSION,
+        "num_examples": n,
+        "seq_len": int(examples.input_ids.shape[1]),
+        "num_levels": layout.num_levels,
+        "codebook_sizes": list(layout.codebook_sizes),
+        "hidden_size": int(adapter.hidden_size),
+        "storage_dtype": storage_dtype,
+        "shard_size": shard_size,
+        "teacher": teacher_fingerprint(adapter),
+        "examples": _examples_fingerprint(examples),
+    }
+    directory = Path(out_dir) if out_dir is not None else None
+    if directory is not None and (directory / "features.json").is_file():
+        try:
+            old = json.loads((directory / "features.json").read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and {k: old.get(k) for k in meta} == meta:
+            return load_features(directory)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Invalidate a previous complete store first, so a crash never pairs its index with new shards.
+        (directory / "features.json").unlink(missing_ok=True)
+    dtype = _DTYPES[storage_dtype]
+    shard_meta = {k: str(v) for k, v in meta.items()}
+    shards = []
+    with tqdm(total=n, desc="teacher features", disable=not show_progress, unit="ex") as bar:
+        for idx, lo in enumerate(range(0, n, shard_size)):
+            hi = min(lo + shard_size, n)
+            path = directory / f"shard{idx:05d}.safetensors" if directory is not None else None
+            if path is not None and path.is_file():
+                try:
+                    with safe_open(str(path), "pt") as f:
+                        done = f.metadata() == {**shard_meta, "lo": str(lo), "hi": str(hi)}
+                except Exception:  # a truncated shard from a crash: recompute it
+                    done = False
+                if done:
+                    bar.update(hi - lo)
+                    shards.append(path.name)
+                    continue
+            tensors = _extract_shard(adapter, examples, lo, hi, batch_size, dtype, bar)
+            if path is not None:
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                save_file(tensors, str(tmp), metadata={**shard_meta, "lo": str(lo), "hi": str(hi)})
+                os.replace(tmp, path)
+                shards.append(path.name)
+            else:
+                shards.append(tensors)
+    if directory is None:
+        merged = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        return _store_from(merged, examples, layout.num_levels)
+    # Inputs and targets go in one small file; the index is written last and marks completion.
+    save_file(
+        {
+            "target_codes": examples.target_codes.long().contiguous(),
+            "target_items": examples.target_items.long().contiguous(),
+        },
+        str(directory / "targets.safetensors"),
+    )
+    tmp = directory / f"features.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({**meta, "shards": shards}, indent=2))
+    os.replace(tmp, directory / "features.json")
+    return load_features(directory)
+
+
+def _store_from(tensors: dict[str, torch.Tensor], examples, num_levels: int) -> FeatureStore:
+    return FeatureStore(
+        states=tensors["states"],
+        mask=tensors["mask"],
+        input_ids=tensors["input_ids"],
+        teacher_logits=[tensors[f"teacher_logits{l}"] for l in range(num_levels)],
+        target_codes=examples.target_codes.long(),
+        target_items=examples.target_items.long(),
+    )
+
+
+def load_features(directory: str | Path) -> FeatureStore:
+    """Load and validate a store written by extract_features."""
+    directory = Path(directory)
+    index = directory / "features.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"no complete feature store in {directory} (features.json missing)")
+    try:
+        meta = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupted {index}: {err}") from err
+    if meta.get("format") != _FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{index} is not a sidmlp feature store of format_version {FORMAT_VERSION} "
+            f"(format={meta.get('format')!r}, format_version={meta.get('format_version')!r})"
+        )
+    from safetensors.torch import load_file
+
+    parts = [load_file(str(directory / name)) for name in meta["shards"]]
+    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    targets = load_file(str(directory / "targets.safetensors"))
+    store = FeatureStore(
+        states=merged["states"],
+        mask=merged["mask"].bool(),
+        input_ids=merged["input_ids"],
+        teacher_logits=[merged[f"teacher_logits{l}"] for l in range(meta["num_levels"])],
+        target_codes=targets["target_codes"],
+        target_items=targets["target_items"],
+    )
+    if len(store) != meta["num_examples"] or store.hidden_size != meta["hidden_size"]:
+        raise ValueError(
+            f"{directory} holds {len(store)} examples of width {store.hidden_size}, its index says "
+            f"{meta['num_examples']} of width {meta['hidden_size']}"
+        )
+    return store

@@ -1,0 +1,171 @@
+"""SID-MLP++ encoder: an attention-free stand-in for the teacher's encoder.
+
+Each layer mixes every token with the masked mean of its sequence through a
+position-specific MLP (one MLP per SID digit, one shared by the special tokens),
+as in the SID-MLP paper code; no attention, so cost is linear in T with no
+T x T term. Stage 1 fits it to the teacher's encoder states (MSE on real
+tokens); stage 2 (in accelerate.py) retrains the SID-MLP heads on its outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .adapters import Encoded
+from .distill import TrainResult, train_loop
+from .features import FeatureStore
+from .layout import TokenLayout
+
+__all__ = ["MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
+
+
+@dataclass
+class MLPEncoderConfig:
+    """Sizes of the MLP encoder; the output width equals the teacher's hidden size."""
+
+    vocab_size: int
+    hidden_size: int
+    num_levels: int
+    ffn_dim: int = 512
+    num_layers: int = 2
+    dropout: float = 0.1
+    max_len: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_levels", "ffn_dim", "num_layers", "max_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MLPEncoderConfig":
+        """Inverse of to_dict."""
+        return cls(**d)
+
+
+class MLPEncoder(nn.Module):
+    """Attention-free encoder: token + position embeddings, then per-role MLP blocks over [x, mean(x)]."""
+
+    def __init__(self, config: MLPEncoderConfig, token_role: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.config = config
+        d, roles = config.hidden_size, config.num_levels + 1
+        self.token_emb = nn.Embedding(config.vocab_size, d)
+        self.pos_emb = nn.Embedding(config.max_len, d)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        # Role of each token id: its SID digit, or num_levels for pad/EOS/user tokens.
+        if token_role is None:
+            token_role = torch.full((config.vocab_size,), config.num_levels, dtype=torch.long)
+        self.register_buffer("token_role", token_role.long().clone())
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                nn.Sequential(
+                    nn.Linear(2 * d, config.ffn_dim), nn.LayerNorm(config.ffn_dim), nn.GELU(),
+                    nn.Dropout(config.dropout), nn.Linear(config.ffn_dim, d),
+                )
+                for _ in range(roles)
+            )
+            for _ in range(config.num_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+
+    @classmethod
+    def for_layout(cls, layout: TokenLayout, hidden_size: int, adapter=None, **sizes) -> "MLPEncoder":
+        """An encoder for a layout; digit-token embeddings start from the teacher's code embeddings."""
+        cfg = MLPEncoderConfig(vocab_size=layout.vocab_size, hidden_size=hidden_size, num_levels=layout.num_levels, **sizes)
+        role = torch.full((layout.vocab_size,), layout.num_levels, dtype=torch.long)
+        for level in range(layout.num_levels):
+            start, stop = layout.digit_token_range(level)
+            role[start:stop] = level
+        enc = cls(cfg, role)
+        if adapter is not None:
+            with torch.no_grad():
+                for level in range(layout.num_levels):
+                    start, stop = layout.digit_token_range(level)
+                    emb = adapter.code_embeddings(level).detach().float()
+                    if emb.shape[1] == hidden_size:
+                        enc.token_emb.weight[start:stop] = emb
+        return enc
+
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Encoder states (B, T, D) of (B, T) inputs; padded positions hold garbage the mask hides."""
+        mask = attention_mask.bool()
+        # Positions count real tokens, so left and right padding encode alike.
+        pos = (mask.long().cumsum(dim=1) - 1).clamp(0, self.config.max_len - 1)
+        x = self.token_emb(input_ids) + self.pos_emb(pos)
+        role = self.token_role[input_ids]
+        valid = mask.to(x.dtype).unsqueeze(-1)
+        denom = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
+        selectors = [(role == r) & mask for r in range(self.config.num_levels + 1)]
+        for ffns in self.layers:
+            ctx = (x * valid).sum(dim=1, keepdim=True) / denom
+            inp = torch.cat([x, ctx.expand_as(x)], dim=-1)
+            update = torch.zeros_like(x)
+            for sel, ffn in zip(selectors, ffns):
+                # Each MLP sees only its own tokens: no compute spent on the other roles.
+                update = update.index_put((sel,), ffn(inp[sel]))
+            x = x + update
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """Encode like a teacher adapter: Encoded(states (B, T, D), mask (B, T))."""
+        if input_ids.shape[1] > self.config.max_len:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, this encoder takes at most {self.config.max_len}")
+        return Encoded(states=self.states(input_ids, attention_mask), mask=attention_mask.bool())
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real tokens only."""
+    m = mask.to(pred.dtype).unsqueeze(-1)
+    return ((pred - target) ** 2 * m).sum() / (m.sum().clamp_min(1.0) * pred.shape[-1])
+
+
+@dataclass
+class EncoderTrainConfig:
+    """Stage-1 (MSE to teacher states) hyper-parameters."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    warmup_frac: float = 0.03
+    seed: int = 0
+
+
+def train_mlp_encoder(
+    encoder: MLPEncoder,
+    features: FeatureStore,
+    config: Optional[EncoderTrainConfig] = None,
+    checkpoint: Optional[str | Path] = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Stage 1 of SID-MLP++: fit the encoder to the teacher's stored states (DDP-aware, resumable)."""
+    cfg = config or EncoderTrainConfig()
+    if features.hidden_size != encoder.config.hidden_size:
+        raise ValueError(f"features have width {features.hidden_size}, the encoder {encoder.config.hidden_size}")
+
+    def batch_loss(model, index):
+        b = features.batch(index)
+        pred = model(b["input_ids"], b["mask"]).states
+        loss = masked_mse(pred, b["states"], b["mask"])
+        return loss, {}
+
+    return train_loop(
+        encoder, batch_loss, len(features), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
+        checkpoint=checkpoint, run_config={"encoder": encoder.config.to_dict(), "train": asdict(cfg)},
+        desc="mlp-encoder", show_progress=show_progress, log=log,
+    )

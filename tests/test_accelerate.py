@@ -1,0 +1,221 @@
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidmlp_kernels import SIDCatalog
+from sidmlp_kernels.accelerate import AcceleratedRecommender, accelerate
+from sidmlp_kernels.adapters import Encoded
+from sidmlp_kernels.decoding import exhaustive_search
+from sidmlp_kernels.examples import Examples
+from sidmlp_kernels.folded import folded_logits
+from sidmlp_kernels.layout import TokenLayout
+from sidmlp_kernels.mlp_encoder import MLPEncoder
+from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+
+TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32, show_progress=False, log=lambda s: None)
+
+
+class FakeAdapter:
+    """A tiny deterministic teacher implementing the TeacherAdapter protocol."""
+
+    def __init__(self, sizes, d=8, seed=0, num_user_tokens=1):
+        self.layout = TokenLayout(tuple(sizes), num_user_tokens=num_user_tokens)
+        self.hidden_size = d
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.randn(self.layout.vocab_size, d, generator=g)
+
+    def encode(self, ids, mask):
+        self.layout.check_inputs(ids, mask)
+        return Encoded(torch.tanh(self.emb[ids]), mask.bool())
+
+    def digit_logits(self, enc, codes):
+        m = enc.mask.float().unsqueeze(-1)
+        h = (enc.states * m).sum(1) / m.sum(1)
+        out = []
+        for l in range(self.layout.num_levels):
+            s, e = self.layout.digit_token_range(l)
+            out.append(3 * h @ self.emb[s:e].T)
+            if l < self.layout.num_levels - 1:
+                h = h + self.emb[self.layout.offsets[l] + codes[:, l]]
+        return out
+
+    def code_embeddings(self, level):
+        s, e = self.layout.digit_token_range(level)
+        return self.emb[s:e]
+
+
+def random_catalog(seed, n, sizes, first_id=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.unique(torch.stack([torch.randint(0, k, (n,), generator=g) for k in sizes], 1), dim=0)
+    return SIDCatalog.from_codes(torch.arange(first_id, first_id + codes.shape[0]), codes, sizes)
+
+
+def random_examples(catalog, layout, n, seed=0, padding_side="right"):
+    g = torch.Generator().manual_seed(seed)
+    hist = [torch.randint(0, catalog.num_items, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
+            for _ in range(n)]
+    hist = [[int(catalog.item_ids[i]) for i in h] for h in hist]
+    ids, mask = layout.encode_histories(hist, catalog, padding_side=padding_side)
+    rows = torch.randint(0, catalog.num_items, (n,), generator=g)
+    return Examples(ids, mask, catalog.codes[rows], catalog.item_ids[rows], padding_side=padding_side)
+
+
+def exhaustive_of(rec, ids, mask, top_n):
+    """Oracle: score every catalog item with the recommender's own folded heads."""
+    proj = rec.context_projection(rec.encode(ids, mask))
+    return exhaustive_search(lambda l, p: folded_logits(rec.folded, l, proj[l], p), rec.catalog, ids.shape[0], top_n)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    sizes = (4, 5, 3)
+    cat = random_catalog(0, 40, sizes)
+    ad = FakeAdapter(sizes)
+    ex = random_examples(cat, ad.layout, 160)
+    rec = accelerate(ad, cat, ex, ex.subset(torch.arange(30)), epochs=2, **TINY)
+    pp = accelerate(ad, cat, ex, ex.subset(torch.arange(30)), replace_encoder=True, epochs=1, encoder_epochs=1,
+                    encoder_ffn_dim=16, **TINY)
+    return ad, cat, ex, rec, pp
+
+
+@pytest.mark.parametrize("which", ["sidmlp", "sidmlp++"])
+def test_full_beam_equals_exhaustive(trained, which):
+    ad, cat, ex, rec, pp = trained
+    r = rec if which == "sidmlp" else pp
+    ids, mask, _, _ = ex.batch(torch.arange(6))
+    n = cat.num_items
+    out = r.generate(ids, mask, beam_size=n, top_n=n)
+    oracle = exhaustive_of(r, ids, mask, n)
+    assert torch.equal(out.items, oracle.items)
+    torch.testing.assert_close(out.scores, oracle.scores, rtol=1e-4, atol=1e-4)
+    assert sorted(out.items[0].tolist()) == sorted(cat.item_ids.tolist())
+
+
+def test_training_history_and_info(trained):
+    _, _, _, rec, pp = trained
+    assert len(rec.info["history"]) == 2 and "valid_ndcg@10" in rec.info["history"][0]
+    assert rec.uses_teacher_encoder and not pp.uses_teacher_encoder
+    assert len(pp.info["encoder_history"]) == 1
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    ad, cat, ex, rec, pp = trained
+    ids, mask, _, _ = ex.batch(torch.arange(8))
+    rec.save(tmp_path / "a")
+    pp.save(tmp_path / "b")
+    a = AcceleratedRecommender.load(tmp_path / "a", teacher=ad, catalog=cat, layout=ad.layout)
+    b = AcceleratedRecommender.load(tmp_path / "b")
+    for orig, new in ((rec, a), (pp, b)):
+        x, y = orig.generate(ids, mask, 7, 5), new.generate(ids, mask, 7, 5)
+        assert torch.equal(x.items, y.items) and torch.equal(x.codes, y.codes) and torch.equal(x.scores, y.scores)
+
+
+def test_load_mismatches_fail_clearly(trained, tmp_path):
+    ad, cat, ex, rec, pp = trained
+    rec.save(tmp_path / "a")
+    other_cat = random_catalog(9, 40, (4, 5, 3))
+    with pytest.raises(ValueError, match="catalog mismatch"):
+        AcceleratedRecommender.load(tmp_path / "a", teacher=ad, catalog=other_cat)
+    with pytest.raises(ValueError, match="layout mismatch"):
+        AcceleratedRecommender.load(tmp_path / "a", teacher=ad, layout=TokenLayout((4, 5, 3), num_user_tokens=3))
+    with pytest.raises(ValueError, match="pass teacher="):
+        AcceleratedRecommender.load(tmp_path / "a")
+    with pytest.raises(ValueError, match="teacher mismatch"):
+        AcceleratedRecommender.load(tmp_path / "a", teacher=FakeAdapter((4, 5, 3), seed=1))
+    with pytest.raises(ValueError, match="teacher does not match"):
+        AcceleratedRecommender.load(tmp_path / "a", teacher=FakeAdapter((4, 5, 4)))
+    meta = json.loads((tmp_path / "a" / "accelerated.json").read_text())
+    meta["format_version"] = 99
+    (tmp_path / "a" / "accelerated.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format_version"):
+        AcceleratedRecommender.load(tmp_path / "a", teacher=ad)
+    with pytest.raises(FileNotFoundError):
+        AcceleratedRecommender.load(tmp_path / "nothing")
+
+
+def test_generate_input_validation(trained):
+    ad, cat, ex, rec, _ = trained
+    ids, mask, _, _ = ex.batch(torch.arange(3))
+    bad = ids.clone()
+    bad[0, 1] = ad.layout.vocab_size
+    with pytest.raises(ValueError, match="input_ids must be in"):
+        rec.generate(bad, mask)
+    empty_ids = torch.tensor([[ad.layout.user_base, ad.layout.eos_id, 0, 0, 0]])
+    with pytest.raises(ValueError, match="empty history"):
+        rec.generate(empty_ids, torch.tensor([[1, 1, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="beam_size"):
+        rec.generate(ids, mask, beam_size=0, top_n=1)
+    with pytest.raises(ValueError, match="top_n"):
+        rec.generate(ids, mask, beam_size=3, top_n=4)
+    with pytest.raises(ValueError, match="attention_mask"):
+        rec.generate(ids, mask[:, :-1])
+
+
+def test_accelerate_rejects_unknown_options_and_bad_layout():
+    sizes = (4, 5, 3)
+    cat = random_catalog(0, 40, sizes)
+    ex = random_examples(cat, TokenLayout(sizes), 8)
+    with pytest.raises(TypeError, match="unknown accelerate"):
+        accelerate(FakeAdapter(sizes), cat, ex, epochz=3)
+    with pytest.raises(ValueError, match="does not match the catalog"):
+        accelerate(FakeAdapter((4, 5, 4)), cat, ex)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(2, 6), min_size=1, max_size=4),
+    n_items=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    beam=st.integers(1, 8),
+    top_frac=st.floats(0.0, 1.0),
+)
+def test_generate_returns_only_catalog_items(sizes, n_items, seed, beam, top_frac):
+    cat = random_catalog(seed, n_items, sizes, first_id=1000)
+    ad = FakeAdapter(sizes, seed=seed)
+    torch.manual_seed(seed)
+    embed = tuple(8 for _ in sizes[:-1])
+    student = SIDMLP(SIDMLPConfig(encoder_dim=8, codebook_sizes=tuple(sizes), embed_dims=embed, head_hidden=12,
+                                  ffn_dim=8, num_heads=2), [ad.code_embeddings(j) for j in range(len(sizes) - 1)])
+    use_mlp = seed % 2 == 1
+    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=8, num_layers=1) if use_mlp else None
+    rec = AcceleratedRecommender(ad.layout, cat, student, teacher=None if use_mlp else ad, encoder=enc)
+    ex = random_examples(cat, ad.layout, 3, seed=seed)
+    top_n = max(1, int(round(top_frac * beam)))
+    out = rec.generate(ex.input_ids, ex.attention_mask, beam_size=beam, top_n=top_n)
+    assert out.items.shape == (3, top_n) and out.codes.shape == (3, top_n, len(sizes))
+    alive = out.items >= 0
+    # Dead slots only when the catalog cannot fill top_n.
+    assert (alive.sum(1) == min(top_n, cat.num_items)).all()
+    valid_ids = set(cat.item_ids.tolist())
+    for row, codes, scores, ok in zip(out.items, out.codes, out.scores, alive):
+        items = row[ok].tolist()
+        assert set(items) <= valid_ids and len(set(items)) == len(items)
+        assert torch.equal(cat.lookup(codes[ok]), row[ok])
+        assert (scores[ok][:-1] >= scores[ok][1:]).all()
+
+
+@pytest.mark.parametrize("arch, sizes", [("t5", (6, 5, 4)), ("gpt2", (6, 5, 4)), ("t5", (9, 7)), ("gpt2", (3, 4, 2, 5))])
+def test_hf_teachers(arch, sizes, tmp_path):
+    from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher
+
+    cat = random_catalog(1, 60, sizes)
+    layout = TokenLayout.for_catalog(cat)
+    model = build_t5_teacher(layout, "tiny", seed=0) if arch == "t5" else build_gpt2_teacher(layout, "tiny", max_positions=64, seed=0)
+    model.eval()
+    padding = "right" if arch == "t5" else "left"
+    ex = random_examples(cat, layout, 64, padding_side=padding)
+    rec = accelerate(model, cat, ex, ex.subset(torch.arange(16)), epochs=1, work_dir=tmp_path, **TINY)
+    ids, mask, _, _ = ex.batch(torch.arange(4))
+    n = cat.num_items
+    out = rec.generate(ids, mask, beam_size=n, top_n=n)
+    oracle = exhaustive_of(rec, ids, mask, n)
+    assert torch.equal(out.items, oracle.items)
+    rec.save(tmp_path / "model")
+    again = AcceleratedRecommender.load(tmp_path / "model", teacher=model, catalog=cat)
+    assert torch.equal(again.generate(ids, mask, 5, 3).items, rec.generate(ids, mask, 5, 3).items)
+    # Rerun with the same work_dir reuses the stored features and resumes the finished checkpoint.
+    rec2 = accelerate(model, cat, ex, ex.subset(torch.arange(16)), epochs=1, work_dir=tmp_path, **TINY)
+    assert torch.equal(rec2.generate(ids, mask, 5, 3).items, rec.generate(ids, mask, 5, 3).items)

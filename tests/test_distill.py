@@ -1,0 +1,244 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sidmlp_kernels import SIDCatalog
+from sidmlp_kernels.adapters import Encoded
+from sidmlp_kernels.distill import DistillConfig, ValidSet, distill, distill_loss, train_loop
+from sidmlp_kernels.examples import Examples
+from sidmlp_kernels.features import extract_features, load_features
+from sidmlp_kernels.layout import TokenLayout
+from sidmlp_kernels.mlp_encoder import EncoderTrainConfig, MLPEncoder, train_mlp_encoder
+from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = dict(show_progress=False, log=lambda s: None)
+
+
+class CountingAdapter:
+    """Tiny deterministic teacher that counts its encoder calls."""
+
+    def __init__(self, sizes, d=8, seed=0):
+        self.layout = TokenLayout(tuple(sizes))
+        self.hidden_size = d
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.randn(self.layout.vocab_size, d, generator=g)
+        self.calls = 0
+
+    def encode(self, ids, mask):
+        self.calls += 1
+        return Encoded(torch.tanh(self.emb[ids]), mask.bool())
+
+    def digit_logits(self, enc, codes):
+        m = enc.mask.float().unsqueeze(-1)
+        h = (enc.states * m).sum(1) / m.sum(1)
+        out = []
+        for l in range(self.layout.num_levels):
+            s, e = self.layout.digit_token_range(l)
+            out.append(3 * h @ self.emb[s:e].T)
+            if l < self.layout.num_levels - 1:
+                h = h + self.emb[self.layout.offsets[l] + codes[:, l]]
+        return out
+
+    def code_embeddings(self, level):
+        s, e = self.layout.digit_token_range(level)
+        return self.emb[s:e]
+
+
+def setup_data(n=96, sizes=(4, 5, 3), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.unique(torch.stack([torch.randint(0, k, (40,), generator=g) for k in sizes], 1), dim=0)
+    cat = SIDCatalog.from_codes(torch.arange(codes.shape[0]), codes, sizes)
+    ad = CountingAdapter(sizes)
+    hist = [[int(x) for x in torch.randint(0, cat.num_items, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)]
+            for _ in range(n)]
+    ids, mask = ad.layout.encode_histories(hist, cat)
+    rows = torch.randint(0, cat.num_items, (n,), generator=g)
+    return cat, ad, Examples(ids, mask, cat.codes[rows], cat.item_ids[rows])
+
+
+def make_student(ad, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    sizes = ad.layout.codebook_sizes
+    cfg = SIDMLPConfig(encoder_dim=8, codebook_sizes=sizes, embed_dims=(8,) * (len(sizes) - 1), head_hidden=16,
+                       ffn_dim=16, num_heads=2, dropout=dropout)
+    return SIDMLP(cfg, [ad.code_embeddings(j) for j in range(len(sizes) - 1)])
+
+
+def test_distill_loss_parts():
+    torch.manual_seed(0)
+    s = [torch.randn(6, 5), torch.randn(6, 3)]
+    t = [torch.randn(6, 5), torch.randn(6, 3)]
+    y = torch.stack([torch.randint(0, 5, (6,)), torch.randint(0, 3, (6,))], 1)
+    kl = sum(F.kl_div(F.log_softmax(a, -1), F.softmax(b, -1), reduction="batchmean") for a, b in zip(s, t))
+    ce = sum(F.cross_entropy(a, y[:, l]) for l, a in enumerate(s))
+    torch.testing.assert_close(distill_loss(s, t, y, alpha=1.0)[0], kl)
+    torch.testing.assert_close(distill_loss(s, t, y, alpha=0.0)[0], ce)
+    torch.testing.assert_close(distill_loss(s, t, y, alpha=0.7)[0], 0.7 * kl + 0.3 * ce)
+    # T^2 keeps the soft-target gradient scale: T=2 uses softened distributions times 4.
+    kl2 = sum(F.kl_div(F.log_softmax(a / 2, -1), F.softmax(b / 2, -1), reduction="batchmean") for a, b in zip(s, t))
+    torch.testing.assert_close(distill_loss(s, t, y, alpha=1.0, temperature=2.0)[0], 4 * kl2)
+    loss, parts = distill_loss(s, s, y, alpha=1.0)
+    assert abs(float(loss)) < 1e-6 and set(parts) == {"kl", "ce"}
+
+
+def test_features_store_reuse_and_resume(tmp_path):
+    cat, ad, ex = setup_data()
+    mem = extract_features(ad, ex, None, batch_size=16, show_progress=False)
+    stored = extract_features(ad, ex, tmp_path, batch_size=16, shard_size=32, storage_dtype="float32",
+                              show_progress=False)
+    assert len(stored) == len(ex) and stored.num_levels == 3
+    torch.testing.assert_close(stored.states.float(), mem.states.float(), rtol=1e-3, atol=1e-3)
+    for a, b in zip(stored.teacher_logits, mem.teacher_logits):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(stored.mask, mem.mask) and torch.equal(stored.target_codes, ex.target_codes)
+    # Teacher-forced logits equal the adapter's on the same batch.
+    enc = ad.encode(ex.input_ids[:5], ex.attention_mask[:5])
+    torch.testing.assert_close(stored.teacher_logits[1][:5], ad.digit_logits(enc, ex.target_codes[:5])[1])
+    calls = ad.calls
+    extract_features(ad, ex, tmp_path, batch_size=16, shard_size=32, storage_dtype="float32", show_progress=False)
+    assert ad.calls == calls  # complete store: reused, teacher not run
+    # An interrupted extraction: index gone, one shard truncated -> only that shard is recomputed.
+    (tmp_path / "features.json").unlink()
+    (tmp_path / "shard00001.safetensors").write_bytes(b"garbage")
+    again = extract_features(ad, ex, tmp_path, batch_size=16, shard_size=32, storage_dtype="float32",
+                             show_progress=False)
+    assert ad.calls == calls + 2
+    assert torch.equal(again.states, stored.states)
+    assert torch.equal(load_features(tmp_path).states, stored.states)
+    batch = stored.batch(torch.tensor([0, 3]))
+    assert batch["states"].dtype == torch.float32 and batch["mask"].any(0).all()
+
+
+def test_distill_learns_and_stops_early(tmp_path):
+    cat, ad, ex = setup_data(n=128)
+    feats = extract_features(ad, ex, None, show_progress=False)
+    student = make_student(ad, dropout=0.1)
+    valid = ValidSet(feats.states[:32].float(), feats.mask[:32], ex.target_items[:32])
+    res = distill(student, feats, cat, valid, DistillConfig(epochs=6, batch_size=32, lr=3e-3, eval_beam=5,
+                                                              patience=2), **QUIET)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    assert res.best_epoch is not None and all("valid_ndcg@10" in h for h in res.history)
+    # A constant metric never improves: stop after `patience` evaluations past the first.
+    student2 = make_student(ad)
+    res2 = train_loop(student2, lambda m, i: (m(feats.batch(i)["states"], feats.batch(i)["mask"],
+                                                  feats.batch(i)["target_codes"])[0].mean() * 0 +
+                                                torch.zeros((), requires_grad=True), {}),
+                      len(feats), epochs=10, batch_size=64, lr=1e-3, evaluate=lambda m: {"ndcg@10": 0.5},
+                      patience=2, **QUIET)
+    assert res2.stopped_early and len(res2.history) == 3 and res2.best_epoch == 1
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    cat, ad, ex = setup_data(n=64)
+    feats = extract_features(ad, ex, None, show_progress=False)
+
+    calls = []  # shared by every run: the metric always improves, so best = last epoch
+
+    def run(ckpt, crash_at=None):
+        student = make_student(ad, dropout=0.2)
+        epochs_seen = []
+
+        def evaluate(m):
+            epochs_seen.append(1)
+            calls.append(1)
+            if crash_at is not None and len(epochs_seen) == crash_at:
+                raise KeyboardInterrupt("simulated crash")
+            return {"ndcg@10": float(len(calls))}
+
+        def loss(model, idx):
+            b = feats.batch(idx)
+            return distill_loss(model(b["states"], b["mask"], b["target_codes"]), b["teacher_logits"],
+                                b["target_codes"])
+
+        res = train_loop(student, loss, len(feats), epochs=4, batch_size=16, lr=2e-3, evaluate=evaluate,
+                         checkpoint=ckpt, **QUIET)
+        return student, res
+
+    full, res_full = run(tmp_path / "a.ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.ckpt", crash_at=3)
+    resumed, res_resumed = run(tmp_path / "b.ckpt")
+    assert [h["train_loss"] for h in res_resumed.history] == pytest.approx([h["train_loss"] for h in res_full.history])
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ValueError, match="different run configuration"):
+        train_loop(make_student(ad), lambda m, i: (torch.zeros((), requires_grad=True), {}), len(feats), epochs=5,
+                   batch_size=16, lr=2e-3, checkpoint=tmp_path / "a.ckpt", **QUIET)
+
+
+def test_mlp_encoder_stage1_fits_teacher_states():
+    cat, ad, ex = setup_data(n=128)
+    feats = extract_features(ad, ex, None, storage_dtype="float32", show_progress=False)
+    torch.manual_seed(0)
+    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=32, num_layers=2)
+    res = train_mlp_encoder(enc, feats, EncoderTrainConfig(epochs=8, batch_size=32, lr=3e-3), **QUIET)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < 0.5 * losses[0]
+    # Padding side does not change the states of real tokens.
+    ids, mask = ex.input_ids[:4], ex.attention_mask[:4]
+    from sidmlp_kernels.layout import to_left_padding
+
+    lids, lmask = to_left_padding(ids, mask)
+    right = enc(ids, mask).states[mask.bool()]
+    left = enc(lids, lmask).states[lmask.bool()]
+    torch.testing.assert_close(right, left, rtol=1e-5, atol=1e-5)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from safetensors.torch import save_file
+    sys.path.insert(0, {tests!r})
+    from test_distill import setup_data, make_student
+    from sidmlp_kernels.distill import DistillConfig, ValidSet, distill, is_main_process
+    from sidmlp_kernels.features import extract_features
+    out = sys.argv[1]
+    cat, ad, ex = setup_data(n=256)
+    feats = extract_features(ad, ex, None, show_progress=False)
+    valid = ValidSet(feats.states[:32].float(), feats.mask[:32], ex.target_items[:32])
+    student = make_student(ad, dropout=0.0)
+    res = distill(student, feats, cat, valid, DistillConfig(epochs=3, batch_size=32, lr=3e-3, eval_beam=5),
+                  show_progress=False, log=lambda s: None)
+    if is_main_process():
+        save_file({{k: v.contiguous() for k, v in student.state_dict().items()}}, out + "/student.safetensors")
+        open(out + "/history.json", "w").write(json.dumps(res.history))
+    """
+)
+
+
+@pytest.mark.slow  # three fresh interpreters (1 + 2 ranks) on shared cores: ~20-60 s
+def test_torchrun_two_processes_match_one(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    subprocess.run([sys.executable, str(script), str(one)], check=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(two)],
+        env=env, timeout=120, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h1 = json.loads((one / "history.json").read_text())
+    h2 = json.loads((two / "history.json").read_text())
+    # Same global batches, gradients averaged by DDP: the same loss curve (up to summation order).
+    assert [h["train_loss"] for h in h2] == pytest.approx([h["train_loss"] for h in h1], rel=1e-4)
+    assert h2[0]["train_loss"] > h2[-1]["train_loss"]
+    from safetensors.torch import load_file
+
+    cat, ad, ex = setup_data(n=8)
+    student = make_student(ad)
+    student.load_state_dict(load_file(str(two / "student.safetensors")))
+    ref = load_file(str(one / "student.safetensors"))
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-4)

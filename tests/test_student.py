@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+
+
+def make_student(sizes=(5, 7, 3), d=16, embed=(8, 6), seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = SIDMLPConfig(encoder_dim=d, codebook_sizes=sizes, embed_dims=embed, head_hidden=24, ffn_dim=20,
+                       num_heads=2, **kw)
+    tables = [torch.randn(k, e) for k, e in zip(sizes, embed)]
+    return SIDMLP(cfg, tables)
+
+
+@pytest.mark.parametrize("sizes, embed", [((5,), ()), ((5, 7, 3), (8, 6)), ((3, 4, 5, 2, 6), (4, 4, 4, 4))])
+def test_forward_shapes_any_l_k(sizes, embed):
+    m = make_student(sizes, embed=embed).eval()
+    states, mask = torch.randn(3, 9, 16), torch.ones(3, 9, dtype=torch.bool)
+    codes = torch.stack([torch.randint(0, k, (3,)) for k in sizes], 1)
+    logits = m(states, mask, codes)
+    assert [tuple(t.shape) for t in logits] == [(3, k) for k in sizes]
+    ctx = m.context(states, mask)
+    assert ctx.shape == (3, 16)
+    for l in range(len(sizes)):
+        torch.testing.assert_close(m.head_logits(l, ctx, codes[:, None, :l])[:, 0], logits[l])
+
+
+def test_context_ignores_padding_and_its_side():
+    m = make_student().eval()
+    states = torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    ctx = m.context(states, mask)
+    garbage = states.clone()
+    garbage[0, 4:] = 1e3
+    torch.testing.assert_close(m.context(garbage, mask), ctx)
+    # Left padding: the same real tokens moved to the end of the row.
+    left = torch.cat([states[:1, 4:], states[:1, :4]], dim=1)
+    left_mask = torch.tensor([[0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    torch.testing.assert_close(m.context(left, left_mask), ctx[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_empty_mask_is_finite():
+    m = make_student().eval()
+    ctx = m.context(torch.randn(1, 4, 16), torch.zeros(1, 4, dtype=torch.bool))
+    assert torch.isfinite(ctx).all()
+
+
+def test_code_embeddings_frozen_and_dropout_only_in_training():
+    m = make_student(dropout=0.5)
+    assert not any("code_emb" in n for n, _ in m.named_parameters())
+    assert "code_emb_0" in dict(m.named_buffers())
+    states, mask = torch.randn(4, 5, 16), torch.ones(4, 5, dtype=torch.bool)
+    codes = torch.zeros(4, 3, dtype=torch.long)
+    m.train()
+    a, b = m(states, mask, codes)[0], m(states, mask, codes)[0]
+    assert not torch.allclose(a, b)
+    m.eval()
+    torch.testing.assert_close(m(states, mask, codes)[0], m(states, mask, codes)[0])
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(embed_dims=(8,)), "embed_dims"),
+    (dict(num_heads=3), "divisible"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(codebook_sizes=()), "codebook_sizes"),
+])
+def test_config_validation(kw, msg):
+    base = dict(encoder_dim=16, codebook_sizes=(5, 7, 3), embed_dims=(8, 6), num_heads=2)
+    base.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        SIDMLPConfig(**base)
+
+
+def test_bad_code_embedding_shape():
+    cfg = SIDMLPConfig(encoder_dim=16, codebook_sizes=(5, 7), embed_dims=(8,), num_heads=2)
+    with pytest.raises(ValueError, match=r"code_embeddings\[0\]"):
+        SIDMLP(cfg, [torch.randn(4, 8)])
+
+
+def test_context_dim_differs_from_encoder_dim():
+    cfg = SIDMLPConfig(encoder_dim=16, codebook_sizes=(5, 7), embed_dims=(8,), context_dim=12, attn_dim=8,
+                       num_heads=2, head_hidden=10, ffn_dim=10)
+    m = SIDMLP(cfg, [torch.randn(5, 8)]).eval()
+    assert m.context(torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 12)
+    assert SIDMLPConfig.from_dict(cfg.to_dict()) == cfg
