@@ -1,0 +1,250 @@
+"""Teacher adapters: the interface the SID-MLP accelerator consumes.
+
+An adapter wraps a trained generative recommender and its TokenLayout and
+exposes exactly three things: the user's encoded context (`encode`), the
+teacher-forced per-digit logits restricted to each digit's codes
+(`digit_logits`), and the teacher's token embeddings of each digit's codes
+(`code_embeddings`). Adapters never change the grad mode: wrap calls in
+`torch.no_grad()` / `torch.inference_mode()` when distilling from a frozen teacher.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .catalog import SIDCatalog
+from .layout import TokenLayout, to_left_padding
+
+__all__ = [
+    "Encoded",
+    "TeacherAdapter",
+    "T5TeacherAdapter",
+    "CausalLMTeacherAdapter",
+    "adapter_for",
+    "check_model_layout",
+]
+
+
+@dataclass
+class Encoded:
+    """Encoded user context: states (B, T, D) and mask (B, T) bool, True = real token.
+
+    `input_ids` is kept by causal-LM adapters, whose digit_logits re-run the
+    prompt (left padded); encoder-decoder adapters leave it None.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    input_ids: Optional[torch.Tensor] = None
+
+
+@runtime_checkable
+class TeacherAdapter(Protocol):
+    """What the accelerator needs from a teacher (see module docstring)."""
+
+    layout: TokenLayout
+    hidden_size: int
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """Encode (B, T) inputs in the adapter's layout."""
+        ...
+
+    def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced logits: L tensors (B, K_l), digit l given prefix_codes[:, :l]."""
+        ...
+
+    def code_embeddings(self, level: int) -> torch.Tensor:
+        """(K_l, D) token embeddings of digit `level`'s codes."""
+        ...
+
+
+def check_model_layout(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> None:
+    """ValueError if the model's vocabulary or special tokens disagree with the layout (or it with the catalog)."""
+    if catalog is not None:
+        layout.validate_against(catalog)
+    cfg = model.config
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if vocab < layout.vocab_size:
+        raise ValueError(
+            f"model has {vocab} token embeddings but the layout needs vocab_size {layout.vocab_size} "
+            f"(codebook_sizes {list(layout.codebook_sizes)}, {layout.num_user_tokens} user tokens)"
+        )
+    out = model.get_output_embeddings()
+    if out is None or out.weight.shape[0] < layout.vocab_size:
+        raise ValueError(f"model's output head must have >= {layout.vocab_size} rows")
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is not None and pad != layout.pad_id:
+        raise ValueError(f"model.config.pad_token_id is {pad} but the layout's pad id is {layout.pad_id}")
+    eos = getattr(cfg, "eos_token_id", None)
+    if eos is not None and eos != layout.eos_id and not (isinstance(eos, list) and layout.eos_id in eos):
+        raise ValueError(f"model.config.eos_token_id is {eos} but the layout's EOS id is {layout.eos_id}")
+    if getattr(cfg, "is_encoder_decoder", False):
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is None:
+            raise ValueError("model.config.decoder_start_token_id must be set (TIGER layout: the pad id 0)")
+        if not 0 <= int(start) < vocab:
+            raise ValueError(f"model.config.decoder_start_token_id {start} is outside the vocabulary [0, {vocab})")
+
+
+def _check_prefix_codes(layout: TokenLayout, prefix_codes: torch.Tensor, batch: int) -> torch.Tensor:
+    """Validate (B, L) or (B, L-1) teacher-forcing codes; return the (B, L-1) token ids fed back."""
+    if not isinstance(prefix_codes, torch.Tensor) or prefix_codes.dim() != 2:
+        got = getattr(prefix_codes, "shape", type(prefix_codes))
+        raise ValueError(f"prefix_codes must be a (B, L) tensor, got {got}")
+    num_levels = layout.num_levels
+    if prefix_codes.shape[0] != batch or prefix_codes.shape[1] not in (num_levels, num_levels - 1):
+        raise ValueError(
+            f"prefix_codes must have shape ({batch}, {num_levels}) (or ({batch}, {num_levels - 1})), "
+            f"got {tuple(prefix_codes.shape)}"
+        )
+    width = prefix_codes.shape[1]
+    full = prefix_codes if width == num_levels else torch.cat(
+        [prefix_codes, prefix_codes.new_zeros(batch, 1)], dim=1
+    )
+    return layout.codes_to_tokens(full)[:, : num_levels - 1]
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """Name of the KV-cache argument of model.forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(outputs):
+    """The KV cache of a model output, whatever transformers version named it."""
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
+
+
+class T5TeacherAdapter:
+    """Adapter for a HuggingFace T5 encoder-decoder in TIGER layout (decoder starts with the pad id)."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
+        if not getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError("T5TeacherAdapter needs an encoder-decoder model; use CausalLMTeacherAdapter")
+        check_model_layout(model, layout, catalog)
+        self.model = model
+        self.layout = layout
+        self.hidden_size = int(model.config.d_model)
+
+    @property
+    def output_scale(self) -> float:
+        """Factor T5 applies to decoder outputs before lm_head (d_model**-0.5 when embeddings are tied)."""
+        return decoder_output_scale(self.model)
+
+    def digit_head(self, level: int) -> torch.Tensor:
+        """(K_l, D) lm_head rows of digit `level`, output scale folded in."""
+        start, stop = self.layout.digit_token_range(level)
+        return self.model.lm_head.weight[start:stop] * self.output_scale
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """Run the T5 encoder once per user."""
+        self.layout.check_inputs(input_ids, attention_mask, vocab_size=self.model.config.vocab_size)
+        states = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return Encoded(states=states, mask=attention_mask.bool())
+
+    def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced decoder pass over [start, tok(c_0), ..., tok(c_{L-2})]; L tensors (B, K_l)."""
+        batch = encoded.states.shape[0]
+        fed = _check_prefix_codes(self.layout, prefix_codes.to(encoded.states.device), batch)
+        start = torch.full((batch, 1), int(self.model.config.decoder_start_token_id), dtype=torch.long,
+                           device=fed.device)
+        dec_ids = torch.cat([start, fed], dim=1)
+        hidden = self.model.decoder(
+            input_ids=dec_ids,
+            encoder_hidden_states=encoded.states,
+            encoder_attention_mask=encoded.mask.long(),
+            use_cache=False,
+        ).last_hidden_state
+        return [hidden[:, level] @ self.digit_head(level).T for level in range(self.layout.num_levels)]
+
+    def code_embeddings(self, level: int) -> torch.Tensor:
+        """(K_l, D) rows of the shared token embedding for digit `level`."""
+        start, stop = self.layout.digit_token_range(level)
+        return self.model.get_input_embeddings().weight[start:stop]
+
+
+def decoder_output_scale(model: nn.Module) -> float:
+    """T5's pre-lm_head scale: d_model**-0.5 if the model scales decoder outputs, else 1."""
+    cfg = model.config
+    # transformers 5 records it as scale_decoder_outputs; 4.x scaled iff tie_word_embeddings.
+    scale = getattr(cfg, "scale_decoder_outputs", None)
+    if scale is None:
+        scale = getattr(cfg, "tie_word_embeddings", True)
+    return float(cfg.d_model) ** -0.5 if scale else 1.0
+
+
+def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a (left-)padded mask: 0 at each row's first real token (pads get 0)."""
+    mask = attention_mask.long()
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+class CausalLMTeacherAdapter:
+    """Adapter for a decoder-only HF causal LM (GPT-2 style): prompt = [user, history SIDs..., EOS]."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError("CausalLMTeacherAdapter needs a decoder-only model; use T5TeacherAdapter")
+        check_model_layout(model, layout, catalog)
+        self.model = model
+        self.layout = layout
+        self.hidden_size = int(model.config.hidden_size)
+
+    def digit_head(self, level: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(K_l, D) output-head rows of digit `level` and their bias (or None)."""
+        start, stop = self.layout.digit_token_range(level)
+        head = self.model.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        return head.weight[start:stop], None if bias is None else bias[start:stop]
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states (after the final norm) of left-padded inputs."""
+        return self.model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=left_positions(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        """Run the LM over the prompt (re-padded on the left); states are its last-layer hidden states."""
+        self.layout.check_inputs(input_ids, attention_mask, vocab_size=self.model.config.vocab_size)
+        input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+        states = self._hidden(input_ids, attention_mask)
+        return Encoded(states=states, mask=attention_mask.bool(), input_ids=input_ids)
+
+    def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Run the LM over prompt + tok(c_0..c_{L-2}); digit l's logits come from position T-1+l."""
+        if encoded.input_ids is None:
+            raise ValueError("encoded.input_ids is None: CausalLMTeacherAdapter.digit_logits needs encode()'s output")
+        batch, t = encoded.input_ids.shape
+        fed = _check_prefix_codes(self.layout, prefix_codes.to(encoded.input_ids.device), batch)
+        ids = torch.cat([encoded.input_ids, fed], dim=1)
+        mask = torch.cat([encoded.mask.long(), torch.ones_like(fed)], dim=1)
+        hidden = self._hidden(ids, mask)
+        out = []
+        for level in range(self.layout.num_levels):
+            weight, bias = self.digit_head(level)
+            logits = hidden[:, t - 1 + level] @ weight.T
+            out.append(logits if bias is None else logits + bias)
+        return out
+
+    def code_embeddings(self, level: int) -> torch.Tensor:
+        """(K_l, D) rows of the input token embedding for digit `level`."""
+        start, stop = self.layout.digit_token_range(level)
+        return self.model.get_input_embeddings().weight[start:stop]
+
+
+def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> TeacherAdapter:
+    """The adapter matching a HF model: T5-style encoder-decoder or decoder-only causal LM."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        if not hasattr(model, "encoder") or not hasattr(model, "lm_head"):
+            raise ValueError(f"unsupported encoder-decoder model {type(model).__name__}: expected a T5-style model")
+        return T5TeacherAdapter(model, layout, catalog)
+    return CausalLMTeacherAdapter(model, layout, catalog)

@@ -1,0 +1,420 @@
+"""Attention-decoder baselines: HF `generate` as TIGER code bases run it, and a cached beam search.
+
+`hf_generate` is the baseline everyone ships: unconstrained beam search over the
+full vocabulary, L+1 new tokens (L digits + EOS), beams whose tokens name no
+catalog item dropped (and counted).
+
+`attention_beam_search` runs the same weights the way a decoder should run:
+the encoder and every layer's cross-attention K/V once per user (beams of a
+user share them through a broadcasted batched matmul, never copied), a
+self-attention KV cache reordered by the parent beam of each survivor, and
+logits only over the current digit's K_l code tokens (rows of lm_head, never
+the full vocabulary). With `constrained=True` it is catalog-constrained through
+`decoding.beam_search_reference`, so it follows DESIGN.md section 4 exactly.
+
+Exact agreement with HF (a tested property): `attention_beam_search(...,
+constrained=False)` returns the same beams, with the same scores up to float
+error, as
+
+    hf_generate(model, layout, catalog, ids, mask, beam, top_n,
+                length_penalty=0.0,                 # scores = plain sums of log-probs
+                renormalize_logits=True,            # log-softmax over the allowed tokens only
+                prefix_allowed_tokens_fn=digit_allowed_tokens_fn(layout, prompt_len))
+
+i.e. HF restricted at step l to digit l's code tokens (and to EOS at step L+1,
+which then costs log 1 = 0). `early_stopping` does not matter there: no beam
+can finish before the last step. Plain `hf_generate` normalises over the whole
+vocabulary and may emit wrong-digit tokens; on a trained teacher that mass is
+small, so it mostly agrees with the unconstrained search but not exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .adapters import _cache_kwarg, _output_cache, check_model_layout, decoder_output_scale, left_positions
+from .catalog import SIDCatalog
+from .decoding import GenerationOutput, beam_search_reference, beam_step_reference, check_beam_args
+from .layout import TokenLayout, to_left_padding
+
+__all__ = [
+    "DecodeOutput",
+    "attention_beam_search",
+    "digit_allowed_tokens_fn",
+    "hf_generate",
+    "rank_beams",
+    "T5CachedDecoder",
+]
+
+
+@dataclass
+class DecodeOutput(GenerationOutput):
+    """GenerationOutput plus what happened to the returned beams.
+
+    num_invalid (B,): returned beams whose tokens name no catalog item (dropped).
+    num_duplicate (B,): returned beams naming an item an earlier beam named (dropped).
+    beam_codes (B, N, L) / beam_scores (B, N): the N returned beams as decoded, before
+    dropping (-1 where a token is not a code of its digit).
+    """
+
+    num_invalid: torch.Tensor
+    num_duplicate: torch.Tensor
+    beam_codes: torch.Tensor
+    beam_scores: torch.Tensor
+
+    @property
+    def total_invalid(self) -> int:
+        """Invalid returned beams over the whole batch."""
+        return int(self.num_invalid.sum())
+
+
+def rank_beams(catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, top_n: int) -> DecodeOutput:
+    """Turn (B, N, L) decoded beams sorted by score into items: invalid and repeated beams dropped and counted."""
+    batch, width, num_levels = codes.shape
+    codes, scores = codes[:, :top_n].cpu(), scores[:, :top_n].float().cpu()
+    width = codes.shape[1]
+    items = catalog.lookup(codes.reshape(-1, num_levels)).reshape(batch, width)
+    alive = torch.isfinite(scores)
+    valid = alive & (items >= 0)
+    same = items.unsqueeze(2) == items.unsqueeze(1)
+    earlier = torch.tril(torch.ones(width, width, dtype=torch.bool), diagonal=-1)
+    dup = valid & (same & earlier & valid.unsqueeze(1)).any(dim=2)
+    keep = valid & ~dup
+    # Move kept beams to the front in their order.
+    order = torch.argsort((~keep).long() * width + torch.arange(width), dim=1)
+    kept = torch.gather(keep, 1, order)
+    out_items = torch.where(kept, torch.gather(items, 1, order), torch.full_like(items, -1))
+    out_scores = torch.where(kept, torch.gather(scores, 1, order), torch.full_like(scores, float("-inf")))
+    out_codes = torch.gather(codes, 1, order.unsqueeze(-1).expand(-1, -1, num_levels))
+    out_codes = torch.where(kept.unsqueeze(-1), out_codes, torch.full_like(out_codes, -1))
+    if width < top_n:
+        pad = top_n - width
+        out_items = torch.cat([out_items, out_items.new_full((batch, pad), -1)], dim=1)
+        out_codes = torch.cat([out_codes, out_codes.new_full((batch, pad, num_levels), -1)], dim=1)
+        out_scores = torch.cat([out_scores, out_scores.new_full((batch, pad), float("-inf"))], dim=1)
+    return DecodeOutput(
+        items=out_items,
+        codes=out_codes,
+        scores=out_scores,
+        num_invalid=(alive & (items < 0)).sum(dim=1),
+        num_duplicate=dup.sum(dim=1),
+        beam_codes=codes,
+        beam_scores=scores,
+    )
+
+
+def _check_decode_args(
+    model: nn.Module,
+    layout: TokenLayout,
+    catalog: SIDCatalog,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beam_size: int,
+    top_n: int,
+) -> None:
+    check_beam_args(beam_size, top_n)
+    check_model_layout(model, layout, catalog)
+    layout.check_inputs(input_ids, attention_mask, vocab_size=model.get_input_embeddings().weight.shape[0])
+    device = next(model.parameters()).device
+    if input_ids.device != device:
+        raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}")
+
+
+def digit_allowed_tokens_fn(layout: TokenLayout, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
+    """prefix_allowed_tokens_fn for HF generate: digit l's code tokens at new token l, then EOS."""
+    allowed = [list(range(*layout.digit_token_range(level))) for level in range(layout.num_levels)]
+    eos = [layout.eos_id]
+
+    def fn(batch_id: int, ids: torch.Tensor) -> list[int]:
+        step = ids.shape[-1] - prompt_len
+        return allowed[step] if step < layout.num_levels else eos
+
+    return fn
+
+
+@torch.no_grad()
+def hf_generate(
+    model: nn.Module,
+    layout: TokenLayout,
+    catalog: SIDCatalog,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beam_size: int,
+    top_n: int,
+    *,
+    max_new_tokens: Optional[int] = None,
+    early_stopping: bool | str = True,
+    length_penalty: float = 1.0,
+    **generate_kwargs,
+) -> DecodeOutput:
+    """HF beam search as TIGER code bases run it (unconstrained, L+1 new tokens); invalid beams dropped and counted."""
+    _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
+    num_levels = layout.num_levels
+    max_new = num_levels + 1 if max_new_tokens is None else int(max_new_tokens)
+    if max_new < num_levels:
+        raise ValueError(f"max_new_tokens must be >= L = {num_levels}, got {max_new}")
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    if not encoder_decoder:
+        input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+    kwargs = dict(
+        num_beams=beam_size,
+        num_return_sequences=top_n,
+        max_new_tokens=max_new,
+        early_stopping=early_stopping,
+        length_penalty=length_penalty,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=layout.pad_id,
+        eos_token_id=layout.eos_id,
+    )
+    if beam_size == 1:  # HF runs greedy search, which takes neither flag
+        del kwargs["early_stopping"], kwargs["length_penalty"]
+    if encoder_decoder:
+        kwargs["decoder_start_token_id"] = int(model.config.decoder_start_token_id)
+    kwargs.update(generate_kwargs)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    finally:
+        model.train(was_training)
+    start = 1 if encoder_decoder else input_ids.shape[1]
+    new = out.sequences[:, start : start + num_levels]
+    if new.shape[1] < num_levels:  # every beam ended (EOS) before L tokens: all invalid
+        new = torch.cat([new, new.new_full((new.shape[0], num_levels - new.shape[1]), layout.pad_id)], dim=1)
+    batch = input_ids.shape[0]
+    codes = layout.tokens_to_codes(new.cpu()).reshape(batch, top_n, num_levels)
+    if beam_size > 1:
+        scores = out.sequences_scores.reshape(batch, top_n)
+    else:
+        scores = _greedy_scores(out.sequences[:, start:], out.scores, layout, length_penalty).reshape(batch, 1)
+    return rank_beams(catalog, codes, scores, top_n)
+
+
+def _greedy_scores(new_tokens: torch.Tensor, step_scores, layout: TokenLayout, length_penalty: float) -> torch.Tensor:
+    """Sequence scores of HF greedy search (num_beams=1 returns none): summed log-probs up to EOS, / len**penalty."""
+    total = torch.zeros(new_tokens.shape[0])
+    finished = torch.zeros(new_tokens.shape[0], dtype=torch.bool)
+    length = torch.zeros(new_tokens.shape[0])
+    for step, logits in enumerate(step_scores):
+        tok = new_tokens[:, step].cpu()
+        logp = torch.log_softmax(logits.float().cpu(), dim=-1).gather(1, tok.unsqueeze(1)).squeeze(1)
+        total += torch.where(finished, torch.zeros_like(logp), logp)
+        length += (~finished).float()
+        finished |= tok == layout.eos_id
+    return total / length.clamp(min=1) ** length_penalty
+
+
+class T5CachedDecoder:
+    """Step-by-step T5 decoder over (B, W) beams: cross K/V once per user, self-attention KV cache.
+
+    Uses the model's own modules (layer norms, projections, feed-forward), in eval
+    semantics (no dropout).
+    """
+
+    def __init__(self, model: nn.Module, layout: TokenLayout, enc_states: torch.Tensor, enc_mask: torch.Tensor):
+        self.model = model
+        self.layout = layout
+        cfg = model.config
+        self.blocks = list(model.decoder.block)
+        self.num_heads = int(cfg.num_heads)
+        self.d_kv = int(cfg.d_kv)
+        self.scale = decoder_output_scale(model)
+        self.batch, t = enc_mask.shape
+        b, h, d = self.batch, self.num_heads, self.d_kv
+        self.cross_k, self.cross_v = [], []
+        for block in self.blocks:
+            att = block.layer[1].EncDecAttention
+            self.cross_k.append(att.k(enc_states).view(b, t, h, d).transpose(1, 2))  # (B, H, T, d)
+            self.cross_v.append(att.v(enc_states).view(b, t, h, d).transpose(1, 2))
+        neg = torch.finfo(enc_states.dtype).min
+        self.cross_bias = torch.zeros(b, 1, 1, t, dtype=enc_states.dtype, device=enc_states.device)
+        self.cross_bias.masked_fill_(~enc_mask.bool().view(b, 1, 1, t), neg)
+        self.self_k: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
+        self.self_v: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
+        self.steps = 0
+        self.heads = [
+            model.lm_head.weight[slice(*layout.digit_token_range(level))] * self.scale
+            for level in range(layout.num_levels)
+        ]
+
+    def _self_bias(self, length: int, device: torch.device) -> torch.Tensor:
+        """(H, length) relative-position bias of the newest query over all cached keys."""
+        att = self.blocks[0].layer[0].SelfAttention
+        rel = torch.arange(length, device=device) - (length - 1)  # memory - query <= 0
+        bucket = att._relative_position_bucket(
+            rel,
+            bidirectional=False,
+            num_buckets=att.relative_attention_num_buckets,
+            max_distance=att.relative_attention_max_distance,
+        )
+        return att.relative_attention_bias(bucket).T  # (H, length)
+
+    def reorder(self, parents: torch.Tensor) -> None:
+        """Keep, for each new beam (B, W'), the cache of its parent beam."""
+        rows = torch.arange(self.batch, device=parents.device).unsqueeze(1)
+        for i in range(len(self.blocks)):
+            self.self_k[i] = self.self_k[i][rows, parents]
+            self.self_v[i] = self.self_v[i][rows, parents]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed (B, W) tokens, return the (B, W, D) decoder output (after the final norm and T5's scale)."""
+        b, w = tokens.shape
+        h, d = self.num_heads, self.d_kv
+        hidden = self.model.decoder.embed_tokens(tokens)
+        bias = self._self_bias(self.steps + 1, tokens.device).view(1, 1, h, -1)
+        for i, block in enumerate(self.blocks):
+            sa_layer, ca_layer = block.layer[0], block.layer[1]
+            sa = sa_layer.SelfAttention
+            x = sa_layer.layer_norm(hidden)
+            q = sa.q(x).view(b, w, h, d)
+            k_new = sa.k(x).view(b, w, h, 1, d)
+            v_new = sa.v(x).view(b, w, h, 1, d)
+            if self.self_k[i] is None:
+                self.self_k[i], self.self_v[i] = k_new, v_new
+            else:
+                self.self_k[i] = torch.cat([self.self_k[i], k_new], dim=3)
+                self.self_v[i] = torch.cat([self.self_v[i], v_new], dim=3)
+            # T5 does not scale q.k; the relative bias carries the positions.
+            scores = torch.einsum("bwhd,bwhtd->bwht", q, self.self_k[i]) + bias
+            probs = torch.softmax(scores.float(), dim=-1).type_as(scores)
+            attn = torch.einsum("bwht,bwhtd->bwhd", probs, self.self_v[i]).reshape(b, w, h * d)
+            hidden = hidden + sa.o(attn)
+
+            ca = ca_layer.EncDecAttention
+            x = ca_layer.layer_norm(hidden)
+            q = ca.q(x).view(b, w, h, d).transpose(1, 2)  # (B, H, W, d): all beams of a user in one matmul
+            scores = q @ self.cross_k[i].transpose(-1, -2) + self.cross_bias
+            probs = torch.softmax(scores.float(), dim=-1).type_as(scores)
+            attn = (probs @ self.cross_v[i]).transpose(1, 2).reshape(b, w, h * d)
+            hidden = hidden + ca.o(attn)
+
+            hidden = block.layer[-1](hidden)
+        self.steps += 1
+        return self.model.decoder.final_layer_norm(hidden)
+
+    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, W, K_level) logits from decoder outputs, using only digit `level`'s lm_head rows."""
+        return hidden @ self.heads[level].T
+
+
+class _CausalStepper:
+    """Step-by-step decoder-only LM over (B, W) beams with the model's own KV cache (reordered per step)."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.model = model
+        self.base = model.base_model
+        self.layout = layout
+        self.cache_kw = _cache_kwarg(self.base)
+        ids, mask = to_left_padding(input_ids, attention_mask)
+        self.batch = ids.shape[0]
+        self.mask = mask.long()
+        self.last_pos = left_positions(self.mask)[:, -1]
+        out = self.base(input_ids=ids, attention_mask=self.mask, position_ids=left_positions(self.mask),
+                        use_cache=True)
+        self.cache = _output_cache(out)
+        self.first = out.last_hidden_state[:, -1:]  # (B, 1, D)
+        head = model.get_output_embeddings()
+        self.heads = []
+        for level in range(layout.num_levels):
+            start, stop = layout.digit_token_range(level)
+            bias = getattr(head, "bias", None)
+            self.heads.append((head.weight[start:stop], None if bias is None else bias[start:stop]))
+        self.width = 1
+
+    def logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        weight, bias = self.heads[level]
+        out = hidden @ weight.T
+        return out if bias is None else out + bias
+
+    def __call__(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        if level == 0:
+            return self.logits(self.first, 0)
+        b, w = parents.shape
+        flat = (torch.arange(b, device=parents.device).unsqueeze(1) * self.width + parents).reshape(-1)
+        self.cache.reorder_cache(flat)
+        self.width = w
+        rows = torch.arange(b, device=parents.device).repeat_interleave(w)
+        mask = torch.cat([self.mask[rows], self.mask.new_ones(b * w, level)], dim=1)
+        tokens = (prefixes[:, :, -1] + self.layout.offsets[level - 1]).reshape(b * w, 1)
+        pos = (self.last_pos[rows] + level).unsqueeze(1)
+        out = self.base(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
+                        **{self.cache_kw: self.cache})
+        self.cache = _output_cache(out)
+        return self.logits(out.last_hidden_state.view(b, w, -1), level)
+
+
+def _unconstrained_search(step_fn, layout: TokenLayout, catalog: SIDCatalog, batch: int, beam_size: int,
+                          top_n: int) -> DecodeOutput:
+    """Beam search with every code of each digit allowed (no catalog mask); invalid beams dropped and counted."""
+    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long)
+    scores = torch.zeros(batch, 1)
+    parents: Optional[torch.Tensor] = None
+    for level in range(layout.num_levels):
+        logits = step_fn(level, prefixes, parents).float().cpu()
+        valid = torch.isfinite(scores).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        scores, parents, tokens = beam_step_reference(logits, scores, valid, beam_size)
+        parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
+        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
+    return rank_beams(catalog, prefixes, scores, top_n)
+
+
+def _t5_step_fn(model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """A stateful step_fn for beam_search_reference over a T5 teacher."""
+    enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    dec = T5CachedDecoder(model, layout, enc, attention_mask)
+    start = int(model.config.decoder_start_token_id)
+    device = input_ids.device
+
+    def step_fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        if level == 0:
+            tokens = torch.full((prefixes.shape[0], 1), start, dtype=torch.long, device=device)
+        else:
+            dec.reorder(parents.to(device))
+            tokens = prefixes[:, :, -1].to(device) + layout.offsets[level - 1]
+        return dec.digit_logits(dec.step(tokens), level)
+
+    return step_fn
+
+
+@torch.no_grad()
+def attention_beam_search(
+    model: nn.Module,
+    layout: TokenLayout,
+    catalog: SIDCatalog,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beam_size: int,
+    top_n: int,
+    constrained: bool = True,
+) -> DecodeOutput:
+    """Cached attention-decoder beam search over digit-restricted logits; catalog-constrained by default."""
+    _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
+    was_training = model.training
+    model.eval()
+    try:
+        if getattr(model.config, "is_encoder_decoder", False):
+            step_fn = _t5_step_fn(model, layout, input_ids, attention_mask)
+        else:
+            step_fn = _CausalStepper(model, layout, input_ids, attention_mask)
+        batch = input_ids.shape[0]
+        if not constrained:
+            return _unconstrained_search(step_fn, layout, catalog, batch, beam_size, top_n)
+        out = beam_search_reference(step_fn, catalog, batch, beam_size, top_n)
+    finally:
+        model.train(was_training)
+    zeros = torch.zeros(batch, dtype=torch.long)
+    return DecodeOutput(
+        items=out.items,
+        codes=out.codes,
+        scores=out.scores,
+        num_invalid=zeros,
+        num_duplicate=zeros.clone(),
+        beam_codes=out.codes,
+        beam_scores=out.scores,
+    )

@@ -1,0 +1,207 @@
+import json
+
+import pytest
+import torch
+
+from sidmlp_kernels import SIDCatalog
+from sidmlp_kernels.data import Split
+from sidmlp_kernels.examples import Examples, build_examples
+from sidmlp_kernels.layout import TokenLayout, to_left_padding, to_right_padding
+
+
+def make_catalog(sizes, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.stack([torch.randint(0, k, (n,), generator=g) for k in sizes], 1)
+    codes = torch.unique(raw, dim=0)
+    return SIDCatalog.from_codes(torch.arange(codes.shape[0]), codes, sizes)
+
+
+@pytest.mark.parametrize("sizes", [[4], [3, 5], [256, 256, 256, 256], [2, 7, 3, 5, 4]])
+def test_tiger_ids(sizes):
+    layout = TokenLayout(tuple(sizes))
+    assert layout.pad_id == 0
+    assert layout.offsets[0] == 1
+    for level in range(1, len(sizes)):
+        assert layout.offsets[level] == 1 + sum(sizes[:level])
+    assert layout.eos_id == 1 + sum(sizes)
+    assert layout.user_base == layout.eos_id + 1
+    assert layout.vocab_size == sum(sizes) + 3
+    assert layout.digit_token_range(len(sizes) - 1) == (layout.offsets[-1], layout.eos_id)
+    with_users = TokenLayout(tuple(sizes), num_user_tokens=10)
+    assert with_users.vocab_size == sum(sizes) + 12
+    assert with_users.user_token(23) == with_users.user_base + 3
+
+
+def test_codes_tokens_roundtrip_and_errors():
+    layout = TokenLayout((3, 5, 2))
+    codes = torch.tensor([[0, 0, 0], [2, 4, 1], [1, 3, 0]])
+    tokens = layout.codes_to_tokens(codes)
+    assert tokens.tolist() == [[1, 4, 9], [3, 8, 10], [2, 7, 9]]
+    assert torch.equal(layout.tokens_to_codes(tokens), codes)
+    # A digit-1 token in digit 0's place, EOS, pad: not codes of their digit.
+    assert layout.tokens_to_codes(torch.tensor([[4, 4, 11]])).tolist() == [[-1, 0, -1]]
+    with pytest.raises(ValueError, match="codebook"):
+        layout.codes_to_tokens(torch.tensor([[0, 5, 0]]))
+    with pytest.raises(ValueError, match="codebook"):
+        layout.codes_to_tokens(torch.tensor([[-1, 0, 0]]))
+    with pytest.raises(ValueError, match="shape"):
+        layout.codes_to_tokens(torch.tensor([[0, 0]]))
+
+
+@pytest.mark.parametrize("bad", [(), (0,), (3, -1)])
+def test_bad_layout_args(bad):
+    with pytest.raises(ValueError):
+        TokenLayout(bad)
+    with pytest.raises(ValueError):
+        TokenLayout((3, 3), num_user_tokens=0)
+
+
+def test_validate_against_catalog():
+    cat = make_catalog([4, 3, 5], 30)
+    TokenLayout.for_catalog(cat).validate_against(cat)
+    with pytest.raises(ValueError, match="does not match the catalog"):
+        TokenLayout((4, 3)).validate_against(cat)
+    with pytest.raises(ValueError, match=r"\[4, 3, 6\]"):
+        TokenLayout((4, 3, 6)).validate_against(cat)
+
+
+def test_encode_histories_right_and_left():
+    cat = SIDCatalog.from_codes(torch.tensor([10, 11, 12]), torch.tensor([[0, 1], [2, 0], [1, 1]]), [3, 2])
+    layout = TokenLayout.for_catalog(cat)  # offsets 1, 4; eos 6; user 7
+    ids, mask = layout.encode_histories([[10, 12], [11]], cat)
+    assert ids.tolist() == [[7, 1, 5, 2, 5, 6], [7, 3, 4, 6, 0, 0]]
+    assert mask.tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    left, lmask = layout.encode_histories([[10, 12], [11]], cat, padding_side="left")
+    assert left.tolist() == [[7, 1, 5, 2, 5, 6], [0, 0, 7, 3, 4, 6]]
+    assert lmask.tolist() == [[1] * 6, [0, 0, 1, 1, 1, 1]]
+    # max_history keeps the most recent items.
+    ids, _ = layout.encode_histories([[10, 12, 11]], cat, max_history=1)
+    assert ids.tolist() == [[7, 3, 4, 6]]
+    layout.check_inputs(ids, torch.ones_like(ids))
+
+
+def test_encode_histories_errors():
+    cat = make_catalog([3, 3], 8)
+    layout = TokenLayout.for_catalog(cat)
+    with pytest.raises(ValueError, match="empty"):
+        layout.encode_histories([[0], []], cat)
+    with pytest.raises(ValueError, match="not in the catalog"):
+        layout.encode_histories([[0, 999]], cat)
+    with pytest.raises(ValueError, match="at least one"):
+        layout.encode_histories([], cat)
+    with pytest.raises(ValueError, match="padding_side"):
+        layout.encode_histories([[0]], cat, padding_side="middle")
+    with pytest.raises(ValueError, match="does not match"):
+        TokenLayout((3, 4)).encode_histories([[0]], cat)
+
+
+def test_check_inputs_errors():
+    layout = TokenLayout((3, 3))  # eos 7, user 8, vocab 9
+    ids = torch.tensor([[8, 1, 4, 7]])
+    layout.check_inputs(ids, torch.ones_like(ids))
+    with pytest.raises(ValueError, match="input_ids must be in"):
+        layout.check_inputs(torch.tensor([[8, 1, 4, 9]]), torch.ones_like(ids))
+    with pytest.raises(ValueError, match="input_ids must be in"):
+        layout.check_inputs(torch.tensor([[8, 1, -4, 7]]), torch.ones_like(ids))
+    with pytest.raises(ValueError, match="empty history"):
+        layout.check_inputs(torch.tensor([[8, 7, 0, 0]]), torch.tensor([[1, 1, 0, 0]]))
+    with pytest.raises(ValueError, match="empty history"):
+        layout.check_inputs(torch.tensor([[8, 7, 7, 7]]), torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape"):
+        layout.check_inputs(ids, torch.ones(1, 3))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        layout.check_inputs(ids[0], torch.ones(4))
+
+
+def test_padding_conversions_roundtrip():
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([5, 2, 7, 1])
+    mask = (torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    ids = torch.randint(1, 50, (4, 7), generator=g) * mask
+    left, lmask = to_left_padding(ids, mask)
+    assert torch.equal(lmask.flip(1), mask)
+    for row in range(4):
+        n = int(lengths[row])
+        assert torch.equal(left[row, 7 - n :], ids[row, :n])
+    back, bmask = to_right_padding(left, lmask)
+    assert torch.equal(back, ids) and torch.equal(bmask, mask)
+    # Idempotent on already-converted inputs.
+    again, _ = to_left_padding(left, lmask)
+    assert torch.equal(again, left)
+
+
+def test_json_roundtrip_and_validation(tmp_path):
+    layout = TokenLayout((256, 256, 256, 4), num_user_tokens=7)
+    text = layout.to_json()
+    assert TokenLayout.from_json(text) == layout
+    blob = json.loads(text)
+    assert blob["eos_id"] == layout.eos_id and blob["vocab_size"] == layout.vocab_size
+    layout.save(tmp_path)
+    assert TokenLayout.load(tmp_path) == layout
+    assert TokenLayout.load(tmp_path / "layout.json") == layout
+    bad = dict(blob, format_version=99)
+    with pytest.raises(ValueError, match="format_version"):
+        TokenLayout.from_json(json.dumps(bad))
+    with pytest.raises(ValueError, match="eos_id"):
+        TokenLayout.from_json(json.dumps(dict(blob, eos_id=3)))
+    with pytest.raises(ValueError, match="corrupted"):
+        TokenLayout.from_json("{not json")
+    with pytest.raises(ValueError, match="not a sidmlp"):
+        TokenLayout.from_json(json.dumps({"format": "other"}))
+    with pytest.raises(FileNotFoundError):
+        TokenLayout.load(tmp_path / "missing.json")
+
+
+# ---- examples ---------------------------------------------------------------------------
+
+
+def toy_split():
+    return Split(
+        train_sequences=[[0, 1, 2, 3], [4], [5, 6, 7, 0, 1, 2]],
+        valid_histories=[[0, 1, 2, 3], [4], [6, 7, 0]],
+        valid_targets=[4, 5, 3],
+        test_histories=[[1, 2, 3, 4], [4, 5], [7, 0, 3]],
+        test_targets=[5, 6, 4],
+        max_history=3,
+    )
+
+
+def test_build_examples_train_prefixes():
+    cat = make_catalog([4, 4], 10, seed=3)
+    assert cat.num_items >= 8
+    layout = TokenLayout.for_catalog(cat)
+    split = toy_split()
+    ex = build_examples(split, cat, layout, "train")
+    # User 0: t = 1..3; user 1: none; user 2: t = 1..5.
+    assert len(ex) == 3 + 0 + 5
+    assert ex.target_items.tolist() == [1, 2, 3, 6, 7, 0, 1, 2]
+    assert ex.users.tolist() == [0, 0, 0, 2, 2, 2, 2, 2]
+    assert torch.equal(ex.target_codes, cat.codes_of(ex.target_items))
+    expected_histories = [[0], [0, 1], [0, 1, 2], [5], [5, 6], [5, 6, 7], [6, 7, 0], [7, 0, 1]]
+    ids, mask = layout.encode_histories(expected_histories, cat)
+    assert torch.equal(ex.input_ids, ids) and torch.equal(ex.attention_mask, mask)
+
+
+def test_build_examples_cap_valid_test_and_batches():
+    cat = make_catalog([4, 4], 10, seed=3)
+    layout = TokenLayout.for_catalog(cat)
+    split = toy_split()
+    capped = build_examples(split, cat, layout, "train", max_prefixes_per_user=2, seed=5)
+    assert capped.users.tolist().count(0) == 2 and capped.users.tolist().count(2) == 2
+    assert torch.equal(capped.target_items, build_examples(split, cat, layout, "train", 2, seed=5).target_items)
+    test = build_examples(split, cat, layout, "test")
+    assert test.target_items.tolist() == [5, 6, 4]
+    ids, mask = layout.encode_histories(split.test_histories, cat, max_history=3)
+    assert torch.equal(test.input_ids, ids)
+    ids, mask, codes, items = test.batch(torch.tensor([1]))
+    assert ids.shape[1] == 2 + 2 * 2 and mask.all()
+    left = build_examples(split, cat, layout, "valid", padding_side="left")
+    ids, mask, _, _ = left.batch(torch.tensor([1]))
+    assert ids.shape[1] == 4 and mask.all()
+    assert sum(len(b[0]) for b in test.batches(2, shuffle=True, generator=torch.Generator().manual_seed(0))) == 3
+    with pytest.raises(ValueError, match="part"):
+        build_examples(split, cat, layout, "dev")
+    with pytest.raises(ValueError, match="does not match"):
+        build_examples(split, cat, TokenLayout((4, 5)), "test")
+    with pytest.raises(ValueError):
+        Examples(ids, mask[:, :2], codes, items)
