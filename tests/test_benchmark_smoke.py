@@ -1,0 +1,120 @@
+"""Smoke test of the end-to-end benchmark harness (bench/e2e.py via sidmlp_kernels.benchmark).
+
+Checks that `sidmlp bench` runs end to end on a tiny config and writes well-formed results.
+No timing assertions: timing lives in bench/, this only checks the harness.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+E2E = ROOT / "bench" / "e2e.py"
+
+pytestmark = pytest.mark.skipif(not E2E.is_file(), reason="bench/e2e.py is not in this checkout")
+
+# The exact `sidmlp bench` path: the package's options, then args.func (cmd_bench -> bench/e2e.py).
+RUNNER = """
+import argparse, sys
+from sidmlp_kernels.benchmark import add_bench_arguments
+parser = add_bench_arguments(argparse.ArgumentParser(prog="sidmlp bench"))
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+TINY = [
+    "--catalogs", "syn-200", "syn-400", "--syn-k", "16", "--syn-levels", "3", "--preset", "tiny",
+    "--batches", "1", "2", "--beams", "4", "--headline", "syn-200:2:4", "--catalog-cell", "2:4",
+    "--top-n", "3", "--repeats", "2", "--warmup", "0", "--head-hidden", "32", "--student-ffn", "64",
+    "--threads", "1", "--no-progress", "--tag", "smoke",
+]
+
+
+def _strict_json(text: str):
+    def bad(const):
+        raise ValueError(f"non-standard JSON constant {const}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-c", RUNNER, *TINY, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return out, proc.stdout
+
+
+def test_writes_all_outputs(smoke_run):
+    out, stdout = smoke_run
+    for name in ("smoke.json", "smoke.csv", "smoke_headline.md", "smoke_latency_vs_batch.png",
+                 "smoke_speedup_vs_catalog.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "| provider |" in stdout  # the headline table is printed
+
+
+def test_json_is_well_formed(smoke_run):
+    out, _ = smoke_run
+    rep = _strict_json((out / "smoke.json").read_text())
+    assert rep["format_version"] == 1
+    for key in ("cpu", "logical_cpus", "torch", "torch_threads", "loadavg"):
+        assert key in rep["machine"], key
+    assert rep["config"]["dtype"] == "float32" and rep["config"]["threads"] == 1
+    cells = rep["cells"]
+    assert [(c["catalog"], c["batch"], c["beam"]) for c in cells] == [
+        ("syn-200", 1, 4), ("syn-200", 2, 4), ("syn-400", 2, 4)]
+    assert sum(c["headline"] for c in cells) == 1
+    backends = rep["config"]["backends"]
+    best = rep["config"]["auto_backend"]
+    for cell in cells:
+        prov = cell["providers"]
+        expected = {"attention_constrained", "hf_encoder", "mlp_encoder", f"sidmlp++[{best}]"}
+        expected |= {f"sidmlp[{b}]" for b in backends}
+        assert expected <= set(prov), set(prov)
+        for name, p in prov.items():
+            assert p["n"] >= 1 and len(p["times_ms"]) == p["n"], name
+            assert math.isfinite(p["median_ms"]) and p["median_ms"] > 0, name
+            assert p["p25_ms"] <= p["median_ms"] <= p["p75_ms"], name
+            assert p["users_per_s"] > 0, name
+        for b in backends:
+            p = prov[f"sidmlp[{b}]"]
+            assert set(p["phases"]) == {"encode", "decode"}
+            assert p["decode_phase_ms"] == p["phases"]["decode"]["median_ms"]
+            assert "speedup_vs_attention" in p and "decode_speedup_vs_attention" in p
+    head = next(c for c in cells if c["headline"])
+    assert "hf_generate" in head["providers"]
+    assert "speedup_vs_hf" in head["providers"][f"sidmlp[{best}]"]
+    # HF runs on the headline catalog only by default; the skip is recorded, not silent.
+    assert "hf_generate" in cells[2]["skipped"]
+    assert {t["target"] for t in rep["targets"] if t["threshold"] is not None} == {
+        "sidmlp_e2e_vs_hf_generate", "sidmlp_e2e_vs_attention_constrained",
+        "sidmlp_decode_vs_attention_constrained", "sidmlpPP_e2e_vs_attention_constrained"}
+    for name, mc in rep["memory_check"].items():
+        assert isinstance(mc["no_per_beam_encoder_copy"], bool), name
+        assert mc["per_beam_copy_bytes"] == 4 * mc["encoder_output_bytes"]
+
+
+def test_csv_matches_json(smoke_run):
+    out, _ = smoke_run
+    rep = _strict_json((out / "smoke.json").read_text())
+    with open(out / "smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    timed = [r for r in rows if not r["skipped"]]
+    assert len(timed) == sum(len(c["providers"]) for c in rep["cells"])
+    assert len(rows) - len(timed) == sum(len(c["skipped"]) for c in rep["cells"])
+    for r in timed:
+        assert float(r["median_ms"]) > 0 and int(r["batch"]) in (1, 2)
+
+
+def test_bad_arguments_fail_clearly(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", RUNNER, *TINY, "--top-n", "9", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--top-n" in proc.stderr
