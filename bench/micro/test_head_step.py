@@ -28,8 +28,6 @@ def test_head_step(benchmark, levels, folded, student, ctx, index, level, provid
     benchmark.group = f"head level {level} (GEMM {batch * width}x{hidden}x{k})"
     benchmark.extra_info.update(level=level, rows=batch * width, hidden=hidden, k=k, provider=provider)
     if provider == "folded_cpu":
-        if not hasattr(backends, "_head_logits_cpu"):
-            pytest.skip("backends._head_logits_cpu is gone (backend internals changed)")
         fn = lambda: backends._head_logits_cpu(folded, level, proj, lv.prefixes, lv.nodes, index)  # noqa: E731
     elif provider == "folded_ref":
         fn = lambda: folded_logits(folded, level, proj, lv.prefixes)  # noqa: E731
