@@ -38,7 +38,7 @@ from torch import nn
 
 from .adapters import _cache_kwarg, _output_cache, check_model_layout, decoder_output_scale, left_positions
 from .catalog import SIDCatalog
-from .decoding import GenerationOutput, beam_search_reference, beam_step_reference, check_beam_args
+from .decoding import GenerationOutput, beam_search_reference, beam_step_reference, check_beam_args, finalize_beams
 from .layout import TokenLayout, to_left_padding
 
 __all__ = [
@@ -74,7 +74,7 @@ class DecodeOutput(GenerationOutput):
 
 def rank_beams(catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, top_n: int) -> DecodeOutput:
     """Turn (B, N, L) decoded beams sorted by score into items: invalid and repeated beams dropped and counted."""
-    batch, width, num_levels = codes.shape
+    batch, _, num_levels = codes.shape
     codes, scores = codes[:, :top_n].cpu(), scores[:, :top_n].float().cpu()
     width = codes.shape[1]
     items = catalog.lookup(codes.reshape(-1, num_levels)).reshape(batch, width)
@@ -83,23 +83,11 @@ def rank_beams(catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, t
     same = items.unsqueeze(2) == items.unsqueeze(1)
     earlier = torch.tril(torch.ones(width, width, dtype=torch.bool), diagonal=-1)
     dup = valid & (same & earlier & valid.unsqueeze(1)).any(dim=2)
-    keep = valid & ~dup
-    # Move kept beams to the front in their order.
-    order = torch.argsort((~keep).long() * width + torch.arange(width), dim=1)
-    kept = torch.gather(keep, 1, order)
-    out_items = torch.where(kept, torch.gather(items, 1, order), torch.full_like(items, -1))
-    out_scores = torch.where(kept, torch.gather(scores, 1, order), torch.full_like(scores, float("-inf")))
-    out_codes = torch.gather(codes, 1, order.unsqueeze(-1).expand(-1, -1, num_levels))
-    out_codes = torch.where(kept.unsqueeze(-1), out_codes, torch.full_like(out_codes, -1))
-    if width < top_n:
-        pad = top_n - width
-        out_items = torch.cat([out_items, out_items.new_full((batch, pad), -1)], dim=1)
-        out_codes = torch.cat([out_codes, out_codes.new_full((batch, pad, num_levels), -1)], dim=1)
-        out_scores = torch.cat([out_scores, out_scores.new_full((batch, pad), float("-inf"))], dim=1)
+    ranked = finalize_beams(catalog, codes, scores, top_n, keep=valid & ~dup)
     return DecodeOutput(
-        items=out_items,
-        codes=out_codes,
-        scores=out_scores,
+        items=ranked.items,
+        codes=ranked.codes,
+        scores=ranked.scores,
         num_invalid=(alive & (items < 0)).sum(dim=1),
         num_duplicate=dup.sum(dim=1),
         beam_codes=codes,

@@ -116,15 +116,26 @@ def beam_search_reference(
 
 
 def finalize_beams(
-    catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, top_n: int
+    catalog: SIDCatalog, codes: torch.Tensor, scores: torch.Tensor, top_n: int, keep: Optional[torch.Tensor] = None
 ) -> GenerationOutput:
-    """Turn final beams (B, W, L) sorted by score into the top_n catalog items."""
+    """Turn final beams (B, W, L) sorted by score into the top_n catalog items.
+
+    keep (B, W) bool, optional: of the first top_n beams only these survive, moved to the
+    front in their order (how the unconstrained decodes drop invalid and repeated beams).
+    """
     batch, width, num_levels = codes.shape
     codes, scores = codes[:, :top_n], scores[:, :top_n]
+    width = codes.shape[1]
     items = catalog.lookup(codes.reshape(-1, num_levels)).reshape(batch, -1)
     alive = torch.isfinite(scores)
+    if keep is not None:
+        alive = alive & keep[:, :top_n]
+        order = torch.argsort((~alive).long() * width + torch.arange(width, device=alive.device), dim=1)
+        alive, items, scores = (torch.gather(t, 1, order) for t in (alive, items, scores))
+        codes = torch.gather(codes, 1, order.unsqueeze(-1).expand(-1, -1, num_levels))
     items = torch.where(alive, items, torch.full_like(items, -1))
     codes = torch.where(alive.unsqueeze(-1), codes, torch.full_like(codes, -1))
+    scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
     if width < top_n:
         pad = top_n - width
         items = torch.cat([items, items.new_full((batch, pad), -1)], dim=1)

@@ -278,6 +278,7 @@ class TrainConfig:
     patience: int = 3  # validations without improvement before stopping
     checkpoint_minutes: float = 5.0
     seed: int = 0
+    bf16: bool = False  # bf16 autocast for the forward pass (fp32 weights and optimizer)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded, checked on resume (data options)
 
@@ -341,8 +342,8 @@ def train_teacher(
     last = out / "last"
     if resume and (last / "trainer_state.json").is_file():
         saved = json.loads((last / "trainer_state.json").read_text())
-        for key in ("batch_size", "epochs", "lr", "seed", "extra"):
-            if saved["config"].get(key) != cfg_record.get(key):
+        for key in ("batch_size", "epochs", "lr", "seed", "bf16", "extra"):
+            if saved["config"].get(key, getattr(TrainConfig(), key)) != cfg_record.get(key):
                 raise ValueError(
                     f"cannot resume {out}: its {key} was {saved['config'].get(key)!r}, now {cfg_record.get(key)!r}; "
                     "pass the same options, or start fresh (--fresh / resume=False / another --out)"
@@ -415,7 +416,8 @@ def train_teacher(
         for b in range(first, steps_per_epoch):
             ids, mask, codes, _ = train.batch(order[b * config.batch_size : (b + 1) * config.batch_size])
             device = next(model.parameters()).device
-            loss = teacher_loss(model, layout, ids.to(device), mask.to(device), codes)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                loss = teacher_loss(model, layout, ids.to(device), mask.to(device), codes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -506,7 +508,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
         eval_beam=args.eval_beam, eval_users=args.eval_users, patience=args.patience, seed=args.seed,
-        checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress, extra=extra,
+        checkpoint_minutes=args.checkpoint_minutes, bf16=args.bf16, progress=not args.no_progress, extra=extra,
     )
     summary = train_teacher(model, layout, catalog, train, valid, args.out, config, resume=not args.fresh,
                             info=dict(extra, params=n_params))
@@ -574,6 +576,8 @@ def add_teacher_arguments(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast in training (about 1.4x faster on AVX512-BF16 CPUs; weights stay fp32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

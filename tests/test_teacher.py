@@ -102,6 +102,27 @@ def test_resume_is_exact(tmp_path, data):
                       quick_config(lr=1e-2), log=lambda s: None)
 
 
+def test_bf16_training_learns_and_is_recorded(tmp_path, data):
+    catalog, split, layout = data
+    train = build_examples(split, catalog, layout, "train")
+    valid = build_examples(split, catalog, layout, "valid")
+    runs = {}
+    for bf16 in (False, True):
+        model = build_t5_teacher(layout, "tiny", seed=0)
+        summary = train_teacher(model, layout, catalog, train, valid, tmp_path / str(bf16),
+                                quick_config(epochs=3, bf16=bf16), log=lambda s: None)
+        runs[bf16] = (model, summary)
+    pop = most_popular_baseline(split.train_sequences, valid)
+    assert runs[True][1]["best_ndcg"] > pop["ndcg@10"]
+    # Autocast really ran: the same seed and batches give different weights than fp32.
+    a, b = runs[False][0].state_dict(), runs[True][0].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float32 for v in b.values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="its bf16 was True"):
+        train_teacher(build_t5_teacher(layout, "tiny"), layout, catalog, train, valid, tmp_path / "True",
+                      quick_config(epochs=3, bf16=False), log=lambda s: None)
+
+
 def test_train_gpt2_teacher(tmp_path, data):
     catalog, split, layout = data
     train = build_examples(split, catalog, layout, "train", padding_side="left")
