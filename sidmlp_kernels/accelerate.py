@@ -444,14 +444,6 @@ def evaluate_recommender(
     return metrics
 
 
-def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
-    """Mean |top-k(a) & top-k(b)| / k over users (ignoring -1 slots)."""
-    total = 0.0
-    for ra, rb in zip(a[:, :k].tolist(), b[:, :k].tolist()):
-        total += len({i for i in ra if i >= 0} & {i for i in rb if i >= 0}) / k
-    return total / max(1, a.shape[0])
-
-
 def run_quickstart(
     out_dir: str | Path,
     dataset: str = "ml-100k",
@@ -524,27 +516,10 @@ def run_quickstart(
         models[name] = rec
 
     print(f"{stamp()} evaluating on {len(test)} test users, beam {beam_size}, top 10")
-    from .attention_decode import attention_beam_search
-    from .metrics import evaluate_ranking
+    from .compare import compare_with_teacher, format_comparison
 
-    results: dict[str, Any] = {}
-    teacher_items, t0 = [], time.perf_counter()
-    for lo in range(0, len(test), 64):
-        ids, mask, _, _ = test.batch(torch.arange(lo, min(len(test), lo + 64)))
-        teacher_items.append(attention_beam_search(teacher, layout, catalog, ids, mask, beam_size, 10).items)
-    teacher_items = torch.cat(teacher_items)
-    results["teacher"] = dict(evaluate_ranking(teacher_items, test.target_items, ks=(5, 10)),
-                              seconds=time.perf_counter() - t0)
-    for name, rec in models.items():
-        m = evaluate_recommender(rec, test, beam_size=beam_size, top_n=10)
-        results[name] = {k: m[k] for k in ("recall@10", "ndcg@10", "recall@5", "ndcg@5", "seconds",
-                                            "encode_seconds", "decode_seconds")}
-        results[name]["top10_overlap_with_teacher"] = top_overlap(m["items"], teacher_items)
-    print(f"\n{'model':<10} {'Recall@10':>10} {'NDCG@10':>9} {'overlap':>8} {'seconds':>9}")
-    for name, r in results.items():
-        ov = r.get("top10_overlap_with_teacher")
-        print(f"{name:<10} {r['recall@10']:>10.4f} {r['ndcg@10']:>9.4f} {'' if ov is None else f'{ov:.3f}':>8} "
-              f"{r['seconds']:>9.2f}")
+    results: dict[str, Any] = compare_with_teacher(teacher, layout, catalog, test, models, beam_size=beam_size)
+    print("\n" + format_comparison(results) + "\n")
     results["total_seconds"] = time.perf_counter() - t_all
     (out / "quickstart.json").write_text(json.dumps(results, indent=2))
     print(f"{stamp()} wrote {out / 'quickstart.json'}")

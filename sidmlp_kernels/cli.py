@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="prepare ML-100K, train a small teacher, distil, compare (the main job)")
     add_quickstart_arguments(p).set_defaults(func=cmd_quickstart)
 
+    from .compare import add_compare_arguments
+
+    p = sub.add_parser("compare", help="teacher vs distilled models: Recall/NDCG@10, share of teacher, top-10 overlap")
+    add_compare_arguments(p)
+
     from .benchmark import add_bench_arguments, cmd_bench
 
     p = sub.add_parser("bench", help="end-to-end benchmark: HF generate vs attention decode vs SID-MLP backends")

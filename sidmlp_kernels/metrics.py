@@ -1,4 +1,4 @@
-"""Full-ranking metrics with one target per instance: Recall@K and NDCG@K."""
+"""Ranking metrics: Recall@K and NDCG@K with one target per instance, and top-k overlap of two rankers."""
 
 from __future__ import annotations
 
@@ -73,3 +73,15 @@ def evaluate_ranking(ranked, targets, ks: tuple[int, ...] = (5, 10)) -> dict[str
         out[f"recall@{k}"] = recall_at_k(ranked, targets, k)
         out[f"ndcg@{k}"] = ndcg_at_k(ranked, targets, k)
     return out
+
+
+def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
+    """Mean |top-k(a) & top-k(b)| / k over users, two (N, >=k) ranked item lists (-1 slots ignored)."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must be (N, M) ranked lists for the same N users, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    _check_k(k)
+    total = 0.0
+    for ra, rb in zip(a[:, :k].tolist(), b[:, :k].tolist()):
+        total += len({i for i in ra if i >= 0} & {i for i in rb if i >= 0}) / k
+    return total / max(1, a.shape[0])

@@ -5,7 +5,7 @@ import pytest
 
 from sidmlp_kernels.cli import build_parser, main
 
-COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "bench", "analyze"]
+COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "compare", "bench", "analyze"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
