@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels.accelerate import AcceleratedRecommender, accelerate
-from sidmlp_kernels.adapters import Encoded
 from sidmlp_kernels.decoding import exhaustive_search
 from sidmlp_kernels.examples import Examples
 from sidmlp_kernels.folded import folded_logits
@@ -15,36 +14,9 @@ from sidmlp_kernels.layout import TokenLayout
 from sidmlp_kernels.mlp_encoder import MLPEncoder
 from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
 
+from helpers import FakeAdapter
+
 TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32, show_progress=False, log=lambda s: None)
-
-
-class FakeAdapter:
-    """A tiny deterministic teacher implementing the TeacherAdapter protocol."""
-
-    def __init__(self, sizes, d=8, seed=0, num_user_tokens=1):
-        self.layout = TokenLayout(tuple(sizes), num_user_tokens=num_user_tokens)
-        self.hidden_size = d
-        g = torch.Generator().manual_seed(seed)
-        self.emb = torch.randn(self.layout.vocab_size, d, generator=g)
-
-    def encode(self, ids, mask):
-        self.layout.check_inputs(ids, mask)
-        return Encoded(torch.tanh(self.emb[ids]), mask.bool())
-
-    def digit_logits(self, enc, codes):
-        m = enc.mask.float().unsqueeze(-1)
-        h = (enc.states * m).sum(1) / m.sum(1)
-        out = []
-        for l in range(self.layout.num_levels):
-            s, e = self.layout.digit_token_range(l)
-            out.append(3 * h @ self.emb[s:e].T)
-            if l < self.layout.num_levels - 1:
-                h = h + self.emb[self.layout.offsets[l] + codes[:, l]]
-        return out
-
-    def code_embeddings(self, level):
-        s, e = self.layout.digit_token_range(level)
-        return self.emb[s:e]
 
 
 def random_catalog(seed, n, sizes, first_id=0):

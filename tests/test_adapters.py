@@ -14,12 +14,7 @@ from sidmlp_kernels.layout import TokenLayout, to_left_padding
 from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

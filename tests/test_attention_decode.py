@@ -16,13 +16,7 @@ from sidmlp_kernels.layout import TokenLayout
 from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher, teacher_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box: extra threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,53 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.adapters import Encoded
 from sidmlp_kernels.distill import DistillConfig, ValidSet, distill, distill_loss, train_loop
 from sidmlp_kernels.examples import Examples
 from sidmlp_kernels.features import extract_features, load_features
-from sidmlp_kernels.layout import TokenLayout
 from sidmlp_kernels.mlp_encoder import EncoderTrainConfig, MLPEncoder, train_mlp_encoder
 from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
 
+from helpers import FakeAdapter
+
 REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(show_progress=False, log=lambda s: None)
-
-
-class CountingAdapter:
-    """Tiny deterministic teacher that counts its encoder calls."""
-
-    def __init__(self, sizes, d=8, seed=0):
-        self.layout = TokenLayout(tuple(sizes))
-        self.hidden_size = d
-        g = torch.Generator().manual_seed(seed)
-        self.emb = torch.randn(self.layout.vocab_size, d, generator=g)
-        self.calls = 0
-
-    def encode(self, ids, mask):
-        self.calls += 1
-        return Encoded(torch.tanh(self.emb[ids]), mask.bool())
-
-    def digit_logits(self, enc, codes):
-        m = enc.mask.float().unsqueeze(-1)
-        h = (enc.states * m).sum(1) / m.sum(1)
-        out = []
-        for l in range(self.layout.num_levels):
-            s, e = self.layout.digit_token_range(l)
-            out.append(3 * h @ self.emb[s:e].T)
-            if l < self.layout.num_levels - 1:
-                h = h + self.emb[self.layout.offsets[l] + codes[:, l]]
-        return out
-
-    def code_embeddings(self, level):
-        s, e = self.layout.digit_token_range(level)
-        return self.emb[s:e]
 
 
 def setup_data(n=96, sizes=(4, 5, 3), seed=0):
     g = torch.Generator().manual_seed(seed)
     codes = torch.unique(torch.stack([torch.randint(0, k, (40,), generator=g) for k in sizes], 1), dim=0)
     cat = SIDCatalog.from_codes(torch.arange(codes.shape[0]), codes, sizes)
-    ad = CountingAdapter(sizes)
+    ad = FakeAdapter(sizes)
     hist = [[int(x) for x in torch.randint(0, cat.num_items, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)]
             for _ in range(n)]
     ids, mask = ad.layout.encode_histories(hist, cat)
