@@ -248,12 +248,17 @@ def _head_logits_cpu(folded, level, ctx_l, prefixes, states, index) -> torch.Ten
     return logits.view(batch, width, k)
 
 
-def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
-    device = ctx_proj[0].device
+def _start(catalog: SIDCatalog, batch: int, device: torch.device) -> tuple:
+    """The device's constrained index and the root beam: states (B, 1), scores (B, 1), prefixes (B, 1, 0)."""
     index = _constrained.index_for(catalog, device)
     states = torch.zeros(batch, 1, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
     prefixes = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)
+    return index, states, scores, prefixes
+
+
+def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+    index, states, scores, prefixes = _start(catalog, batch, ctx_proj[0].device)
     num_levels = catalog.num_levels
     for level in range(num_levels):
         logits = _head_logits_cpu(folded, level, ctx_proj[level], prefixes, states, index)
@@ -281,11 +286,7 @@ def _extend(prefixes: torch.Tensor, parents: torch.Tensor, tokens: torch.Tensor)
 def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
     from .kernels.fused_step import fused_step
 
-    device = ctx_proj[0].device
-    index = _constrained.index_for(catalog, device)
-    states = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
-    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)
+    index, states, scores, prefixes = _start(catalog, batch, ctx_proj[0].device)
     num_levels = catalog.num_levels
     for level in range(num_levels):
         valid = index.valid_mask(states, level)

@@ -210,24 +210,12 @@ class ConstrainedIndex:
         """
         logits = _check_tensor(logits, "logits")
         beam_scores = _check_tensor(beam_scores, "beam_scores")
-        if isinstance(prefix_state, PrefixState):
-            if level is not None and level != prefix_state.level:
-                raise ValueError(f"level={level} contradicts prefix_state.level={prefix_state.level}")
-            nodes, level = prefix_state.nodes, prefix_state.level
-        else:
-            nodes = _check_tensor(prefix_state, "prefix_state")
-            if level is None:
-                raise ValueError("level is required when prefix_state is a plain tensor")
-        _check_int(level, "level", 0)
-        if level >= self.num_levels:
-            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}")
+        nodes, level = self._state_nodes(prefix_state, level)
         _check_int(beam_size, "beam_size", 1)
         if logits.dtype not in _LOGIT_DTYPES:
             raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
         if beam_scores.dtype != torch.float32:
             raise TypeError(f"beam_scores must be float32, got {beam_scores.dtype}")
-        if nodes.dtype != torch.int64:
-            raise TypeError(f"prefix_state nodes must be int64, got {nodes.dtype}")
         for tensor, name in ((logits, "logits"), (beam_scores, "beam_scores"), (nodes, "prefix_state")):
             self._check_device(tensor, name)
         scores, parents, tokens, new_nodes = torch.ops.sidmlp.beam_step(
