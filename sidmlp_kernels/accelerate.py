@@ -397,6 +397,10 @@ def accelerate(
     torch.manual_seed(dcfg.seed)
     student = SIDMLP(scfg, code_embs)
     if init_student is not None:
+        if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
+            got = init_student.config.to_dict() if isinstance(init_student, SIDMLP) else type(init_student).__name__
+            raise ValueError(f"init_student must be a SIDMLP with this run's student config {scfg.to_dict()}, "
+                             f"got {got}")
         student.load_state_dict(init_student.state_dict())
     name = "sidmlp_pp.ckpt" if replace_encoder else "sidmlp.ckpt"
     result: TrainResult = distill(student, feats, catalog, valid, dcfg, checkpoint=work / name if work else None,

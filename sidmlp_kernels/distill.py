@@ -403,6 +403,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--out", required=True, help="where the accelerated recommender is saved")
     p.add_argument("--work-dir", default=None, help="features + resumable checkpoints (default: OUT/work)")
     p.add_argument("--replace-encoder", action="store_true", help="SID-MLP++: also distil an MLP encoder")
+    p.add_argument("--init-student", default=None, metavar="DIR",
+                   help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
                    help="random cap on training prefixes per user (default 20; 0 = all)")
     d = DistillConfig()
@@ -435,7 +437,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """`sidmlp distill`: distil SID-MLP (or SID-MLP++) heads from a trained teacher; torchrun-ready."""
-    from .accelerate import accelerate, evaluate_recommender
+    from .accelerate import AcceleratedRecommender, accelerate, evaluate_recommender
     from .examples import build_examples
     from .prepare import load_prepared
     from .teacher import load_teacher
@@ -458,9 +460,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     work = Path(args.work_dir) if args.work_dir else out / "work"
     log(f"[distill] {len(train)} train examples, {len(valid)} valid users, {world} process(es), "
         f"{'SID-MLP++' if args.replace_encoder else 'SID-MLP'}")
+    init = None
+    if args.init_student:
+        init = AcceleratedRecommender.load(args.init_student, teacher=teacher, catalog=catalog, layout=layout).student
     t0 = time.perf_counter()
     rec = accelerate(
         teacher, catalog, train, valid, replace_encoder=args.replace_encoder, layout=layout, work_dir=work,
+        init_student=init,
         show_progress=not args.no_progress and rank == 0, log=log,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, alpha=args.alpha, temperature=args.temperature,
         weight_decay=args.weight_decay, patience=args.patience, eval_beam=args.eval_beam, seed=args.seed,

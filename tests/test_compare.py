@@ -66,11 +66,19 @@ def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prepare_mod, "load_prepared", lambda d: types.SimpleNamespace(catalog=catalog, split=split))
     save_teacher(teacher, layout, tmp_path / "teacher")
     rec.save(tmp_path / "fast")
-    code = main(["compare", "--prepared", "X", "--teacher", str(tmp_path / "teacher"), "--accelerated",
-                 str(tmp_path / "fast"), "--beam", "12", "--threads", "1", "--json-out", str(tmp_path / "c.json")])
+    distill = ["distill", "--prepared", "X", "--teacher", str(tmp_path / "teacher"), "--init-student",
+               str(tmp_path / "fast"), "--replace-encoder", "--epochs", "1", "--encoder-epochs", "1", "--ffn-dim", "16",
+               "--num-heads", "2", "--eval-beam", "12", "--beam", "12", "--threads", "1", "--no-progress"]
+    # The heads to start from must have this run's architecture.
+    assert main(distill + ["--out", str(tmp_path / "bad"), "--head-hidden", "32"]) == 2
+    assert "init_student must be a SIDMLP with this run's student config" in capsys.readouterr().err
+    assert main(distill + ["--out", str(tmp_path / "pp"), "--head-hidden", "16"]) == 0
+    dirs = [str(tmp_path / "fast"), str(tmp_path / "pp")]
+    code = main(["compare", "--prepared", "X", "--teacher", str(tmp_path / "teacher"), "--accelerated", *dirs,
+                 "--beam", "12", "--threads", "1", "--json-out", str(tmp_path / "c.json")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| teacher |" in out and str(tmp_path / "fast") in out
+    assert "| teacher |" in out and all(f"| {d} |" in out for d in dirs)
     blob = json.loads((tmp_path / "c.json").read_text())
-    assert set(blob) == {"teacher", str(tmp_path / "fast")}
-    assert 0.0 <= blob[str(tmp_path / "fast")]["top10_overlap_with_teacher"] <= 1.0
+    assert set(blob) == {"teacher", *dirs}
+    assert all(0.0 <= blob[d]["top10_overlap_with_teacher"] <= 1.0 for d in dirs)
