@@ -1,4 +1,5 @@
-"""Ranking metrics: Recall@K and NDCG@K with one target per instance, and top-k overlap of two rankers."""
+"""Ranking metrics: Recall@K and NDCG@K with one target per instance, top-k overlap of two rankers,
+and a paired bootstrap for "is A better than B on the same users"."""
 
 from __future__ import annotations
 
@@ -85,3 +86,33 @@ def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
     for ra, rb in zip(a[:, :k].tolist(), b[:, :k].tolist()):
         total += len({i for i in ra if i >= 0} & {i for i in rb if i >= 0}) / k
     return total / max(1, a.shape[0])
+
+
+def paired_bootstrap(
+    a, b, num_samples: int = 10000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Mean of a - b over paired per-instance values, with a percentile bootstrap interval.
+
+    share_not_better is the fraction of resamples whose mean difference is <= 0 (a one-sided
+    bootstrap p-value for "a beats b").
+    """
+    a = torch.as_tensor(a, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    if a.dim() != 1 or a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"a and b must be non-empty 1-D with the same length, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    diff = a - b
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.cat([
+        diff[torch.randint(0, diff.numel(), (min(1000, num_samples - lo), diff.numel()), generator=gen)].mean(1)
+        for lo in range(0, num_samples, 1000)
+    ])
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return dict(mean_difference=float(diff.mean()), ci_low=low, ci_high=high,
+                share_not_better=float((means <= 0).double().mean()), num_samples=num_samples,
+                confidence=confidence)

@@ -32,7 +32,7 @@ from .attention_decode import DecodeOutput, attention_beam_search, hf_generate
 from .catalog import SIDCatalog
 from .examples import Examples, build_examples
 from .layout import TokenLayout
-from .metrics import evaluate_ranking
+from .metrics import evaluate_ranking, ndcg_at_k, paired_bootstrap, recall_at_k
 
 __all__ = [
     "T5_PRESETS",
@@ -46,6 +46,7 @@ __all__ = [
     "evaluate_teacher",
     "load_teacher",
     "most_popular_baseline",
+    "most_popular_items",
     "save_teacher",
     "teacher_loss",
     "train_teacher",
@@ -159,8 +160,12 @@ def evaluate_teacher(
     max_users: Optional[int] = None,
     ks: tuple[int, ...] = (5, 10),
     progress: bool = False,
-) -> dict[str, float]:
-    """Recall/NDCG@k of one decode ('constrained', 'unconstrained' or 'hf') plus invalid-beam counts and seconds."""
+    return_items: bool = False,
+) -> dict[str, Any]:
+    """Recall/NDCG@k of one decode ('constrained', 'unconstrained' or 'hf') plus invalid-beam counts and seconds.
+
+    return_items adds "items": the (N, top_n) ranked lists.
+    """
     if decode not in ("constrained", "unconstrained", "hf"):
         raise ValueError(f"decode must be 'constrained', 'unconstrained' or 'hf', got {decode!r}")
     n = len(examples) if max_users is None else min(len(examples), max_users)
@@ -186,7 +191,9 @@ def evaluate_teacher(
         targets.append(items)
         invalid += int(out.num_invalid.sum())
         duplicate += int(out.num_duplicate.sum())
-    metrics = evaluate_ranking(torch.cat(ranked), torch.cat(targets), ks=ks)
+    metrics: dict[str, Any] = evaluate_ranking(torch.cat(ranked), torch.cat(targets), ks=ks)
+    if return_items:
+        metrics["items"] = torch.cat(ranked)
     metrics.update(
         num_users=n,
         invalid_beams=invalid,
@@ -201,15 +208,19 @@ def most_popular_baseline(
     sequences: list[list[int]], examples: Examples, extra: Optional[list[int]] = None, ks: tuple[int, ...] = (5, 10)
 ) -> dict[str, float]:
     """Recall/NDCG@k of recommending the globally most frequent items (counts from sequences + extra)."""
+    ranked = most_popular_items(sequences, max(ks), extra).unsqueeze(0).expand(len(examples), -1)
+    return evaluate_ranking(ranked, examples.target_items, ks=ks)
+
+
+def most_popular_items(sequences: list[list[int]], n: int, extra: Optional[list[int]] = None) -> torch.Tensor:
+    """The n most frequent item ids in sequences + extra (ties: smaller id first)."""
     counts: dict[int, int] = {}
     for seq in sequences:
         for i in seq:
             counts[i] = counts.get(i, 0) + 1
     for i in extra or []:
         counts[i] = counts.get(i, 0) + 1
-    top = sorted(counts, key=lambda i: (-counts[i], i))[: max(ks)]
-    ranked = torch.tensor(top, dtype=torch.long).unsqueeze(0).expand(len(examples), -1)
-    return evaluate_ranking(ranked, examples.target_items, ks=ks)
+    return torch.tensor(sorted(counts, key=lambda i: (-counts[i], i))[:n], dtype=torch.long)
 
 
 # ---- saving / loading -----------------------------------------------------------------
@@ -537,18 +548,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"split": args.split, "beam": args.beam, "top_n": args.top_n}
     n = len(examples) if args.max_users is None else min(args.max_users, len(examples))
     print(f"[eval] {args.teacher} on {args.split} ({n} users), beam {args.beam}, top {args.top_n}")
+    rankings = {}
     for decode in decodes:
         m = evaluate_teacher(model, layout, catalog, examples, decode=decode, beam_size=args.beam,
                              top_n=args.top_n, batch_size=args.batch_size, max_users=args.max_users,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, return_items=True)
+        rankings[decode] = m.pop("items")
         results[decode] = m
         extra = (f"  invalid beams {m['invalid_beams']} of {n * args.top_n} returned "
                  f"({m['invalid_per_user']:.2f}/user)" if decode != "constrained" else "")
         print(f"  {decode:<13} {_fmt(m)}{extra}  [{m['seconds']:.1f}s]")
     extra_items = list(split.valid_targets) if args.split == "test" else None
-    pop = most_popular_baseline(split.train_sequences, examples.subset(torch.arange(n)), extra=extra_items)
+    users = examples.subset(torch.arange(n))
+    pop = most_popular_baseline(split.train_sequences, users, extra=extra_items)
     results["most_popular"] = pop
     print(f"  {'most-popular':<13} {_fmt(pop)}")
+    # Is the teacher better than most-popular on these users? Paired bootstrap over users.
+    popular = most_popular_items(split.train_sequences, 10, extra_items).unsqueeze(0).expand(n, -1)
+    results["vs_most_popular"] = {}
+    for decode, ranked in rankings.items():
+        boot = {
+            name: paired_bootstrap(fn(ranked, users.target_items, 10, per_instance=True),
+                                   fn(popular, users.target_items, 10, per_instance=True), seed=args.seed)
+            for name, fn in (("recall@10", recall_at_k), ("ndcg@10", ndcg_at_k))
+        }
+        results["vs_most_popular"][decode] = boot
+        print(f"  {decode} - most-popular, paired bootstrap over {n} users (95% interval, share of resamples "
+              "with no gain): " + "; ".join(
+                  f"{name} {b['mean_difference']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] "
+                  f"p={b['share_not_better']:.4f}" for name, b in boot.items()))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
@@ -596,5 +624,6 @@ def add_teacher_arguments(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-users", type=int, default=None, help="evaluate the first N users only")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json-out", default=None, help="also write the metrics as JSON here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap against most-popular")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)

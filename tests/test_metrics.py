@@ -71,3 +71,31 @@ def test_bad_input():
         recall_at_k(torch.tensor([[1, 2]]), torch.tensor([1, 2]), 5)
     with pytest.raises(ValueError, match="k must be a positive int"):
         ndcg_at_k(torch.tensor([[1, 2]]), torch.tensor([1]), 0)
+
+
+def test_paired_bootstrap_exact_cases_and_normal_approximation():
+    from sidmlp_kernels.metrics import paired_bootstrap
+
+    same = paired_bootstrap([0.0, 1.0, 0.5], [0.0, 1.0, 0.5], num_samples=500)
+    assert same["mean_difference"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.0
+    assert same["share_not_better"] == 1.0
+    shifted = paired_bootstrap([1.5, 2.0, 1.0], [0.5, 1.0, 0.0], num_samples=500)
+    assert shifted["ci_low"] == pytest.approx(1.0) and shifted["ci_high"] == pytest.approx(1.0)
+    assert shifted["share_not_better"] == 0.0
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2000, generator=g), torch.rand(2000, generator=g)
+    r = paired_bootstrap(a + 0.05, b, num_samples=4000, seed=1)
+    half = 1.96 * float((a + 0.05 - b).std()) / 2000**0.5
+    assert r["mean_difference"] == pytest.approx(float((a + 0.05 - b).mean()))
+    assert r["ci_low"] == pytest.approx(r["mean_difference"] - half, abs=0.15 * half)
+    assert r["ci_high"] == pytest.approx(r["mean_difference"] + half, abs=0.15 * half)
+    # Same seed, same interval; a 0.05 gain over 2000 users leaves almost no resample without a gain.
+    assert paired_bootstrap(a + 0.05, b, num_samples=4000, seed=1) == r
+    assert 0.0 <= r["share_not_better"] < 0.05
+    for bad in (dict(a=[], b=[]), dict(a=[1.0], b=[1.0, 2.0]), dict(a=[[1.0]], b=[[1.0]])):
+        with pytest.raises(ValueError, match="non-empty 1-D"):
+            paired_bootstrap(**bad)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap([1.0], [0.0], confidence=1.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        paired_bootstrap([1.0], [0.0], num_samples=0)

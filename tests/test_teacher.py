@@ -163,7 +163,10 @@ def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "hf" in out and "constrained" in out and "most-popular" in out and "invalid beams" in out
     blob = json.loads((tmp_path / "m.json").read_text())
-    assert set(blob) >= {"hf", "constrained", "most_popular"}
+    assert set(blob) >= {"hf", "constrained", "most_popular", "vs_most_popular"}
+    boot = blob["vs_most_popular"]["constrained"]["ndcg@10"]
+    assert boot["mean_difference"] == pytest.approx(blob["constrained"]["ndcg@10"] - blob["most_popular"]["ndcg@10"])
+    assert boot["ci_low"] <= boot["mean_difference"] <= boot["ci_high"] and "paired bootstrap" in out
     assert blob["constrained"]["invalid_beams"] == 0
 
 
