@@ -511,10 +511,20 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     else:
         max_pos = 2 + split.max_history * layout.num_levels + layout.num_levels + 1
         model = build_gpt2_teacher(layout, args.preset, max_positions=max_pos, seed=args.seed)
+    if args.init_from:
+        start, start_layout = load_teacher(args.init_from)
+        shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+        if start_layout != layout or shapes(start) != shapes(model):
+            raise ValueError(f"--init-from {args.init_from}: its layout/architecture differs from --arch "
+                             f"{args.arch} --preset {args.preset} on this catalog")
+        model.load_state_dict(start.state_dict())
+        print(f"[train-teacher] weights from {args.init_from} (optimizer and schedule start fresh)")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train-teacher] {n_params / 1e6:.2f}M parameters, {torch.get_num_threads()} threads")
     extra = dict(prepared=str(Path(args.prepared).resolve()), arch=args.arch, preset=args.preset,
                  max_prefixes_per_user=args.max_prefixes_per_user)
+    if args.init_from:
+        extra["init_from"] = str(Path(args.init_from).resolve())
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
@@ -608,6 +618,8 @@ def add_teacher_arguments(subparsers: argparse._SubParsersAction) -> None:
                    help="bf16 autocast in training (about 1.4x faster on AVX512-BF16 CPUs; weights stay fp32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from this trained teacher's weights (same arch/preset), with a new schedule")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_teacher)
 

@@ -156,6 +156,19 @@ def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
                               "--no-progress"])
     assert args.func(args) == 0
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # --init-from starts from those weights (a vanishing rate leaves them in place).
+    start, _ = load_teacher(tmp_path / "run")
+    args = parser.parse_args(["train-teacher", "--prepared", "X", "--out", str(tmp_path / "run2"), "--preset", "tiny",
+                              "--init-from", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "64",
+                              "--lr", "1e-12", "--eval-beam", "5", "--threads", "1", "--no-progress"])
+    assert args.func(args) == 0
+    again, _ = load_teacher(tmp_path / "run2")
+    for (name, a), (_, b) in zip(start.state_dict().items(), again.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    args = parser.parse_args(["train-teacher", "--prepared", "X", "--out", str(tmp_path / "run3"), "--preset", "small",
+                              "--init-from", str(tmp_path / "run"), "--epochs", "1", "--no-progress"])
+    with pytest.raises(ValueError, match="--init-from .* differs from --arch t5 --preset small"):
+        args.func(args)
     args = parser.parse_args(["eval", "--teacher", str(tmp_path / "run"), "--prepared", "X", "--split", "test",
                               "--decode", "both", "--beam", "6", "--top-n", "5", "--threads", "1", "--no-progress",
                               "--json-out", str(tmp_path / "m.json")])
