@@ -191,9 +191,10 @@ def evaluate_teacher(
         targets.append(items)
         invalid += int(out.num_invalid.sum())
         duplicate += int(out.num_duplicate.sum())
-    metrics: dict[str, Any] = evaluate_ranking(torch.cat(ranked), torch.cat(targets), ks=ks)
+    items = torch.cat(ranked)
+    metrics: dict[str, Any] = evaluate_ranking(items, torch.cat(targets), ks=ks)
     if return_items:
-        metrics["items"] = torch.cat(ranked)
+        metrics["items"] = items
     metrics.update(
         num_users=n,
         invalid_beams=invalid,
@@ -570,11 +571,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {decode:<13} {_fmt(m)}{extra}  [{m['seconds']:.1f}s]")
     extra_items = list(split.valid_targets) if args.split == "test" else None
     users = examples.subset(torch.arange(n))
-    pop = most_popular_baseline(split.train_sequences, users, extra=extra_items)
+    popular = most_popular_items(split.train_sequences, 10, extra_items).unsqueeze(0).expand(n, -1)
+    pop = evaluate_ranking(popular, users.target_items, ks=(5, 10))
     results["most_popular"] = pop
     print(f"  {'most-popular':<13} {_fmt(pop)}")
     # Is the teacher better than most-popular on these users? Paired bootstrap over users.
-    popular = most_popular_items(split.train_sequences, 10, extra_items).unsqueeze(0).expand(n, -1)
     results["vs_most_popular"] = {}
     for decode, ranked in rankings.items():
         boot = {
