@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.attention_decode import attention_beam_search, hf_generate  # noqa: E402
-from sidmlp_kernels.layout import TokenLayout  # noqa: E402
-from sidmlp_kernels.teacher import build_t5_teacher, load_teacher  # noqa: E402
+from sidmlp_kernels.teacher.attention_decode import attention_beam_search, hf_generate  # noqa: E402
+from sidmlp_kernels.data.layout import TokenLayout  # noqa: E402
+from sidmlp_kernels.teacher.models import build_t5_teacher, load_teacher  # noqa: E402
 
 
 def random_catalog(num_items: int, k: int, levels: int, seed: int) -> SIDCatalog:
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.prepared:
-        from sidmlp_kernels.examples import build_examples
-        from sidmlp_kernels.prepare import load_prepared
+        from sidmlp_kernels.data.examples import build_examples
+        from sidmlp_kernels.data.prepare import load_prepared
 
         prepared = load_prepared(args.prepared)
         catalog = prepared.catalog

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.constrained import ConstrainedIndex, PrefixState, constrained_beam_search  # noqa: E402
-from sidmlp_kernels.decoding import beam_search_reference, beam_step_reference  # noqa: E402
+from sidmlp_kernels.decode.constrained import ConstrainedIndex, PrefixState, constrained_beam_search  # noqa: E402
+from sidmlp_kernels.decode.reference import beam_search_reference, beam_step_reference  # noqa: E402
 
 
 def synthetic_catalog(n: int, k: int, levels: int, seed: int) -> SIDCatalog:

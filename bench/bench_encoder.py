@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidmlp_kernels.fast_encoder import FastT5Encoder, mkldnn_linear_available  # noqa: E402
+from sidmlp_kernels.teacher.fast_encoder import FastT5Encoder, mkldnn_linear_available  # noqa: E402
 
 try:
     from tqdm import tqdm

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sidmlp_kernels.kernels.fused_step import fused_step, fused_step_reference  # noqa: E402
+from sidmlp_kernels.decode.kernels.fused_step import fused_step, fused_step_reference  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Fraction of valid children per digit: a full first digit, then the SID tree thins out.

@@ -53,10 +53,10 @@ class StageClock:
 def staged_generate(models, catalog, ids, mask, beam: int, top_n: int, backend: str, clock: StageClock,
                     shapes: Optional[list] = None):
     """SID-MLP generate split into its stages (same ops as backends.decode_folded for `backend`)."""
-    from sidmlp_kernels import backends as bk
-    from sidmlp_kernels import constrained as cs
-    from sidmlp_kernels.decoding import beam_step_reference, finalize_beams
-    from sidmlp_kernels.folded import folded_logits, project_context
+    from sidmlp_kernels.decode import backends as bk
+    from sidmlp_kernels.decode import constrained as cs
+    from sidmlp_kernels.decode.reference import beam_step_reference, finalize_beams
+    from sidmlp_kernels.decode.folded import folded_logits, project_context
 
     rec = models.sidmlp
     folded = rec.folded
@@ -101,8 +101,8 @@ def staged_generate(models, catalog, ids, mask, beam: int, top_n: int, backend: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time the stages; returns the report (also written as JSON)."""
-    from sidmlp_kernels.adapters import Encoded
-    from sidmlp_kernels.backends import decode_folded
+    from sidmlp_kernels.decode.types import Encoded
+    from sidmlp_kernels.decode.backends import decode_folded
 
     threads = common.set_threads(args.threads)
     load_start = common.loadavg()

@@ -30,7 +30,7 @@ for _p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _p)
 
 from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.layout import TokenLayout  # noqa: E402
+from sidmlp_kernels.data.layout import TokenLayout  # noqa: E402
 
 # ---------------------------------------------------------------- machine
 
@@ -75,7 +75,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     except ImportError:
         info["transformers"] = None
     try:
-        from sidmlp_kernels import constrained
+        from sidmlp_kernels.decode import constrained
 
         info["sidmlp_extension"] = constrained.has_extension()
         info["sidmlp_cuda_extension"] = constrained.has_cuda_extension()
@@ -301,7 +301,7 @@ def load_catalog_case(spec: str, prepared_root: str | Path = "runs/prepared", sy
         return CatalogCase(name, cat, None, f"random unique codes L={syn_levels} K={syn_k}", time.perf_counter() - t0)
     if name not in REAL_DATASETS:
         raise ValueError(f"catalog must be one of {REAL_DATASETS} (optionally =DIR) or syn-<n>, got {spec!r}")
-    from sidmlp_kernels.prepare import load_prepared, prepare
+    from sidmlp_kernels.data.prepare import load_prepared, prepare
 
     directory = Path(path) if path else Path(prepared_root) / name
     try:
@@ -320,7 +320,7 @@ def make_inputs(case: CatalogCase, layout: TokenLayout, batch: int, history: int
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of `batch` users: real test histories, or random `history`-item ones."""
     if case.split is not None:
-        from sidmlp_kernels.examples import build_examples
+        from sidmlp_kernels.data.examples import build_examples
 
         ex = build_examples(case.split, case.catalog, layout, "test")
         idx = torch.arange(batch) % len(ex)  # wraps only if batch exceeds the test users
@@ -357,10 +357,10 @@ def build_models(catalog: SIDCatalog, preset: str = "paper", seed: int = 0, head
     No training: speed does not depend on the weights' values. The MLP encoder's default
     width 2*d_model is accelerate()'s default (the shipped SID-MLP++).
     """
-    from sidmlp_kernels.accelerate import AcceleratedRecommender, as_adapter
-    from sidmlp_kernels.mlp_encoder import MLPEncoder
-    from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
-    from sidmlp_kernels.teacher import build_t5_teacher
+    from sidmlp_kernels.accelerated import AcceleratedRecommender, as_adapter
+    from sidmlp_kernels.distill.mlp_encoder import MLPEncoder
+    from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
+    from sidmlp_kernels.teacher.models import build_t5_teacher
 
     layout = TokenLayout.for_catalog(catalog)
     teacher = build_t5_teacher(layout, preset, seed=seed).eval()
@@ -384,7 +384,7 @@ def build_models(catalog: SIDCatalog, preset: str = "paper", seed: int = 0, head
         sidmlp_pp.to(device)
     fast = None
     if fast_encoder and device == "cpu":
-        from sidmlp_kernels.fast_encoder import FastT5Encoder
+        from sidmlp_kernels.teacher.fast_encoder import FastT5Encoder
 
         fast = FastT5Encoder.from_hf(teacher)
     config = {

@@ -3,7 +3,6 @@
     python bench/e2e.py                          # default sweep (~10 min on 2 shared cores)
     python bench/e2e.py --catalogs ml-100k=/tmp/prep100k ml-1m=/tmp/prep1m syn-100k syn-1m
     python bench/e2e.py --full                   # whole grid, HF everywhere (hours on 2 cores)
-    sidmlp bench ...                             # the same options
 
 Same inputs and same weights for every provider in a cell (one random paper-config TIGER T5
 teacher; a random paper-size SID-MLP student on its encoder; SID-MLP++ = the same heads on a
@@ -77,7 +76,7 @@ def _log(msg: str) -> None:
 
 def available_backends(device: str, requested: Optional[list[str]]) -> tuple[list[str], str, dict[str, str]]:
     """(backends to time, the automatic choice, why others are out) for `device`."""
-    from sidmlp_kernels.backends import BACKENDS, select_backend
+    from sidmlp_kernels.decode.backends import BACKENDS, select_backend
 
     dev = torch.device(device)
     names = list(requested) if requested else list(BACKENDS)
@@ -100,9 +99,9 @@ def available_backends(device: str, requested: Optional[list[str]]) -> tuple[lis
 def make_providers(models, case, ids, mask, beam: int, top_n: int, backends: list[str], best: str,
                    wanted: Optional[set[str]], device: str) -> dict[str, Any]:
     """name -> fn(phases) for one cell; every provider sees the same inputs and weights."""
-    from sidmlp_kernels.adapters import Encoded
-    from sidmlp_kernels.attention_decode import attention_beam_search, hf_generate
-    from sidmlp_kernels.backends import decode_folded
+    from sidmlp_kernels.decode.types import Encoded
+    from sidmlp_kernels.teacher.attention_decode import attention_beam_search, hf_generate
+    from sidmlp_kernels.decode.backends import decode_folded
 
     cat, layout, teacher = case.catalog, models.layout, models.teacher
     out: dict[str, Any] = {}
@@ -228,7 +227,7 @@ def memory_pass(providers: dict[str, Any], device: str) -> dict[str, Optional[fl
 
 def memory_check(models, case, ids, mask, beam: int, top_n: int, backends: list[str], best: str) -> dict[str, Any]:
     """Largest tensor each student decode creates after the encoder vs one per-beam copy of the encoder output."""
-    from sidmlp_kernels.backends import decode_folded
+    from sidmlp_kernels.decode.backends import decode_folded
 
     result: dict[str, Any] = {}
     recs = [(f"sidmlp[{b}]", models.sidmlp, b) for b in backends] + [(f"sidmlp++[{best}]", models.sidmlp_pp, best)]
@@ -283,7 +282,7 @@ def plan_cells(args, names: list[str]) -> tuple[list[tuple[str, int, int]], tupl
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the sweep; returns the report (also written as JSON/CSV/markdown/PNG)."""
-    from sidmlp_kernels.constrained import has_extension
+    from sidmlp_kernels.decode.constrained import has_extension
 
     repeats = args.repeats or (15 if args.full else 9)
     budget_s = args.budget_s if args.budget_s is not None else (60.0 if args.full else 20.0)
@@ -577,8 +576,64 @@ def print_summary(report: dict[str, Any]) -> None:
               f" -> {'no per-beam copy' if mc['no_per_beam_encoder_copy'] else 'PER-BEAM COPY SUSPECTED'}")
 
 
+DEFAULT_CATALOGS = ("ml-100k", "ml-1m", "syn-100k", "syn-1m")
+PROVIDERS = ("hf_generate", "attention_constrained", "hf_encoder", "fast_encoder", "mlp_encoder", "sidmlp",
+             "sidmlp+fast_encoder", "sidmlp++")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `sidmlp bench` / bench/e2e.py options to a (sub)parser and return it."""
+    g = parser.add_argument_group("sweep")
+    g.add_argument("--catalogs", nargs="+", default=list(DEFAULT_CATALOGS), metavar="SPEC",
+                   help="ml-100k, ml-1m (optionally NAME=PREPARED_DIR) or syn-<n> (random unique codes), "
+                        f"default: {' '.join(DEFAULT_CATALOGS)}")
+    g.add_argument("--prepared-root", default="runs/prepared",
+                   help="where ml-100k / ml-1m are looked for (ROOT/NAME) and prepared when missing")
+    g.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
+    g.add_argument("--beams", type=int, nargs="+", default=[10, 50])
+    g.add_argument("--headline", default="ml-100k:32:50", metavar="CATALOG:BATCH:BEAM",
+                   help="the cell of the headline table and the speed targets (default ml-100k:32:50)")
+    g.add_argument("--catalog-cell", default="32:50", metavar="BATCH:BEAM",
+                   help="the cell swept over the other catalogs (default 32:50; --full sweeps the grid)")
+    g.add_argument("--full", action="store_true",
+                   help="whole grid on every catalog, HF generate everywhere, more repeats (slow: hours on 2 cores)")
+    g.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                   help=f"subset of {', '.join(PROVIDERS)} (default: all available)")
+    g.add_argument("--backends", nargs="+", default=None, choices=("reference", "cpu", "triton"),
+                   help="SID-MLP decode backends (default: every one that runs on --device)")
+    g.add_argument("--top-n", type=int, default=10, help="items returned per user (every provider)")
+    g.add_argument("--history", type=int, default=20, help="items per random history (synthetic catalogs)")
+    t = parser.add_argument_group("timing")
+    t.add_argument("--repeats", type=int, default=None, help="timed calls per provider and cell (default 9; --full 15)")
+    t.add_argument("--min-repeats", type=int, default=1, help="fewest timed calls of a slow provider (headline: >= 3)")
+    t.add_argument("--warmup", type=int, default=1, help="untimed calls per provider and cell (skipped for calls > 2 s)")
+    t.add_argument("--budget-s", type=float, default=None,
+                   help="seconds of timed calls per provider and cell; slow providers get fewer repeats (default 20; --full 60)")
+    t.add_argument("--max-call-s", type=float, default=None,
+                   help="skip a provider in a (non-headline) cell whose estimated call exceeds this (default 45; --full 600)")
+    t.add_argument("--threads", type=int, default=2, help="torch intra-op threads (0: torch's default)")
+    m = parser.add_argument_group("models")
+    m.add_argument("--preset", default="paper", help="teacher T5 preset (paper = TIGER: 4+4 layers, d 128, ff 1024, 6x64)")
+    m.add_argument("--head-hidden", type=int, default=512, help="SID-MLP head hidden width H")
+    m.add_argument("--student-ffn", type=int, default=1024, help="SID-MLP context FFN width")
+    m.add_argument("--mlp-ffn", type=int, default=None, help="SID-MLP++ encoder FFN width (default 2*d_model, as accelerate())")
+    m.add_argument("--mlp-layers", type=int, default=2, help="SID-MLP++ encoder layers")
+    m.add_argument("--syn-k", type=int, default=256, help="codebook size K of synthetic catalogs")
+    m.add_argument("--syn-levels", type=int, default=4, help="digits L of synthetic catalogs")
+    m.add_argument("--device", default="cpu", help="cpu or cuda (the triton backend runs on cuda only)")
+    m.add_argument("--seed", type=int, default=0)
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, help="results directory (default: bench/results of the checkout)")
+    o.add_argument("--tag", default="e2e", help="file stem: TAG.json, TAG.csv, TAG_headline.md, TAG_*.png")
+    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--no-memory-check", action="store_true", help="skip the per-beam-copy check of the student")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--bench-script", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Entry point shared by `python bench/e2e.py` and `sidmlp bench`."""
+    """Run the benchmark with parsed options, print the summary, write the results."""
     report = run(args)
     print_summary(report)
     out_dir = Path(args.out) if args.out else common.RESULTS
@@ -588,8 +643,6 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from sidmlp_kernels.benchmark import add_bench_arguments
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(parser)
     return run_cli(parser.parse_args(argv))

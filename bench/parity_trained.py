@@ -16,11 +16,11 @@ ap.add_argument("--teacher", required=True)
 ap.add_argument("--student", required=True)
 ap.add_argument("--triton-users", type=int, default=8)
 args = ap.parse_args()
-from sidmlp_kernels.prepare import load_prepared
-from sidmlp_kernels.teacher import load_teacher
-from sidmlp_kernels.accelerate import AcceleratedRecommender
-from sidmlp_kernels.examples import build_examples
-from sidmlp_kernels.backends import decode_folded
+from sidmlp_kernels.data.prepare import load_prepared
+from sidmlp_kernels.teacher.models import load_teacher
+from sidmlp_kernels.accelerated import AcceleratedRecommender
+from sidmlp_kernels.data.examples import build_examples
+from sidmlp_kernels.decode.backends import decode_folded
 
 prep = load_prepared(args.prepared)
 model, layout = load_teacher(args.teacher)

@@ -2,8 +2,8 @@
 
 import torch
 
-from sidmlp_kernels.adapters import Encoded
-from sidmlp_kernels.layout import TokenLayout
+from sidmlp_kernels.decode.types import Encoded
+from sidmlp_kernels.data.layout import TokenLayout
 
 
 class FakeAdapter:

@@ -6,13 +6,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.accelerate import AcceleratedRecommender, accelerate
-from sidmlp_kernels.decoding import exhaustive_search
-from sidmlp_kernels.examples import Examples
-from sidmlp_kernels.folded import folded_logits
-from sidmlp_kernels.layout import TokenLayout
-from sidmlp_kernels.mlp_encoder import MLPEncoder
-from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+from sidmlp_kernels.accelerated import AcceleratedRecommender, accelerate
+from sidmlp_kernels.decode.reference import exhaustive_search
+from sidmlp_kernels.data.examples import Examples
+from sidmlp_kernels.decode.folded import folded_logits
+from sidmlp_kernels.data.layout import TokenLayout
+from sidmlp_kernels.distill.mlp_encoder import MLPEncoder
+from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 from helpers import FakeAdapter
 
@@ -171,7 +171,7 @@ def test_generate_returns_only_catalog_items(sizes, n_items, seed, beam, top_fra
 
 @pytest.mark.parametrize("arch, sizes", [("t5", (6, 5, 4)), ("gpt2", (6, 5, 4)), ("t5", (9, 7)), ("gpt2", (3, 4, 2, 5))])
 def test_hf_teachers(arch, sizes, tmp_path):
-    from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher
+    from sidmlp_kernels.teacher.models import build_gpt2_teacher, build_t5_teacher
 
     cat = random_catalog(1, 60, sizes)
     layout = TokenLayout.for_catalog(cat)

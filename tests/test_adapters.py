@@ -2,16 +2,16 @@ import pytest
 import torch
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.adapters import (
+from sidmlp_kernels.teacher.adapters import (
     CausalLMTeacherAdapter,
     Encoded,
     T5TeacherAdapter,
     TeacherAdapter,
     adapter_for,
 )
-from sidmlp_kernels.examples import build_examples, synthetic_data
-from sidmlp_kernels.layout import TokenLayout, to_left_padding
-from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher
+from sidmlp_kernels.data.examples import build_examples, synthetic_data
+from sidmlp_kernels.data.layout import TokenLayout, to_left_padding
+from sidmlp_kernels.teacher.models import build_gpt2_teacher, build_t5_teacher
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

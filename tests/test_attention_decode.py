@@ -2,18 +2,19 @@ import pytest
 import torch
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.adapters import Encoded, adapter_for
-from sidmlp_kernels.attention_decode import (
+from sidmlp_kernels.decode.types import Encoded
+from sidmlp_kernels.teacher.adapters import adapter_for
+from sidmlp_kernels.teacher.attention_decode import (
     T5CachedDecoder,
     attention_beam_search,
     digit_allowed_tokens_fn,
     hf_generate,
     rank_beams,
 )
-from sidmlp_kernels.decoding import beam_search_reference, exhaustive_search
-from sidmlp_kernels.examples import build_examples, synthetic_data
-from sidmlp_kernels.layout import TokenLayout
-from sidmlp_kernels.teacher import build_gpt2_teacher, build_t5_teacher, teacher_loss
+from sidmlp_kernels.decode.reference import beam_search_reference, exhaustive_search
+from sidmlp_kernels.data.examples import build_examples, synthetic_data
+from sidmlp_kernels.data.layout import TokenLayout
+from sidmlp_kernels.teacher.models import build_gpt2_teacher, build_t5_teacher, teacher_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Decoding backends (sidmlp_kernels.backends) against the PyTorch reference and the exhaustive oracle.
+"""Decoding backends (sidmlp_kernels.decode.backends) against the PyTorch reference and the exhaustive oracle.
 
 Every backend available here runs: 'reference', 'cpu' (C++ ops, dense and sparse head paths)
 and 'triton' (fused step in Triton's CPU interpreter; the interpreted part is kept small).
@@ -18,10 +18,11 @@ if not torch.cuda.is_available():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sidmlp_kernels import SIDCatalog, backends, constrained  # noqa: E402
-from sidmlp_kernels.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend  # noqa: E402
-from sidmlp_kernels.decoding import exhaustive_search  # noqa: E402
-from sidmlp_kernels.folded import FoldedHeads, folded_logits  # noqa: E402
+from sidmlp_kernels import SIDCatalog  # noqa: E402
+from sidmlp_kernels.decode import backends, constrained  # noqa: E402
+from sidmlp_kernels.decode.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend  # noqa: E402
+from sidmlp_kernels.decode.reference import exhaustive_search  # noqa: E402
+from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits  # noqa: E402
 
 # The suite runs where the package was installed by scripts/install.sh: the C++ extension and
 # triton must be there, and a missing one is a failure, not a skip.

@@ -1,6 +1,6 @@
-"""Smoke test of the end-to-end benchmark harness (bench/e2e.py via sidmlp_kernels.benchmark).
+"""Smoke test of the end-to-end benchmark harness (bench/e2e.py, a standalone script).
 
-Checks that `sidmlp bench` runs end to end on a tiny config and writes well-formed results.
+Checks that `python bench/e2e.py` runs end to end on a tiny config and writes well-formed results.
 No timing assertions: timing lives in bench/, this only checks the harness.
 """
 
@@ -19,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "bench" / "e2e.py"
 
 
-# The exact `sidmlp bench` path: the package's options, then args.func (cmd_bench -> bench/e2e.py).
-RUNNER = """
-import argparse, sys
-from sidmlp_kernels.benchmark import add_bench_arguments
-parser = add_bench_arguments(argparse.ArgumentParser(prog="sidmlp bench"))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
 
 TINY = [
     "--catalogs", "syn-200", "syn-400", "--syn-k", "16", "--syn-levels", "3", "--preset", "tiny",
@@ -46,7 +38,7 @@ def _strict_json(text: str):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-c", RUNNER, *TINY, "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(E2E), *TINY, "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return out, proc.stdout
@@ -114,6 +106,6 @@ def test_csv_matches_json(smoke_run):
 
 
 def test_bad_arguments_fail_clearly(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", RUNNER, *TINY, "--top-n", "9", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(E2E), *TINY, "--top-n", "9", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--top-n" in proc.stderr

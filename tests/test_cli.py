@@ -5,7 +5,7 @@ import pytest
 
 from sidmlp_kernels.cli import build_parser, main
 
-COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "compare", "bench", "analyze"]
+COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "compare", "analyze"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -34,7 +34,7 @@ def test_console_entry_point_runs():
 
 
 def test_student_without_teacher_rejected(tmp_path, capsys, monkeypatch):
-    import sidmlp_kernels.prepare as prep
+    import sidmlp_kernels.data.prepare as prep
 
     monkeypatch.setattr(prep, "load_prepared", lambda d: object())
     assert main(["analyze", "--prepared", str(tmp_path), "--out", str(tmp_path / "o"), "--student", "x"]) == 2

@@ -4,14 +4,14 @@ import types
 import pytest
 import torch
 
-from sidmlp_kernels.accelerate import accelerate, evaluate_recommender
-from sidmlp_kernels.attention_decode import attention_beam_search
+from sidmlp_kernels.accelerated import accelerate
+from sidmlp_kernels.teacher.attention_decode import attention_beam_search
 from sidmlp_kernels.cli import main
-from sidmlp_kernels.compare import compare_with_teacher, format_comparison
-from sidmlp_kernels.examples import build_examples, synthetic_data
-from sidmlp_kernels.layout import TokenLayout
+from sidmlp_kernels.evaluation import compare_with_teacher, evaluate_recommender, format_comparison
+from sidmlp_kernels.data.examples import build_examples, synthetic_data
+from sidmlp_kernels.data.layout import TokenLayout
 from sidmlp_kernels.metrics import evaluate_ranking, top_overlap
-from sidmlp_kernels.teacher import build_t5_teacher, save_teacher
+from sidmlp_kernels.teacher.models import build_t5_teacher, save_teacher
 
 TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32, show_progress=False, log=lambda s: None)
 
@@ -61,7 +61,7 @@ def test_compare_matches_the_separate_evaluations(setup):
 
 def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
     catalog, split, layout, teacher, _, rec, _ = setup
-    import sidmlp_kernels.prepare as prepare_mod
+    import sidmlp_kernels.data.prepare as prepare_mod
 
     monkeypatch.setattr(prepare_mod, "load_prepared", lambda d: types.SimpleNamespace(catalog=catalog, split=split))
     save_teacher(teacher, layout, tmp_path / "teacher")

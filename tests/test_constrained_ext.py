@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels import _C  # noqa: F401  (fails loudly when the extension is not built)
-from sidmlp_kernels.constrained import (
+from sidmlp_kernels.decode.constrained import (
     BACKEND_ENV,
     ConstrainedIndex,
     PrefixState,
@@ -20,7 +20,7 @@ from sidmlp_kernels.constrained import (
     has_extension,
     index_for,
 )
-from sidmlp_kernels.decoding import beam_search_reference, beam_step_reference, exhaustive_search
+from sidmlp_kernels.decode.reference import beam_search_reference, beam_step_reference, exhaustive_search
 
 TOL = 1e-5
 

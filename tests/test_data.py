@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidmlp_kernels import data as data_mod
-from sidmlp_kernels.data import DataPackageMissing, leave_last_out, load_movielens
+from sidmlp_kernels.data import movielens as data_mod
+from sidmlp_kernels.data.movielens import DataPackageMissing, leave_last_out, load_movielens
 
 ITEMS = [
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.decoding import (
+from sidmlp_kernels.decode.reference import (
     beam_search_reference,
     beam_step_reference,
     check_beam_args,

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.distill import DistillConfig, ValidSet, distill, distill_loss, train_loop
-from sidmlp_kernels.examples import Examples
-from sidmlp_kernels.features import extract_features, load_features
-from sidmlp_kernels.mlp_encoder import EncoderTrainConfig, MLPEncoder, train_mlp_encoder
-from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+from sidmlp_kernels.distill.distill import DistillConfig, ValidSet, distill, distill_loss
+from sidmlp_kernels.training import train_loop
+from sidmlp_kernels.data.examples import Examples
+from sidmlp_kernels.distill.features import extract_features, load_features
+from sidmlp_kernels.distill.mlp_encoder import EncoderTrainConfig, MLPEncoder, train_mlp_encoder
+from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 from helpers import FakeAdapter
 
@@ -155,7 +156,7 @@ def test_mlp_encoder_stage1_fits_teacher_states():
     assert losses[-1] < 0.5 * losses[0]
     # Padding side does not change the states of real tokens.
     ids, mask = ex.input_ids[:4], ex.attention_mask[:4]
-    from sidmlp_kernels.layout import to_left_padding
+    from sidmlp_kernels.data.layout import to_left_padding
 
     lids, lmask = to_left_padding(ids, mask)
     right = enc(ids, mask).states[mask.bool()]
@@ -169,8 +170,9 @@ DDP_SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
     sys.path.insert(0, {tests!r})
     from test_distill import setup_data, make_student
-    from sidmlp_kernels.distill import DistillConfig, ValidSet, distill, is_main_process
-    from sidmlp_kernels.features import extract_features
+    from sidmlp_kernels.distill.distill import DistillConfig, ValidSet, distill
+    from sidmlp_kernels.training import is_main_process
+    from sidmlp_kernels.distill.features import extract_features
     out = sys.argv[1]
     cat, ad, ex = setup_data(n=256)
     feats = extract_features(ad, ex, None, show_progress=False)

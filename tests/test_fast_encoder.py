@@ -9,7 +9,7 @@ import torch
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from sidmlp_kernels.fast_encoder import FastT5Encoder, mkldnn_linear_available, relative_position_bucket
+from sidmlp_kernels.teacher.fast_encoder import FastT5Encoder, mkldnn_linear_available, relative_position_bucket
 
 ATOL = 1e-5
 

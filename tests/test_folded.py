@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.decoding import exhaustive_search
-from sidmlp_kernels.backends import decode_folded
-from sidmlp_kernels.folded import FoldedHeads, folded_logits, project_context
-from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+from sidmlp_kernels.decode.reference import exhaustive_search
+from sidmlp_kernels.decode.backends import decode_folded
+from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits, project_context
+from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 
 def make_student(sizes, embed, c=12, h=20, seed=0):

@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 
 from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.decoding import exhaustive_search, finalize_beams, masked_log_softmax  # noqa: E402
-from sidmlp_kernels.kernels.fused_step import (  # noqa: E402
+from sidmlp_kernels.decode.reference import exhaustive_search, finalize_beams, masked_log_softmax  # noqa: E402
+from sidmlp_kernels.decode.kernels.fused_step import (  # noqa: E402
     _launch,
     folded_logits_reference,
     fused_step,

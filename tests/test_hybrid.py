@@ -124,8 +124,8 @@ def _tiny_prepared(num_items=40, users=60, seed=0):
     import random
     from types import SimpleNamespace
 
-    from sidmlp_kernels.catalog import SIDCatalog
-    from sidmlp_kernels.data import InteractionData, leave_last_out
+    from sidmlp_kernels.data.catalog import SIDCatalog
+    from sidmlp_kernels.data.movielens import InteractionData, leave_last_out
 
     rng = random.Random(seed)
     seqs = []
@@ -142,7 +142,7 @@ def _tiny_prepared(num_items=40, users=60, seed=0):
 
 def test_run_analysis_end_to_end(tmp_path):
     from sidmlp_kernels.analysis.report import run_analysis
-    from sidmlp_kernels.sasrec import SASRecConfig
+    from sidmlp_kernels.analysis.sasrec import SASRecConfig
 
     torch.set_num_threads(1)
     prep = _tiny_prepared()

@@ -236,7 +236,7 @@ def test_metrics_by_label():
 
 @pytest.mark.slow
 def test_ml1m_labelling_time():
-    from sidmlp_kernels.data import leave_last_out, load_movielens
+    from sidmlp_kernels.data.movielens import leave_last_out, load_movielens
 
     data = load_movielens("ml-1m")
     split = leave_last_out(data)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.data import Split
-from sidmlp_kernels.examples import Examples, build_examples
-from sidmlp_kernels.layout import TokenLayout, to_left_padding, to_right_padding
+from sidmlp_kernels.data.movielens import Split
+from sidmlp_kernels.data.examples import Examples, build_examples
+from sidmlp_kernels.data.layout import TokenLayout, to_left_padding, to_right_padding
 
 
 def make_catalog(sizes, n, seed=0):

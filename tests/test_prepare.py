@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from sidmlp_kernels import data as data_mod
-from sidmlp_kernels import embeddings as emb_mod
-from sidmlp_kernels.embeddings import EmbeddingModelMissing, cache_path, embed_texts
-from sidmlp_kernels.prepare import load_prepared, prepare
+from sidmlp_kernels.data import movielens as data_mod
+from sidmlp_kernels.data import embeddings as emb_mod
+from sidmlp_kernels.data.embeddings import EmbeddingModelMissing, cache_path, embed_texts
+from sidmlp_kernels.data.prepare import load_prepared, prepare
 
 
 class FakeEncoder:

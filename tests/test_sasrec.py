@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sidmlp_kernels.sasrec import SASRec, SASRecConfig, _windows, fit, sasrec_histories
+from sidmlp_kernels.analysis.sasrec import SASRec, SASRecConfig, _windows, fit, sasrec_histories
 
 
 def cyclic_split(num_items=30, users=120, seed=0, max_history=5):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidmlp_kernels.semantic_ids import build_semantic_ids
+from sidmlp_kernels.data.semantic_ids import build_semantic_ids
 
 
 def clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 
 def make_student(sizes=(5, 7, 3), d=16, embed=(8, 6), seed=0, **kw):

@@ -6,20 +6,13 @@ import types
 import pytest
 import torch
 
-from sidmlp_kernels.examples import build_examples, synthetic_data
-from sidmlp_kernels.layout import TokenLayout
-from sidmlp_kernels.teacher import (
-    TrainConfig,
-    add_teacher_arguments,
-    build_gpt2_teacher,
-    build_t5_teacher,
-    evaluate_teacher,
-    load_teacher,
-    most_popular_baseline,
-    save_teacher,
-    teacher_loss,
-    train_teacher,
-)
+from sidmlp_kernels.data.examples import build_examples, synthetic_data
+from sidmlp_kernels.data.layout import TokenLayout
+from sidmlp_kernels.cli.teacher import register as add_teacher_arguments
+from sidmlp_kernels.evaluation import most_popular_baseline
+from sidmlp_kernels.teacher.evaluate import evaluate_teacher
+from sidmlp_kernels.teacher.models import build_gpt2_teacher, build_t5_teacher, load_teacher, save_teacher, teacher_loss
+from sidmlp_kernels.teacher.train import TrainConfig, train_teacher
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,7 +139,7 @@ def test_load_teacher_errors(tmp_path, data):
 
 def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
     catalog, split, layout = data
-    import sidmlp_kernels.prepare as prepare_mod
+    import sidmlp_kernels.data.prepare as prepare_mod
 
     monkeypatch.setattr(prepare_mod, "load_prepared", lambda d: types.SimpleNamespace(catalog=catalog, split=split))
     parser = argparse.ArgumentParser()
@@ -186,7 +179,7 @@ def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
 @pytest.mark.slow
 def test_small_teacher_on_ml100k(tmp_path_factory):
     """Real data: one short epoch of the small preset beats nothing-learned and runs both decodes."""
-    from sidmlp_kernels.prepare import load_prepared, prepare
+    from sidmlp_kernels.data.prepare import load_prepared, prepare
 
     path = os.environ.get("SIDMLP_ML100K_PREPARED")
     if path:

@@ -118,7 +118,7 @@ def test_bad_input():
 
 @pytest.mark.slow
 def test_ml100k_random_codes():
-    from sidmlp_kernels.data import leave_last_out, load_movielens
+    from sidmlp_kernels.data.movielens import leave_last_out, load_movielens
 
     data = load_movielens("ml-100k")
     split = leave_last_out(data)

@@ -56,7 +56,7 @@ def catalog():
 
 @pytest.fixture(scope="session")
 def index(catalog):
-    from sidmlp_kernels.constrained import ConstrainedIndex, has_extension
+    from sidmlp_kernels.decode.constrained import ConstrainedIndex, has_extension
 
     if not has_extension():
         raise RuntimeError("sidmlp_kernels._C is not built: run `pip install --no-build-isolation -e .`")
@@ -65,7 +65,7 @@ def index(catalog):
 
 @pytest.fixture(scope="session")
 def student():
-    from sidmlp_kernels.student import SIDMLP, SIDMLPConfig
+    from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
     torch.manual_seed(0)
     cfg = SIDMLPConfig(encoder_dim=CTX, codebook_sizes=(K,) * L, embed_dims=(EMB,) * (L - 1), head_hidden=HIDDEN)
@@ -85,8 +85,8 @@ def ctx():
 @pytest.fixture(scope="session")
 def levels(catalog, index, folded, ctx) -> list[Level]:
     """Each digit's inputs, recorded from one reference search over the folded heads' logits."""
-    from sidmlp_kernels.decoding import beam_step_reference
-    from sidmlp_kernels.folded import folded_logits, project_context
+    from sidmlp_kernels.decode.reference import beam_step_reference
+    from sidmlp_kernels.decode.folded import folded_logits, project_context
 
     proj = project_context(folded, ctx)
     out = []

@@ -15,8 +15,8 @@ PROVIDERS = ("ext", "reference", "floor_topk")
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("level", range(L))
 def test_beam_step(benchmark, levels, catalog, index, level, provider):
-    from sidmlp_kernels.constrained import PrefixState
-    from sidmlp_kernels.decoding import beam_step_reference
+    from sidmlp_kernels.decode.constrained import PrefixState
+    from sidmlp_kernels.decode.reference import beam_step_reference
 
     lv = levels[level]
     batch, width, k = lv.logits.shape

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused
 @pytest.mark.parametrize("provider", ("fused_triton", "reference", "floor_gemm"))
 @pytest.mark.parametrize("level", range(L))
 def test_fused_step(benchmark, levels, folded, ctx, catalog, level, provider):
-    from sidmlp_kernels.folded import project_context
-    from sidmlp_kernels.kernels.fused_step import fused_step, fused_step_reference
+    from sidmlp_kernels.decode.folded import project_context
+    from sidmlp_kernels.decode.kernels.fused_step import fused_step, fused_step_reference
 
     dev = torch.device("cuda")
     f = folded.to(dev)

@@ -18,8 +18,8 @@ PROVIDERS = ("folded_cpu", "folded_ref", "unfolded", "floor_gemm")
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("level", range(L))
 def test_head_step(benchmark, levels, folded, student, ctx, index, level, provider):
-    from sidmlp_kernels import backends
-    from sidmlp_kernels.folded import folded_logits, project_context
+    from sidmlp_kernels.decode import backends
+    from sidmlp_kernels.decode.folded import folded_logits, project_context
 
     lv = levels[level]
     batch, width = lv.nodes.shape

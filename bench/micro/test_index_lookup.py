@@ -37,8 +37,8 @@ def test_valid_mask(benchmark, levels, catalog, index, provider):
 
 @pytest.mark.parametrize("provider", ("ext", "reference"))
 def test_finalize(benchmark, levels, catalog, index, provider):
-    from sidmlp_kernels.constrained import PrefixState
-    from sidmlp_kernels.decoding import finalize_beams
+    from sidmlp_kernels.decode.constrained import PrefixState
+    from sidmlp_kernels.decode.reference import finalize_beams
 
     lv = levels[L]
     benchmark.group = f"finalize (B={lv.nodes.shape[0]}, W={lv.nodes.shape[1]}, top {TOP_N})"

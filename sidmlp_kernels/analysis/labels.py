@@ -44,7 +44,7 @@ LABELS = ("memorization", "generalization", "uncategorized")
 GENERALIZATION_TYPES = ("substitutability", "symmetry", "transitivity", "second_order_symmetry")
 
 
-def _check_sequences(sequences: Sequence[Sequence[int]], num_items: int, name: str) -> None:
+def check_sequences(sequences: Sequence[Sequence[int]], num_items: int, name: str) -> None:
     """Raise ValueError unless sequences is a list of lists of ids in [0, num_items)."""
     for i, seq in enumerate(sequences):
         if len(seq) == 0:
@@ -94,7 +94,7 @@ def build_transition_graph(
         raise ValueError(f"num_items must be a positive int, got {num_items!r}")
     if isinstance(max_hop, bool) or not isinstance(max_hop, (int, np.integer)) or max_hop < 1:
         raise ValueError(f"max_hop must be a positive int, got {max_hop!r}")
-    _check_sequences(sequences, num_items, "sequences")
+    check_sequences(sequences, num_items, "sequences")
     items, owner = _flatten(sequences)
     forward, backward = [], []
     acc = sp.csr_matrix((num_items, num_items), dtype=bool)
@@ -139,7 +139,7 @@ class InstanceLabels:
         ]
 
 
-def _lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def lookup_items(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """matrix[rows[i], cols[i]] != 0 for each i, as a bool array."""
     if rows.size == 0:
         return np.zeros(0, dtype=bool)
@@ -194,7 +194,7 @@ def label_instances(
     for i, hist in enumerate(histories):
         if len(hist) == 0:
             raise ValueError(f"histories[{i}] is empty; every instance needs at least one item")
-    _check_sequences(histories, num_items, "histories")
+    check_sequences(histories, num_items, "histories")
 
     # last[i, j] = H_i[-(j+1)] for j < min(max_hop, len(H_i)); -1 beyond.
     last = np.full((n, max_hop), -1, dtype=np.int64)
@@ -204,7 +204,7 @@ def label_instances(
     length = (last >= 0).sum(axis=1)
 
     hops = {t: np.zeros(n, dtype=np.int64) for t in GENERALIZATION_TYPES}
-    memo = _lookup(graph.forward[0], last[:, 0], targets_np) if n else np.zeros(0, dtype=bool)
+    memo = lookup_items(graph.forward[0], last[:, 0], targets_np) if n else np.zeros(0, dtype=bool)
 
     for h in range(1, max_hop + 1):
         fwd, bwd = graph.forward[h - 1], graph.backward[h - 1]
@@ -216,10 +216,10 @@ def label_instances(
             u = last[idx, j]
             if h >= 2:
                 todo = hops["substitutability"][idx] == 0
-                hit = _lookup(fwd, u[todo], targets_np[idx[todo]])
+                hit = lookup_items(fwd, u[todo], targets_np[idx[todo]])
                 hops["substitutability"][idx[todo][hit]] = h
             todo = hops["symmetry"][idx] == 0
-            hit = _lookup(fwd, targets_np[idx[todo]], u[todo])
+            hit = lookup_items(fwd, targets_np[idx[todo]], u[todo])
             hops["symmetry"][idx[todo][hit]] = h
         # Set intersections, only for instances that still lack one of these types.
         pending = active & (

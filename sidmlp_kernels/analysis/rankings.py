@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..decoding import GenerationOutput
+from ..decode.types import GenerationOutput
 
 Ranking = tuple[torch.Tensor, torch.Tensor]
 
@@ -16,7 +16,7 @@ Ranking = tuple[torch.Tensor, torch.Tensor]
 def _rank_parts(
     prepared, layout, decode: Callable[[torch.Tensor, torch.Tensor], GenerationOutput], batch_size: int, desc: str
 ) -> dict[str, Ranking]:
-    from ..examples import build_examples
+    from ..data.examples import build_examples
 
     out: dict[str, Ranking] = {}
     for part in ("valid", "test"):
@@ -32,8 +32,8 @@ def _rank_parts(
 
 def teacher_rankings(prepared, teacher_dir: str | Path, beam_size: int = 50, batch_size: int = 64) -> dict[str, Ranking]:
     """Valid/test top-`beam_size` lists of a saved teacher's constrained attention decode."""
-    from ..attention_decode import attention_beam_search
-    from ..teacher import load_teacher
+    from ..teacher.attention_decode import attention_beam_search
+    from ..teacher.models import load_teacher
 
     model, layout = load_teacher(teacher_dir)
     model.eval()
@@ -49,8 +49,8 @@ def student_rankings(
     prepared, student_dir: str | Path, teacher_dir: str | Path, beam_size: int = 50, batch_size: int = 128
 ) -> dict[str, Ranking]:
     """Valid/test top-`beam_size` lists of a saved accelerated (SID-MLP) recommender."""
-    from ..accelerate import AcceleratedRecommender
-    from ..teacher import load_teacher
+    from ..accelerated import AcceleratedRecommender
+    from ..teacher.models import load_teacher
 
     model, layout = load_teacher(teacher_dir)
     model.eval()

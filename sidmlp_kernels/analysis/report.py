@@ -384,10 +384,10 @@ def run_analysis(
     and reloaded on a rerun (retrain=True forces training). Its histories are the last
     max_len items rebuilt from the split's training sequences (see sasrec.sasrec_histories).
     """
-    from ..sasrec import SASRec, SASRecConfig, fit, sasrec_histories
+    from .sasrec import SASRec, SASRecConfig, fit, sasrec_histories
 
     if isinstance(prepared_dir, (str, Path)):
-        from ..prepare import load_prepared
+        from ..data.prepare import load_prepared
 
         prepared = load_prepared(prepared_dir)
     else:

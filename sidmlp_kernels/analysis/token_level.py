@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .labels import LABELS, InstanceLabels, _check_sequences, build_transition_graph, _lookup
+from .labels import LABELS, InstanceLabels, check_sequences, build_transition_graph, lookup_items
 
 __all__ = ["TokenSupport", "prefix_ids", "token_support", "token_level_table"]
 
@@ -75,8 +75,8 @@ def token_support(
     num_items, num_levels = arr.shape
     if isinstance(max_hop, bool) or not isinstance(max_hop, (int, np.integer)) or max_hop < 1:
         raise ValueError(f"max_hop must be a positive int, got {max_hop!r}")
-    _check_sequences(train_sequences, num_items, "train_sequences")
-    _check_sequences(histories, num_items, "histories")
+    check_sequences(train_sequences, num_items, "train_sequences")
+    check_sequences(histories, num_items, "histories")
     tgt = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
     if tgt.ndim != 1 or (tgt.size and not np.issubdtype(tgt.dtype, np.integer)):
         raise ValueError(f"targets must be a 1-D sequence of integer item ids, got shape {tgt.shape}")
@@ -106,7 +106,7 @@ def token_support(
             reach = graph.forward[h - 1]
             for j in range(h):
                 idx = np.nonzero((level == 0) & (length >= h))[0]
-                hit = _lookup(reach, pid[last[idx, j]], pv[idx])
+                hit = lookup_items(reach, pid[last[idx, j]], pv[idx])
                 level[idx[hit]] = h
     supported = hops > 0
     # Largest supported n (support is monotone in n, but take the max to be safe).

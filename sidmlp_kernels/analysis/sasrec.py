@@ -275,7 +275,7 @@ def _windows(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Te
 
 
 def _ndcg_recall(model: SASRec, histories: list[list[int]], targets: Sequence[int], k: int = 10) -> dict[str, float]:
-    from .metrics import ndcg_at_k, recall_at_k
+    from ..metrics import ndcg_at_k, recall_at_k
 
     ranked = model.recommend(histories, k)
     t = torch.as_tensor(list(targets), dtype=torch.long)

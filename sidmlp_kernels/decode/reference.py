@@ -6,44 +6,12 @@ never edited to match them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .catalog import SIDCatalog
-
-# step_fn(level, prefixes (B, W, level), parents (B, W) or None) -> logits (B, W, K_level).
-# `parents` says which previous beam each current beam came from, so stateful
-# decoders (KV caches) can reorder; it is None at level 0.
-StepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
-
-
-@dataclass
-class GenerationOutput:
-    """Ranked results per user: items (B, N), codes (B, N, L), scores (B, N).
-
-    Slots past the number of valid items hold item -1, codes -1 and score -inf.
-    """
-
-    items: torch.Tensor
-    codes: torch.Tensor
-    scores: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.items.shape[0])
-
-
-def check_beam_args(beam_size: int, top_n: int) -> None:
-    """Validate beam_size and top_n (ints, 1 <= top_n <= beam_size)."""
-    for name, value in (("beam_size", beam_size), ("top_n", top_n)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if top_n > beam_size:
-        raise ValueError(f"top_n must be <= beam_size ({beam_size}), got {top_n}")
-
+from ..data.catalog import SIDCatalog
+from .types import GenerationOutput, StepFn, check_beam_args
 
 def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the valid entries of the last dim; invalid entries are -inf."""

@@ -45,7 +45,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..decoding import beam_step_reference
+from ..reference import beam_step_reference
 
 try:  # Triton is optional at import time: the reference below works without it.
     import triton

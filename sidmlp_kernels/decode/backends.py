@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from . import constrained as _constrained
-from .catalog import SIDCatalog
-from .decoding import GenerationOutput, beam_search_reference, check_beam_args
+from ..data.catalog import SIDCatalog
+from .reference import beam_search_reference
+from .types import GenerationOutput, check_beam_args
 from .folded import FoldedHeads, folded_logits
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "select_backend", "decode_folded"]

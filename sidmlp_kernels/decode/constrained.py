@@ -21,13 +21,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .catalog import SIDCatalog
-from .decoding import GenerationOutput, StepFn, beam_search_reference, check_beam_args
+from ..data.catalog import SIDCatalog
+from .reference import beam_search_reference
+from .types import GenerationOutput, StepFn, check_beam_args
 
 logger = logging.getLogger(__name__)
 
 try:
-    from . import _C  # registers torch.ops.sidmlp.*
+    from .. import _C  # registers torch.ops.sidmlp.*
 
     _IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as err:  # extension not built

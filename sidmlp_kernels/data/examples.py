@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .catalog import SIDCatalog
-from .data import Split
+from .movielens import Split
 from .layout import PADDING_SIDES, TokenLayout
 
 PARTS = ("train", "valid", "test")

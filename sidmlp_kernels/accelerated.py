@@ -18,16 +18,18 @@ from typing import Any, Callable, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .adapters import Encoded, adapter_for
-from .catalog import SIDCatalog
-from .decoding import GenerationOutput, check_beam_args
-from .distill import DistillConfig, TrainResult, ValidSet, barrier, dist_info, distill
-from .features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
-from .backends import decode_folded
-from .folded import FoldedHeads, project_context
-from .layout import TokenLayout
-from .mlp_encoder import EncoderTrainConfig, MLPEncoder, MLPEncoderConfig, train_mlp_encoder
-from .student import SIDMLP, SIDMLPConfig
+from .decode.types import Encoded
+from .teacher.adapters import adapter_for
+from .data.catalog import SIDCatalog
+from .decode.types import GenerationOutput, check_beam_args
+from .distill.distill import DistillConfig, ValidSet, distill
+from .training import TrainResult, barrier, dist_info
+from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
+from .decode.backends import decode_folded
+from .decode.folded import FoldedHeads, project_context
+from .data.layout import TokenLayout
+from .distill.mlp_encoder import EncoderTrainConfig, MLPEncoder, MLPEncoderConfig, train_mlp_encoder
+from .distill.student import SIDMLP, SIDMLPConfig
 
 __all__ = ["AcceleratedRecommender", "accelerate", "as_adapter", "FORMAT_VERSION"]
 
@@ -414,135 +416,3 @@ def accelerate(
 # ---------------------------------------------------------------- evaluation, quickstart
 
 
-def evaluate_recommender(
-    rec: AcceleratedRecommender,
-    examples,
-    beam_size: int = 50,
-    top_n: int = 10,
-    batch_size: int = 256,
-    max_users: Optional[int] = None,
-    show_progress: bool = False,
-) -> dict[str, Any]:
-    """Recall/NDCG@5/10 of rec.generate over Examples, with encoder / decode wall times and the ranked items."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    from .metrics import evaluate_ranking
-
-    n = len(examples) if max_users is None else min(len(examples), max_users)
-    ranked, enc_s, dec_s = [], 0.0, 0.0
-    for lo in tqdm(range(0, n, batch_size), desc="generate", disable=not show_progress, leave=False):
-        ids, mask, _, _ = examples.batch(torch.arange(lo, min(n, lo + batch_size)))
-        check_beam_args(beam_size, top_n)
-        t0 = time.perf_counter()
-        encoded = rec.encode(ids, mask)
-        t1 = time.perf_counter()
-        out = rec.decode(rec.context_projection(encoded), beam_size, top_n)
-        t2 = time.perf_counter()
-        enc_s, dec_s = enc_s + t1 - t0, dec_s + t2 - t1
-        ranked.append(out.items)
-    items = torch.cat(ranked)
-    metrics: dict[str, Any] = evaluate_ranking(items, examples.target_items[:n], ks=(5, 10))
-    metrics.update(num_users=n, encode_seconds=enc_s, decode_seconds=dec_s, seconds=enc_s + dec_s, items=items)
-    return metrics
-
-
-def run_quickstart(
-    out_dir: str | Path,
-    dataset: str = "ml-100k",
-    teacher_preset: str = "small",
-    teacher_minutes: float = 5.0,
-    max_prefixes_per_user: int = 10,
-    distill_epochs: int = 12,
-    encoder_epochs: int = 4,
-    stage2_epochs: int = 6,
-    eval_users: Optional[int] = None,
-    beam_size: int = 50,
-    threads: int = 2,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Prepare a dataset, train a small teacher, distil SID-MLP and SID-MLP++, print test metrics side by side.
-
-    Every stage reuses what an earlier run left in out_dir (rerun = resume).
-    """
-    import time
-
-    from .examples import build_examples
-    from .prepare import load_prepared, prepare
-    from .teacher import TrainConfig, build_t5_teacher, load_teacher, train_teacher
-
-    torch.set_num_threads(threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_all = time.perf_counter()
-    stamp = lambda: f"[quickstart {time.perf_counter() - t_all:6.0f}s]"  # noqa: E731
-    try:
-        prepared = load_prepared(out / "prepared")
-        print(f"{stamp()} reusing {out / 'prepared'}")
-    except (FileNotFoundError, ValueError):
-        print(f"{stamp()} preparing {dataset} (MiniLM embeddings + residual-quantised Semantic IDs)")
-        prepared = prepare(dataset, out / "prepared", show_progress=show_progress)
-    catalog, split = prepared.catalog, prepared.split
-    layout = TokenLayout.for_catalog(catalog)
-    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=max_prefixes_per_user, seed=0)
-    valid = build_examples(split, catalog, layout, "valid")
-    test = build_examples(split, catalog, layout, "test")
-    valid_small = valid if eval_users is None else valid.subset(torch.arange(min(eval_users, len(valid))))
-    print(f"{stamp()} {catalog}, {len(train)} train examples, {len(test)} test users")
-
-    teacher_dir = out / "teacher"
-    if not (teacher_dir / "best" / "teacher.json").is_file():
-        print(f"{stamp()} training a TIGER teacher (T5 preset {teacher_preset!r}, <= {teacher_minutes} min)")
-        model = build_t5_teacher(layout, teacher_preset, seed=0)
-        cfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, max_minutes=teacher_minutes, eval_beam=20,
-                          eval_users=eval_users or 300, patience=2, progress=show_progress,
-                          extra={"dataset": dataset, "max_prefixes_per_user": max_prefixes_per_user})
-        train_teacher(model, layout, catalog, train, valid, teacher_dir, cfg, log=lambda s: print(stamp(), s))
-    teacher, layout = load_teacher(teacher_dir)
-
-    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, show_progress=show_progress,
-                  log=lambda s: print(stamp(), s))
-    models: dict[str, AcceleratedRecommender] = {}
-    for name, replace in (("sidmlp", False), ("sidmlp++", True)):
-        path = out / name
-        if (path / "accelerated.json").is_file():
-            models[name] = AcceleratedRecommender.load(path, teacher=teacher, catalog=catalog)
-            print(f"{stamp()} reusing {path}")
-            continue
-        print(f"{stamp()} distilling {name}")
-        extra = dict(encoder_epochs=encoder_epochs, epochs=stage2_epochs) if replace else dict(epochs=distill_epochs)
-        # SID-MLP++ heads start from the SID-MLP heads: stage 2 then only adapts them to the new encoder.
-        init = models["sidmlp"].student if replace and "sidmlp" in models else None
-        rec = accelerate(teacher, catalog, train, valid_small, replace_encoder=replace, layout=layout,
-                         work_dir=out / "work", init_student=init, **common, **extra)
-        rec.save(path)
-        models[name] = rec
-
-    print(f"{stamp()} evaluating on {len(test)} test users, beam {beam_size}, top 10")
-    from .compare import compare_with_teacher, format_comparison
-
-    results: dict[str, Any] = compare_with_teacher(teacher, layout, catalog, test, models, beam_size=beam_size)
-    print("\n" + format_comparison(results) + "\n")
-    results["total_seconds"] = time.perf_counter() - t_all
-    (out / "quickstart.json").write_text(json.dumps(results, indent=2))
-    print(f"{stamp()} wrote {out / 'quickstart.json'}")
-    return results
-
-
-def add_quickstart_arguments(parser) -> Any:
-    """Add the `sidmlp quickstart` options to a (sub)parser and return it."""
-    parser.add_argument("--out", default="runs/quickstart", help="run directory (rerun = reuse/resume)")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--teacher-minutes", type=float, default=5.0, help="wall-clock budget of teacher training")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=cmd_quickstart)
-    return parser
-
-
-def cmd_quickstart(args) -> int:
-    """`sidmlp quickstart`: prepare ML-100K, train a small teacher, distil, compare teacher vs SID-MLP(++)."""
-    run_quickstart(args.out, dataset=args.dataset, teacher_minutes=args.teacher_minutes, threads=args.threads,
-                   show_progress=not args.no_progress)
-    return 0

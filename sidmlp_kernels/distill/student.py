@@ -181,6 +181,6 @@ class SIDMLP(nn.Module):
 
     def fold(self):
         """Folded heads (DESIGN.md section 5), equal to the unfolded heads up to float rounding."""
-        from .folded import fold_student
+        from ..decode.folded import fold_student
 
         return fold_student(self)

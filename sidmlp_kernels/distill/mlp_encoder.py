@@ -16,10 +16,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .adapters import Encoded
-from .distill import TrainResult, train_loop
+from ..decode.types import Encoded
+from ..training import TrainResult, train_loop
 from .features import FeatureStore
-from .layout import TokenLayout
+from ..data.layout import TokenLayout
 
 __all__ = ["MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
 

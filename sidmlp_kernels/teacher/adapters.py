@@ -11,14 +11,14 @@ teacher-forced per-digit logits restricted to each digit's codes
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from .catalog import SIDCatalog
-from .layout import TokenLayout, to_left_padding
+from ..data.catalog import SIDCatalog
+from ..data.layout import TokenLayout, to_left_padding
+from ..decode.types import Encoded
 
 __all__ = [
     "Encoded",
@@ -28,19 +28,6 @@ __all__ = [
     "adapter_for",
     "check_model_layout",
 ]
-
-
-@dataclass
-class Encoded:
-    """Encoded user context: states (B, T, D) and mask (B, T) bool, True = real token.
-
-    `input_ids` is kept by causal-LM adapters, whose digit_logits re-run the
-    prompt (left padded); encoder-decoder adapters leave it None.
-    """
-
-    states: torch.Tensor
-    mask: torch.Tensor
-    input_ids: Optional[torch.Tensor] = None
 
 
 @runtime_checkable
@@ -109,13 +96,13 @@ def _check_prefix_codes(layout: TokenLayout, prefix_codes: torch.Tensor, batch: 
     return layout.codes_to_tokens(full)[:, : num_levels - 1]
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """Name of the KV-cache argument of model.forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _output_cache(outputs):
+def output_cache(outputs):
     """The KV cache of a model output, whatever transformers version named it."""
     cache = getattr(outputs, "cache", None)
     return cache if cache is not None else getattr(outputs, "past_key_values", None)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import SIDCatalog
-from .data import InteractionData, Split, leave_last_out, load_movielens
+from .movielens import InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
 from .semantic_ids import build_semantic_ids
 

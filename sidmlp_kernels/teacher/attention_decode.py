@@ -36,10 +36,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adapters import _cache_kwarg, _output_cache, check_model_layout, decoder_output_scale, left_positions
-from .catalog import SIDCatalog
-from .decoding import GenerationOutput, beam_search_reference, beam_step_reference, check_beam_args, finalize_beams
-from .layout import TokenLayout, to_left_padding
+from .adapters import cache_kwarg, output_cache, check_model_layout, decoder_output_scale, left_positions
+from ..data.catalog import SIDCatalog
+from ..decode.reference import beam_search_reference, beam_step_reference, finalize_beams
+from ..decode.types import GenerationOutput, check_beam_args
+from ..data.layout import TokenLayout, to_left_padding
 
 __all__ = [
     "DecodeOutput",
@@ -298,14 +299,14 @@ class _CausalStepper:
         self.model = model
         self.base = model.base_model
         self.layout = layout
-        self.cache_kw = _cache_kwarg(self.base)
+        self.cache_kw = cache_kwarg(self.base)
         ids, mask = to_left_padding(input_ids, attention_mask)
         self.batch = ids.shape[0]
         self.mask = mask.long()
         self.last_pos = left_positions(self.mask)[:, -1]
         out = self.base(input_ids=ids, attention_mask=self.mask, position_ids=left_positions(self.mask),
                         use_cache=True)
-        self.cache = _output_cache(out)
+        self.cache = output_cache(out)
         self.first = out.last_hidden_state[:, -1:]  # (B, 1, D)
         head = model.get_output_embeddings()
         self.heads = []
@@ -333,7 +334,7 @@ class _CausalStepper:
         pos = (self.last_pos[rows] + level).unsqueeze(1)
         out = self.base(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
                         **{self.cache_kw: self.cache})
-        self.cache = _output_cache(out)
+        self.cache = output_cache(out)
         return self.logits(out.last_hidden_state.view(b, w, -1), level)
 
 

@@ -1,0 +1,55 @@
+"""`sidmlp compare`: a teacher vs its accelerated models on one split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import set_threads
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `sidmlp compare` options to a (sub)parser and return it."""
+    parser.add_argument("--prepared", required=True, help="directory written by `sidmlp prepare`")
+    parser.add_argument("--teacher", required=True, help="run directory of train-teacher (or a saved model dir)")
+    parser.add_argument("--accelerated", nargs="+", required=True, metavar="DIR",
+                        help="directories written by `sidmlp distill` (SID-MLP or SID-MLP++)")
+    parser.add_argument("--split", choices=("valid", "test"), default="test")
+    parser.add_argument("--beam", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    parser.set_defaults(func=cmd_compare)
+    return parser
+
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`sidmlp compare`: teacher (constrained decode) vs accelerated models, with shares and top-10 overlap."""
+    from ..accelerated import AcceleratedRecommender
+    from ..data.examples import build_examples
+    from ..data.prepare import load_prepared
+    from ..evaluation import compare_with_teacher, format_comparison
+    from ..teacher.models import load_teacher
+
+    set_threads(args.threads)
+    prepared = load_prepared(args.prepared)
+    teacher, layout = load_teacher(args.teacher)
+    padding = "right" if getattr(teacher.config, "is_encoder_decoder", False) else "left"
+    examples = build_examples(prepared.split, prepared.catalog, layout, args.split, padding_side=padding)
+    models = {
+        str(d): AcceleratedRecommender.load(d, teacher=teacher, catalog=prepared.catalog, layout=layout)
+        for d in args.accelerated
+    }
+    results = compare_with_teacher(teacher, layout, prepared.catalog, examples, models, beam_size=args.beam)
+    print(f"{args.split}, {len(examples)} users, beam {args.beam}\n")
+    print(format_comparison(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    """Add `sidmlp compare` to the subcommands."""
+    p = sub.add_parser("compare", help="teacher vs distilled models: Recall/NDCG@10, share of teacher, top-10 overlap")
+    add_compare_arguments(p)

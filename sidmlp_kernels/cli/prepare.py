@@ -1,0 +1,35 @@
+"""`sidmlp prepare`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare
+
+    prepare(
+        args.dataset,
+        args.out,
+        num_levels=args.levels,
+        codebook_size=args.codebook_size,
+        max_history=args.max_history,
+        k_core=args.k_core,
+        pca_dim=args.pca_dim,
+        seed=args.seed,
+    )
+    return 0
+
+
+def register(sub) -> None:
+    """Add `sidmlp prepare` to the subcommands."""
+    p = sub.add_parser("prepare", help="load a packaged dataset, split it, build Semantic IDs and the catalog")
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k or ml-1m (default: ml-100k)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--levels", type=int, default=4, help="SID digits L incl. the dedup digit (default 4)")
+    p.add_argument("--codebook-size", type=int, default=256, help="codes per digit K (default 256)")
+    p.add_argument("--max-history", type=int, default=20, help="history items kept per instance")
+    p.add_argument("--k-core", type=int, default=None, help="optional k-core filter")
+    p.add_argument("--pca-dim", type=int, default=None, help="optional whitened PCA before quantisation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prepare)

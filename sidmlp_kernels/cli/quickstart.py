@@ -1,0 +1,120 @@
+"""`sidmlp quickstart`: prepare a dataset, train a small teacher, distil SID-MLP and SID-MLP++, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+
+
+def run_quickstart(
+    out_dir: str | Path,
+    dataset: str = "ml-100k",
+    teacher_preset: str = "small",
+    teacher_minutes: float = 5.0,
+    max_prefixes_per_user: int = 10,
+    distill_epochs: int = 12,
+    encoder_epochs: int = 4,
+    stage2_epochs: int = 6,
+    eval_users: Optional[int] = None,
+    beam_size: int = 50,
+    threads: int = 2,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare a dataset, train a small teacher, distil SID-MLP and SID-MLP++, print test metrics side by side.
+
+    Every stage reuses what an earlier run left in out_dir (rerun = resume).
+    """
+    import time
+
+    import torch
+
+    from ..accelerated import AcceleratedRecommender, accelerate
+    from ..data.examples import build_examples
+    from ..data.layout import TokenLayout
+    from ..data.prepare import load_prepared, prepare
+    from ..evaluation import compare_with_teacher, format_comparison
+    from ..teacher.models import build_t5_teacher, load_teacher
+    from ..teacher.train import TrainConfig, train_teacher
+
+    torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    stamp = lambda: f"[quickstart {time.perf_counter() - t_all:6.0f}s]"  # noqa: E731
+    try:
+        prepared = load_prepared(out / "prepared")
+        print(f"{stamp()} reusing {out / 'prepared'}")
+    except (FileNotFoundError, ValueError):
+        print(f"{stamp()} preparing {dataset} (MiniLM embeddings + residual-quantised Semantic IDs)")
+        prepared = prepare(dataset, out / "prepared", show_progress=show_progress)
+    catalog, split = prepared.catalog, prepared.split
+    layout = TokenLayout.for_catalog(catalog)
+    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=max_prefixes_per_user, seed=0)
+    valid = build_examples(split, catalog, layout, "valid")
+    test = build_examples(split, catalog, layout, "test")
+    valid_small = valid if eval_users is None else valid.subset(torch.arange(min(eval_users, len(valid))))
+    print(f"{stamp()} {catalog}, {len(train)} train examples, {len(test)} test users")
+
+    teacher_dir = out / "teacher"
+    if not (teacher_dir / "best" / "teacher.json").is_file():
+        print(f"{stamp()} training a TIGER teacher (T5 preset {teacher_preset!r}, <= {teacher_minutes} min)")
+        model = build_t5_teacher(layout, teacher_preset, seed=0)
+        cfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, max_minutes=teacher_minutes, eval_beam=20,
+                          eval_users=eval_users or 300, patience=2, progress=show_progress,
+                          extra={"dataset": dataset, "max_prefixes_per_user": max_prefixes_per_user})
+        train_teacher(model, layout, catalog, train, valid, teacher_dir, cfg, log=lambda s: print(stamp(), s))
+    teacher, layout = load_teacher(teacher_dir)
+
+    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, show_progress=show_progress,
+                  log=lambda s: print(stamp(), s))
+    models: dict[str, AcceleratedRecommender] = {}
+    for name, replace in (("sidmlp", False), ("sidmlp++", True)):
+        path = out / name
+        if (path / "accelerated.json").is_file():
+            models[name] = AcceleratedRecommender.load(path, teacher=teacher, catalog=catalog)
+            print(f"{stamp()} reusing {path}")
+            continue
+        print(f"{stamp()} distilling {name}")
+        extra = dict(encoder_epochs=encoder_epochs, epochs=stage2_epochs) if replace else dict(epochs=distill_epochs)
+        # SID-MLP++ heads start from the SID-MLP heads: stage 2 then only adapts them to the new encoder.
+        init = models["sidmlp"].student if replace and "sidmlp" in models else None
+        rec = accelerate(teacher, catalog, train, valid_small, replace_encoder=replace, layout=layout,
+                         work_dir=out / "work", init_student=init, **common, **extra)
+        rec.save(path)
+        models[name] = rec
+
+    print(f"{stamp()} evaluating on {len(test)} test users, beam {beam_size}, top 10")
+    results: dict[str, Any] = compare_with_teacher(teacher, layout, catalog, test, models, beam_size=beam_size)
+    print("\n" + format_comparison(results) + "\n")
+    results["total_seconds"] = time.perf_counter() - t_all
+    (out / "quickstart.json").write_text(json.dumps(results, indent=2))
+    print(f"{stamp()} wrote {out / 'quickstart.json'}")
+    return results
+
+
+
+def add_quickstart_arguments(parser) -> Any:
+    """Add the `sidmlp quickstart` options to a (sub)parser and return it."""
+    parser.add_argument("--out", default="runs/quickstart", help="run directory (rerun = reuse/resume)")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--teacher-minutes", type=float, default=5.0, help="wall-clock budget of teacher training")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+
+def cmd_quickstart(args) -> int:
+    """`sidmlp quickstart`: prepare ML-100K, train a small teacher, distil, compare teacher vs SID-MLP(++)."""
+    run_quickstart(args.out, dataset=args.dataset, teacher_minutes=args.teacher_minutes, threads=args.threads,
+                   show_progress=not args.no_progress)
+    return 0
+
+
+def register(sub) -> None:
+    """Add `sidmlp quickstart` to the subcommands."""
+    p = sub.add_parser("quickstart", help="prepare ML-100K, train a small teacher, distil, compare (the main job)")
+    add_quickstart_arguments(p)

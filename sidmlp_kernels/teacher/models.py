@@ -1,0 +1,168 @@
+"""TIGER teacher: a HF T5 (or GPT-2) over SID tokens, its training loop, evaluation and CLI commands.
+
+Run directory written by `train_teacher(out_dir=...)`::
+
+    out/best/   model (save_pretrained: config.json + model.safetensors), layout.json,
+                teacher.json (format version, arch, preset, validation metrics)
+    out/last/   the same for the latest checkpoint + trainer_state.json + optimizer.pt
+                (optimizer, scheduler, RNG); training resumes from here
+    out/history.jsonl  one line per validation
+
+`load_teacher(out)` loads out/best (or a model directory given directly).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
+from .adapters import check_model_layout, left_positions
+from ..data.layout import TokenLayout
+
+__all__ = [
+    "build_gpt2_teacher",
+    "build_t5_teacher",
+    "load_teacher",
+    "save_teacher",
+    "teacher_loss",
+]
+
+FORMAT_VERSION = 1
+_FORMAT = "sidmlp-teacher"
+
+
+def _preset(table: dict[str, dict[str, Any]], preset: str) -> dict[str, Any]:
+    if preset not in table:
+        raise ValueError(f"preset must be one of {sorted(table)}, got {preset!r}")
+    return dict(table[preset])
+
+
+def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[int] = None, **overrides) -> nn.Module:
+    """A fresh T5ForConditionalGeneration in TIGER layout (pad 0 starts decoding, EOS = layout.eos_id)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    kwargs = dict(
+        vocab_size=layout.vocab_size,
+        dropout_rate=0.1,
+        feed_forward_proj="relu",
+        pad_token_id=layout.pad_id,
+        eos_token_id=layout.eos_id,
+        decoder_start_token_id=layout.pad_id,
+    )
+    kwargs.update(_preset(T5_PRESETS, preset))
+    kwargs.update(overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return T5ForConditionalGeneration(T5Config(**kwargs))
+
+
+def build_gpt2_teacher(
+    layout: TokenLayout, preset: str = "small", max_positions: int = 1024, seed: Optional[int] = None, **overrides
+) -> nn.Module:
+    """A fresh GPT2LMHeadModel over the layout's tokens (prompt = [user, SIDs..., EOS], then the target SID)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    kwargs = dict(
+        vocab_size=layout.vocab_size,
+        n_positions=max_positions,
+        bos_token_id=layout.user_base,
+        eos_token_id=layout.eos_id,
+        pad_token_id=layout.pad_id,
+    )
+    kwargs.update(_preset(GPT2_PRESETS, preset))
+    kwargs.update(overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**kwargs))
+
+
+def _arch(model: nn.Module) -> str:
+    return "t5" if getattr(model.config, "is_encoder_decoder", False) else "gpt2"
+
+
+def teacher_loss(
+    model: nn.Module,
+    layout: TokenLayout,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target_codes: torch.Tensor,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the L target SID tokens + EOS (full vocabulary, as TIGER trains)."""
+    batch = input_ids.shape[0]
+    labels = torch.cat(
+        [layout.codes_to_tokens(target_codes), torch.full((batch, 1), layout.eos_id, dtype=torch.long)], dim=1
+    ).to(input_ids.device)
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    # Causal LM: [prompt (left padded), t_0 .. t_{L-1}] predicts t_0 .. t_{L-1}, EOS from position T-1 on.
+    from ..data.layout import to_left_padding
+
+    ids, mask = to_left_padding(input_ids, attention_mask)
+    t = ids.shape[1]
+    full_ids = torch.cat([ids, labels[:, :-1]], dim=1)
+    full_mask = torch.cat([mask.long(), torch.ones_like(labels[:, :-1])], dim=1)
+    logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=left_positions(full_mask)).logits
+    pred = logits[:, t - 1 :]
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1))
+
+
+# ---- evaluation -----------------------------------------------------------------------
+
+
+# ---- saving / loading -----------------------------------------------------------------
+
+
+def save_teacher(model: nn.Module, layout: TokenLayout, directory: str | Path, info: Optional[dict] = None) -> None:
+    """Write model (safetensors + config), layout.json and teacher.json into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    layout.save(directory / "layout.json")
+    meta = {"format": _FORMAT, "format_version": FORMAT_VERSION, "arch": _arch(model)}
+    meta.update(info or {})
+    (directory / "teacher.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TokenLayout]:
+    """Load (model in eval mode, layout) from a run directory (uses best/) or a saved model directory."""
+    directory = Path(directory)
+    if (directory / "best" / "teacher.json").is_file():
+        directory = directory / "best"
+    meta_path = directory / "teacher.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no teacher in {directory}: expected teacher.json (or best/teacher.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupted {meta_path}: {err}") from err
+    if meta.get("format") != _FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path} is not a sidmlp teacher of format_version {FORMAT_VERSION} "
+            f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})"
+        )
+    layout = TokenLayout.load(directory / "layout.json")
+    arch = meta.get("arch")
+    if arch == "t5":
+        from transformers import T5ForConditionalGeneration as cls
+    elif arch == "gpt2":
+        from transformers import GPT2LMHeadModel as cls
+    else:
+        raise ValueError(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
+    model = cls.from_pretrained(str(directory)).to(device)
+    model.eval()
+    check_model_layout(model, layout)
+    return model, layout
+
+
+# ---- training -------------------------------------------------------------------------
+
+
+# ---- CLI ------------------------------------------------------------------------------
+
+
