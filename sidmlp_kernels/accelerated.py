@@ -22,13 +22,15 @@ from .decode.types import Encoded
 from .teacher.adapters import adapter_for
 from .data.catalog import SIDCatalog
 from .decode.types import GenerationOutput, check_beam_args
-from .distill.distill import DistillConfig, ValidSet, distill
+from .configs import DistillConfig
+from .distill.distill import ValidSet, distill
 from .training import TrainResult, barrier, dist_info
 from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
 from .decode.backends import decode_folded
 from .decode.folded import FoldedHeads, project_context
 from .data.layout import TokenLayout
-from .distill.mlp_encoder import EncoderTrainConfig, MLPEncoder, MLPEncoderConfig, train_mlp_encoder
+from .configs import EncoderTrainConfig
+from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
 
 __all__ = ["AcceleratedRecommender", "accelerate", "as_adapter", "FORMAT_VERSION"]

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from sidmlp_kernels import SIDCatalog
-from sidmlp_kernels.distill.distill import DistillConfig, ValidSet, distill, distill_loss
+from sidmlp_kernels.configs import DistillConfig, EncoderTrainConfig
+from sidmlp_kernels.distill.distill import ValidSet, distill, distill_loss
 from sidmlp_kernels.training import train_loop
 from sidmlp_kernels.data.examples import Examples
 from sidmlp_kernels.distill.features import extract_features, load_features
-from sidmlp_kernels.distill.mlp_encoder import EncoderTrainConfig, MLPEncoder, train_mlp_encoder
+from sidmlp_kernels.distill.mlp_encoder import MLPEncoder, train_mlp_encoder
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 from helpers import FakeAdapter
@@ -170,7 +171,8 @@ DDP_SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
     sys.path.insert(0, {tests!r})
     from test_distill import setup_data, make_student
-    from sidmlp_kernels.distill.distill import DistillConfig, ValidSet, distill
+    from sidmlp_kernels.configs import DistillConfig
+    from sidmlp_kernels.distill.distill import ValidSet, distill
     from sidmlp_kernels.training import is_main_process
     from sidmlp_kernels.distill.features import extract_features
     out = sys.argv[1]

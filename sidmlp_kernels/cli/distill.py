@@ -20,7 +20,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                    help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
                    help="random cap on training prefixes per user (default 20; 0 = all)")
-    from ..distill.distill import DistillConfig
+    from ..configs import DistillConfig
 
     d = DistillConfig()
     p.add_argument("--epochs", type=int, default=d.epochs)

@@ -26,6 +26,7 @@ from .features import FeatureStore
 from ..decode.backends import decode_folded
 from ..decode.folded import project_context
 from ..metrics import ndcg_at_k, recall_at_k
+from ..configs import DistillConfig
 from ..training import TrainResult, broadcast_object, train_loop
 from .student import SIDMLP
 
@@ -45,36 +46,6 @@ _CKPT_VERSION = 1
 
 
 # ---------------------------------------------------------------- config, loss
-
-
-@dataclass
-class DistillConfig:
-    """Distillation hyper-parameters (defaults tuned for small CPU runs; paper: lr 5e-5, 300 epochs on GPU)."""
-
-    alpha: float = 0.7
-    temperature: float = 1.0
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    epochs: int = 30
-    batch_size: int = 256  # global batch; each of N ranks takes batch_size // N
-    grad_clip: float = 1.0
-    warmup_frac: float = 0.03
-    patience: int = 4  # evaluations without a better valid NDCG@10 before stopping
-    eval_every: int = 1  # epochs between evaluations
-    eval_beam: int = 50
-    eval_batch_size: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_beam", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
 
 
 def distill_loss(

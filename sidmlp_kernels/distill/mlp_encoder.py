@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..decode.types import Encoded
+from ..configs import EncoderTrainConfig
 from ..training import TrainResult, train_loop
 from .features import FeatureStore
 from ..data.layout import TokenLayout
@@ -129,19 +130,6 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """Mean squared error over the real tokens only."""
     m = mask.to(pred.dtype).unsqueeze(-1)
     return ((pred - target) ** 2 * m).sum() / (m.sum().clamp_min(1.0) * pred.shape[-1])
-
-
-@dataclass
-class EncoderTrainConfig:
-    """Stage-1 (MSE to teacher states) hyper-parameters."""
-
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    warmup_frac: float = 0.03
-    seed: int = 0
 
 
 def train_mlp_encoder(

@@ -1,0 +1,133 @@
+"""Every run's options as plain dataclasses: validated at construction, importable without torch.
+
+Each default is defined here once; the CLI reads its flag defaults from these classes and
+library functions take them as arguments (`accelerate(..., config=AccelerateConfig(...), **overrides)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
+
+@dataclass
+class DistillConfig:
+    """Distillation hyper-parameters (defaults tuned for small CPU runs; paper: lr 5e-5, 300 epochs on GPU)."""
+
+    alpha: float = 0.7
+    temperature: float = 1.0
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    batch_size: int = 256  # global batch; each of N ranks takes batch_size // N
+    grad_clip: float = 1.0
+    warmup_frac: float = 0.03
+    patience: int = 4  # evaluations without a better valid NDCG@10 before stopping
+    eval_every: int = 1  # epochs between evaluations
+    eval_beam: int = 50
+    eval_batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("epochs", "batch_size", "patience", "eval_every", "eval_beam", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+
+
+@dataclass
+class EncoderTrainConfig:
+    """Stage-1 (MSE to teacher states) hyper-parameters."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    warmup_frac: float = 0.03
+    seed: int = 0
+
+
+@dataclass
+class StudentSizes:
+    """Sizes of a SID-MLP student that are free choices (the rest follow from the teacher and catalog)."""
+
+    context_dim: int = 0  # C; 0 means C = the encoder width (the paper's choice)
+    num_heads: int = 4
+    attn_dim: int = 0  # inner width of the cross-attention readout; 0 means C
+    ffn_dim: int = 1024
+    head_hidden: int = 512  # H
+    dropout: float = 0.2
+
+
+@dataclass
+class MLPEncoderSizes:
+    """Sizes of the SID-MLP++ MLP encoder (None = derived from the teacher)."""
+
+    ffn_dim: Optional[int] = None  # default 2 x the teacher's width: cheaper per token than its attention
+    num_layers: int = 2
+    dropout: float = 0.1
+    max_len: Optional[int] = None  # default max(512, longest training input)
+
+
+@dataclass
+class AccelerateConfig:
+    """Everything `accelerate()` does: student sizes, distillation, SID-MLP++ encoder, feature storage.
+
+    `AccelerateConfig().with_overrides(epochs=5, head_hidden=256, encoder_epochs=4)` sets a field of
+    whichever part owns that name; `encoder_` names reach the MLP encoder's sizes and training.
+    """
+
+    student: StudentSizes = field(default_factory=StudentSizes)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    encoder: MLPEncoderSizes = field(default_factory=MLPEncoderSizes)
+    encoder_training: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+    replace_encoder: bool = False  # SID-MLP++: distil an MLP encoder too
+    feature_batch_size: int = 128
+    storage_dtype: str = "float16"  # teacher features on disk: float16, bfloat16 or float32
+
+    def __post_init__(self) -> None:
+        if self.feature_batch_size < 1:
+            raise ValueError(f"feature_batch_size must be >= 1, got {self.feature_batch_size}")
+        if self.storage_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"storage_dtype must be float16, bfloat16 or float32, got {self.storage_dtype!r}")
+
+    @staticmethod
+    def override_names() -> dict[str, tuple[Optional[str], str]]:
+        """Keyword -> (part, field) for every name with_overrides accepts."""
+        names: dict[str, tuple[Optional[str], str]] = {}
+        for part, prefix in (("student", ""), ("distill", ""), ("encoder", "encoder_"),
+                             ("encoder_training", "encoder_")):
+            cls = {"student": StudentSizes, "distill": DistillConfig, "encoder": MLPEncoderSizes,
+                   "encoder_training": EncoderTrainConfig}[part]
+            for f in fields(cls):
+                key = prefix + f.name
+                if part == "encoder_training" and f.name == "seed":
+                    continue  # one seed: distill.seed
+                if key in names:
+                    raise AssertionError(f"override name {key!r} is ambiguous")  # a bug in this module
+                names[key] = (part, f.name)
+        for name in ("replace_encoder", "feature_batch_size", "storage_dtype"):
+            names[name] = (None, name)
+        return names
+
+    def with_overrides(self, **overrides: Any) -> "AccelerateConfig":
+        """A copy with the named fields replaced; TypeError naming any unknown keyword."""
+        names = self.override_names()
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown accelerate() options {unknown}; valid: {sorted(names)}")
+        parts: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in overrides.items():
+            part, name = names[key]
+            if part is None:
+                top[name] = value
+            else:
+                parts.setdefault(part, {})[name] = value
+        changed = {part: replace(getattr(self, part), **values) for part, values in parts.items()}
+        return replace(self, **changed, **top)
