@@ -1,78 +1,65 @@
 """accelerate(): distil a teacher into SID-MLP heads; AcceleratedRecommender serves them.
 
-generate() runs, per batch of users: the encoder once (the teacher's, or the
-SID-MLP++ MLP encoder), the context readout once, project_context once, then per
-digit one `step` call (folded head + constrained beam step). The encoder output
-is never copied per beam: ctx_proj rows broadcast over beams inside the step.
+generate() runs, per batch of users: the encoder once (the teacher's, or the SID-MLP++ MLP
+encoder), the context readout once, project_context once, then the constrained beam search
+over the folded heads (decode/backends.py). The encoder output is never copied per beam:
+ctx_proj rows broadcast over beams inside the step.
+
+AcceleratedRecommender is an nn.Module (eval(), to(), state_dict()) holding the student and,
+for SID-MLP++, the MLP encoder; a SID-MLP model runs on its teacher's encoder, which it uses
+but does not own (it is not a submodule: not saved, not moved by .to()).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, fields
+import contextlib
+import logging
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Iterator, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .decode.types import Encoded
-from .teacher.adapters import adapter_for
+from .configs import AccelerateConfig
 from .data.catalog import SIDCatalog
-from .decode.types import GenerationOutput, check_beam_args
-from .configs import DistillConfig
-from .distill.distill import ValidSet, distill
-from .training import TrainResult, barrier, dist_info
-from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
+from .data.layout import TokenLayout, layout_from_dict
 from .decode.backends import decode_folded
 from .decode.folded import FoldedHeads, project_context
-from .data.layout import TokenLayout
-from .configs import EncoderTrainConfig
+from .decode.types import Encoded, GenerationOutput, check_beam_args
+from .distill.distill import ValidSet, distill
+from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
 from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
+from .io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
+from .teacher.adapters import as_adapter
+from .training import TrainResult, barrier, dist_info
 
-__all__ = ["AcceleratedRecommender", "accelerate", "as_adapter", "FORMAT_VERSION"]
+__all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "FORMAT_VERSION"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-accelerated"
+_META = "accelerated.json"
 
 
-def _is_adapter(obj: Any) -> bool:
-    return all(hasattr(obj, name) for name in ("encode", "digit_logits", "code_embeddings", "layout", "hidden_size"))
+@contextlib.contextmanager
+def _eval_mode(*modules: Optional[nn.Module]) -> Iterator[None]:
+    """Every module in eval mode inside the block; each gets its own mode back afterwards."""
+    present = [m for m in modules if isinstance(m, nn.Module)]
+    modes = [[(sub, sub.training) for sub in m.modules()] for m in present]
+    for m in present:
+        m.eval()
+    try:
+        yield
+    finally:
+        for pairs in modes:
+            for sub, mode in pairs:
+                sub.training = mode
 
 
-def as_adapter(teacher: Any, catalog: Optional[SIDCatalog] = None, layout: Optional[TokenLayout] = None):
-    """A TeacherAdapter for `teacher` (an adapter already, or a HF T5 / causal LM via adapter_for)."""
-    if _is_adapter(teacher):
-        adapter = teacher
-        if layout is not None and adapter.layout != layout:
-            raise ValueError(f"teacher adapter has layout {adapter.layout}, but layout={layout} was given")
-    elif isinstance(teacher, torch.nn.Module) and hasattr(teacher, "config"):
-        if layout is None:
-            if catalog is None:
-                raise ValueError("a HF teacher needs a layout or a catalog to derive one from")
-            layout = TokenLayout.for_catalog(catalog)
-        adapter = adapter_for(teacher, layout, catalog)
-    else:
-        raise TypeError(
-            f"teacher must be a TeacherAdapter or a HF model, got {type(teacher).__name__}"
-        )
-    if catalog is not None:
-        adapter.layout.validate_against(catalog)
-    return adapter
-
-
-def _catalog_fingerprint(catalog: SIDCatalog) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(list(catalog.codebook_sizes)).encode())
-    h.update(catalog.item_ids.numpy().tobytes())
-    h.update(catalog.codes.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-class AcceleratedRecommender:
+class AcceleratedRecommender(nn.Module):
     """SID-MLP heads (folded) + an encoder + the catalog: fast, catalog-constrained generate()."""
 
     def __init__(
@@ -84,44 +71,66 @@ class AcceleratedRecommender:
         encoder: Optional[MLPEncoder] = None,
         info: Optional[dict] = None,
     ):
+        super().__init__()
         layout.validate_against(catalog)
         if (teacher is None) == (encoder is None):
             raise ValueError("give exactly one encoder: the teacher adapter (SID-MLP) or an MLPEncoder (SID-MLP++)")
+        if not isinstance(student, SIDMLP):
+            raise TypeError(f"student must be a SIDMLP, got {type(student).__name__}")
         if tuple(student.config.codebook_sizes) != tuple(catalog.codebook_sizes):
             raise ValueError(
                 f"student codebook_sizes {student.config.codebook_sizes} != catalog {catalog.codebook_sizes}"
             )
-        self.teacher = as_adapter(teacher, catalog, layout) if teacher is not None else None
-        hidden = self.teacher.hidden_size if self.teacher is not None else encoder.config.hidden_size
+        adapter = as_adapter(teacher, catalog, layout) if teacher is not None else None
+        hidden = adapter.hidden_size if adapter is not None else encoder.config.hidden_size
         if hidden != student.config.encoder_dim:
             raise ValueError(f"encoder width {hidden} != student encoder_dim {student.config.encoder_dim}")
         self.layout = layout
         self.catalog = catalog
-        self.student = student.eval()
-        self.encoder = encoder.eval() if encoder is not None else None
+        self.student = student
+        self.encoder = encoder
+        # Plain attributes, not submodules: the teacher belongs to its owner.
+        self.__dict__["teacher"] = adapter
         self.folded: FoldedHeads = student.fold()
         # Decode backend: None picks automatically (CUDA -> Triton + CUDA ops, CPU -> C++ ops,
         # no extension -> PyTorch reference; SIDMLP_BACKEND overrides), or 'reference'|'cpu'|'triton'.
         self.backend: Optional[str] = None
         self.info = dict(info or {})
+        self.eval()
+
+    # ---------------------------------------------------------------- nn.Module plumbing
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .float() / .cuda() move the folded tensors with the heads they were folded from.
+        super()._apply(fn, recurse)
+        self.folded = self.folded.apply(fn)
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict, then re-fold the heads from the loaded weights."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.folded = self.student.fold()
+        return result
 
     @property
     def device(self) -> torch.device:
         """Device of the heads (inputs must live there too)."""
         return self.folded.out_weight[0].device
 
-    def to(self, device: str | torch.device) -> "AcceleratedRecommender":
-        """Move heads (and the MLP encoder) to `device`; a teacher encoder stays where its owner put it."""
-        self.student.to(device)
-        if self.encoder is not None:
-            self.encoder.to(device)
-        self.folded = self.folded.to(device)
-        return self
-
     @property
     def uses_teacher_encoder(self) -> bool:
         """True for SID-MLP (teacher encoder), False for SID-MLP++ (MLP encoder)."""
         return self.encoder is None
+
+    def _inference(self) -> contextlib.ExitStack:
+        """inference_mode with the heads, the encoder and the teacher in eval mode (modes restored after)."""
+        stack = contextlib.ExitStack()
+        teacher_model = getattr(self.teacher, "model", None)
+        stack.enter_context(_eval_mode(self, teacher_model))
+        stack.enter_context(torch.inference_mode())
+        return stack
+
+    # ---------------------------------------------------------------- serving
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """ValueError for bad inputs: shapes, token ids outside the layout, empty histories."""
@@ -129,34 +138,38 @@ class AcceleratedRecommender:
         if self.encoder is not None and input_ids.device != self.device:
             raise ValueError(f"input_ids are on {input_ids.device} but the model is on {self.device}")
 
-    @torch.no_grad()
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encoder states once per user (teacher encoder or MLP encoder)."""
         self.check_inputs(input_ids, attention_mask)
-        if self.encoder is not None:
-            return self.encoder(input_ids, attention_mask)
-        return self.teacher.encode(input_ids, attention_mask)
+        with self._inference():
+            if self.encoder is not None:
+                return self.encoder(input_ids, attention_mask)
+            return self.teacher.encode(input_ids, attention_mask)
 
-    @torch.no_grad()
     def context_projection(self, encoded: Encoded) -> list[torch.Tensor]:
         """Per head, the (B, H) first-layer contribution of the user context: once per user."""
-        # A teacher encoder may live on another device than the heads: bring its (B, T, D) output over once.
-        ctx = self.student.context(encoded.states.float().to(self.device), encoded.mask.to(self.device))
-        return project_context(self.folded, ctx)
+        with self._inference():
+            # A teacher encoder may live on another device than the heads: bring its (B, T, D) output over once.
+            ctx = self.student.context(encoded.states.float().to(self.device), encoded.mask.to(self.device))
+            return project_context(self.folded, ctx)
 
-    @torch.no_grad()
     def decode(self, ctx_proj: list[torch.Tensor], beam_size: int = 50, top_n: int = 10) -> GenerationOutput:
-        """Constrained beam search over the folded heads on the selected backend (see backends.py)."""
-        return decode_folded(self.folded, ctx_proj, self.catalog, beam_size, top_n, backend=self.backend)
+        """Constrained beam search over the folded heads on the selected backend (decode/backends.py)."""
+        with self._inference():
+            return decode_folded(self.folded, ctx_proj, self.catalog, beam_size, top_n, backend=self.backend)
 
-    @torch.no_grad()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int = 50, top_n: int = 10
     ) -> GenerationOutput:
-        """Top-n catalog items per user (ranked, distinct, all valid) for inputs in the teacher's layout."""
+        """Top-n catalog items per user (ranked, distinct, all valid) for inputs in the teacher's layout.
+
+        Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
+        mode the caller left the teacher or this model in (their modes are restored afterwards).
+        """
         check_beam_args(beam_size, top_n)
-        encoded = self.encode(input_ids, attention_mask)
-        return self.decode(self.context_projection(encoded), beam_size, top_n)
+        with self._inference():
+            encoded = self.encode(input_ids, attention_mask)
+            return self.decode(self.context_projection(encoded), beam_size, top_n)
 
     def generate_batched(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int = 50, top_n: int = 10,
@@ -171,36 +184,30 @@ class AcceleratedRecommender:
 
     # ---------------------------------------------------------------- persistence
 
-    def save(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> None:
         """Write heads, folded tensors, encoder (SID-MLP++), catalog, layout and config (safetensors + JSON)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "accelerated.json").unlink(missing_ok=True)  # written last: marks a complete save
-        save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(directory / "student.safetensors"))
-        save_file(self.folded.to_tensors(), str(directory / "folded.safetensors"))
+        (directory / _META).unlink(missing_ok=True)  # written last: marks a complete save
+        save_tensors(self.student.state_dict(), directory / "student.safetensors")
+        save_tensors(self.folded.to_tensors(), directory / "folded.safetensors")
         if self.encoder is not None:
-            save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()},
-                      str(directory / "mlp_encoder.safetensors"))
+            save_tensors(self.encoder.state_dict(), directory / "mlp_encoder.safetensors")
         self.catalog.save(directory / "catalog")
-        meta = {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
+        write_meta(directory / _META, _FORMAT, FORMAT_VERSION, {
             "encoder": "mlp" if self.encoder is not None else "teacher",
             "student_config": self.student.config.to_dict(),
             "encoder_config": self.encoder.config.to_dict() if self.encoder is not None else None,
-            "layout": json.loads(self.layout.to_json()),
-            "catalog_fingerprint": _catalog_fingerprint(self.catalog),
+            "layout": self.layout.to_dict(),
+            "catalog_fingerprint": self.catalog.fingerprint(),
             "teacher_fingerprint": self.info.get("teacher_fingerprint")
             or (teacher_fingerprint(self.teacher) if self.teacher is not None else None),
             "ln_eps": self.folded.ln_eps,
             "info": {k: v for k, v in self.info.items() if k != "teacher_fingerprint"},
-        }
-        tmp = directory / f"accelerated.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory / "accelerated.json")
+        })
 
     @classmethod
-    def load(
+    def from_pretrained(
         cls,
         directory: str | Path,
         teacher=None,
@@ -209,40 +216,36 @@ class AcceleratedRecommender:
     ) -> "AcceleratedRecommender":
         """Load and validate a saved recommender; SID-MLP needs its teacher, catalog/layout are checked if given."""
         directory = Path(directory)
-        meta_path = directory / "accelerated.json"
+        meta_path = directory / _META
         if not meta_path.is_file():
-            raise FileNotFoundError(f"no accelerated recommender in {directory} (accelerated.json missing)")
+            raise FileNotFoundError(f"no accelerated recommender in {directory} ({_META} missing)")
+        hint = "re-create it with `sidmlp distill`"
+        meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, hint=hint, required=(
+            "encoder", "student_config", "encoder_config", "layout", "catalog_fingerprint", "ln_eps"))
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"corrupted {meta_path}: {err}") from err
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{meta_path} is not a sidmlp accelerated recommender (format={meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format_version {meta.get('format_version')!r}, this version reads {FORMAT_VERSION}"
-            )
-        saved_layout = TokenLayout.from_json(json.dumps(meta["layout"]))
+            saved_layout = layout_from_dict(meta["layout"])
+            student = SIDMLP(SIDMLPConfig.from_dict(meta["student_config"]))
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(meta_path, f"invalid layout or student_config ({err})", hint) from err
         saved_catalog = SIDCatalog.load(directory / "catalog")
-        if _catalog_fingerprint(saved_catalog) != meta["catalog_fingerprint"]:
-            raise ValueError(f"{directory / 'catalog'} does not match the catalog this model was saved with")
+        if saved_catalog.fingerprint() != meta["catalog_fingerprint"]:
+            raise ArtifactError(directory / "catalog", "does not match the catalog this model was saved with", hint)
         if layout is not None and layout != saved_layout:
-            raise ValueError(
-                f"layout mismatch: {directory} was built for {saved_layout}, got {layout}"
-            )
+            raise ValueError(f"layout mismatch: {directory} was built for {saved_layout}, got {layout}")
         if catalog is not None and catalog != saved_catalog:
             raise ValueError(
                 f"catalog mismatch: {directory} was built for {saved_catalog} "
                 f"(fingerprint {meta['catalog_fingerprint']}), got {catalog} "
-                f"(fingerprint {_catalog_fingerprint(catalog)}); distil again for the new catalog"
+                f"(fingerprint {catalog.fingerprint()}); distil again for the new catalog"
             )
-        student = SIDMLP(SIDMLPConfig.from_dict(meta["student_config"]))
-        _load_state(student, directory / "student.safetensors")
+        _load_state(student, directory / "student.safetensors", hint)
         encoder = adapter = None
         if meta["encoder"] == "mlp":
-            enc_cfg = MLPEncoderConfig.from_dict(meta["encoder_config"])
-            encoder = MLPEncoder(enc_cfg)
-            _load_state(encoder, directory / "mlp_encoder.safetensors")
+            try:
+                encoder = MLPEncoder(MLPEncoderConfig.from_dict(meta["encoder_config"]))
+            except (TypeError, ValueError) as err:
+                raise ArtifactError(meta_path, f"invalid encoder_config ({err})", hint) from err
+            _load_state(encoder, directory / "mlp_encoder.safetensors", hint)
             if teacher is not None:
                 as_adapter(teacher, saved_catalog, saved_layout)  # only validated: SID-MLP++ does not need it
         elif meta["encoder"] == "teacher":
@@ -262,47 +265,47 @@ class AcceleratedRecommender:
                     f"this teacher's code embeddings hash to {got}"
                 )
         else:
-            raise ValueError(f"{meta_path}: unknown encoder kind {meta['encoder']!r}")
+            raise ArtifactError(meta_path, f"unknown encoder kind {meta['encoder']!r}", hint)
         info = dict(meta.get("info") or {})
         info["teacher_fingerprint"] = meta.get("teacher_fingerprint")
         rec = cls(saved_layout, saved_catalog, student, teacher=adapter, encoder=encoder, info=info)
         # The folded tensors on disk must be what the saved heads fold to.
-        stored = load_file(str(directory / "folded.safetensors"))
+        folded_path = directory / "folded.safetensors"
+        stored = load_tensors(folded_path, hint)
         fresh = rec.folded.to_tensors()
-        if set(stored) != set(fresh) or any(not torch.allclose(stored[k], fresh[k], rtol=1e-5, atol=1e-6) for k in fresh):
-            raise ValueError(f"{directory / 'folded.safetensors'} does not match student.safetensors (corrupted save?)")
+        if set(stored) != set(fresh) or any(
+            stored[k].shape != fresh[k].shape or not torch.allclose(stored[k], fresh[k], rtol=1e-5, atol=1e-6)
+            for k in fresh
+        ):
+            raise ArtifactError(folded_path, "does not match student.safetensors (corrupted save?)", hint)
         rec.folded = FoldedHeads.from_tensors(stored, rec.folded.num_levels, meta["ln_eps"])
         return rec
 
+    # The names this class had before it followed the HF convention.
+    save = save_pretrained
+    load = from_pretrained
 
-def _load_state(module: torch.nn.Module, path: Path) -> None:
-    """Strict load of a safetensors state dict with a clear error."""
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types
-        raise ValueError(f"missing or corrupted {path}: {err}") from err
+
+def _load_state(module: nn.Module, path: Path, hint: str) -> None:
+    """Strict load of a safetensors state dict with a clear error naming the file."""
+    state = load_tensors(path, hint)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit its config: {err}") from err
+        raise ArtifactError(path, f"does not fit its config ({err})", hint) from err
 
 
 # ---------------------------------------------------------------- accelerate()
 
-_STUDENT_OPTIONS = {"context_dim", "num_heads", "attn_dim", "ffn_dim", "head_hidden", "dropout"}
-_DISTILL_OPTIONS = {f.name for f in fields(DistillConfig)}
-_FEATURE_OPTIONS = {"feature_batch_size", "storage_dtype"}
-_ENCODER_OPTIONS = {"encoder_ffn_dim", "encoder_layers", "encoder_dropout", "encoder_epochs", "encoder_lr",
-                    "encoder_batch_size", "encoder_max_len"}
 
-
-def _features_for(adapter, train_data, work_dir: Optional[Path], opts: dict, show_progress: bool) -> FeatureStore:
+def _features_for(adapter, train_data, work_dir: Optional[Path], config: AccelerateConfig,
+                  show_progress: bool) -> FeatureStore:
     """Teacher features: rank 0 extracts (or reuses) them under work_dir, other ranks then load them."""
     if isinstance(train_data, FeatureStore):
         return train_data
-    kwargs = {"batch_size": opts.get("feature_batch_size", 128), "storage_dtype": opts.get("storage_dtype", "float16"),
+    kwargs = {"batch_size": config.feature_batch_size, "storage_dtype": config.storage_dtype,
               "show_progress": show_progress}
-    rank, world = dist_info()
+    rank, _ = dist_info()
     if work_dir is None:
         return extract_features(adapter, train_data, None, **kwargs)
     if rank == 0:
@@ -314,8 +317,7 @@ def _features_for(adapter, train_data, work_dir: Optional[Path], opts: dict, sho
 def _mlp_states(encoder: MLPEncoder, feats: FeatureStore, batch_size: int = 512) -> torch.Tensor:
     """The MLP encoder's states for every stored example, in the store's dtype and (N, T) grid."""
     out = torch.empty(feats.states.shape, dtype=feats.states.dtype)
-    encoder.eval()
-    with torch.no_grad():
+    with _eval_mode(encoder), torch.no_grad():
         for s in range(0, len(feats), batch_size):
             out[s : s + batch_size] = encoder.states(
                 feats.input_ids[s : s + batch_size], feats.mask[s : s + batch_size]
@@ -328,93 +330,83 @@ def accelerate(
     catalog: SIDCatalog,
     train_data,
     valid_data=None,
-    replace_encoder: bool = False,
+    config: Optional[AccelerateConfig] = None,
     *,
     layout: Optional[TokenLayout] = None,
     work_dir: Optional[str | Path] = None,
     init_student: Optional[SIDMLP] = None,
-    show_progress: bool = True,
-    log: Callable[[str], None] = print,
-    **options,
+    show_progress: bool = False,
+    **overrides: Any,
 ) -> AcceleratedRecommender:
-    """Distil SID-MLP heads (and, with replace_encoder, the SID-MLP++ MLP encoder) from a teacher.
+    """Distil SID-MLP heads (and, with replace_encoder=True, the SID-MLP++ MLP encoder) from a teacher.
 
-    teacher: HF T5 / causal LM (wrapped by adapter_for) or a TeacherAdapter.
-    train_data / valid_data: examples.Examples (train_data may also be a stored FeatureStore).
+    teacher: HF T5 / causal LM (wrapped by adapter_for) or a TeacherAdapter; it is used frozen,
+    in eval mode, and handed back in the mode it came in.
+    train_data / valid_data: data.examples.Examples (train_data may also be a stored FeatureStore).
+    config: an AccelerateConfig; keyword overrides set any of its fields by name
+    (`accelerate(t, c, train, epochs=5, head_hidden=256, replace_encoder=True, encoder_epochs=4)`).
     work_dir: where features and resumable checkpoints live (rerun = resume).
-    options: student sizes (head_hidden, num_heads, attn_dim, ffn_dim, context_dim, dropout),
-    DistillConfig fields (lr, epochs, batch_size, alpha, temperature, patience, eval_beam, ...),
-    feature_batch_size, storage_dtype, and encoder_* sizes/epochs for SID-MLP++.
+    The global RNG is left as it was: the student's and encoder's initial weights come from
+    config.distill.seed inside a forked RNG.
     """
-    unknown = set(options) - _STUDENT_OPTIONS - _DISTILL_OPTIONS - _FEATURE_OPTIONS - _ENCODER_OPTIONS
-    if unknown:
-        raise TypeError(
-            f"unknown accelerate() options {sorted(unknown)}; valid: "
-            f"{sorted(_STUDENT_OPTIONS | _DISTILL_OPTIONS | _FEATURE_OPTIONS | _ENCODER_OPTIONS)}"
-        )
+    if config is not None and not isinstance(config, AccelerateConfig):
+        raise TypeError(f"config must be an AccelerateConfig, got {type(config).__name__}")
+    cfg = (config or AccelerateConfig()).with_overrides(**overrides)
+    dcfg = cfg.distill
     adapter = as_adapter(teacher, catalog, layout)
     layout = adapter.layout
     work = Path(work_dir) if work_dir is not None else None
     rank, _ = dist_info()
-    dcfg = DistillConfig(**{k: v for k, v in options.items() if k in _DISTILL_OPTIONS})
-    model = getattr(adapter, "model", None)
-    was_training = model.training if isinstance(model, torch.nn.Module) else None
-    if was_training:
-        model.eval()  # a frozen teacher: no dropout in its features
-    try:
-        feats = _features_for(adapter, train_data, work, options, show_progress)
+    with _eval_mode(getattr(adapter, "model", None)):  # a frozen teacher: no dropout in its features
+        feats = _features_for(adapter, train_data, work, cfg, show_progress)
         valid = None
         if valid_data is not None and rank == 0:
-            states, mask, _ = encode_in_batches(adapter.encode, valid_data, desc="encode valid", show_progress=show_progress)
+            states, mask, _ = encode_in_batches(adapter.encode, valid_data, desc="encode valid",
+                                                show_progress=show_progress)
             valid = ValidSet(states, mask, valid_data.target_items)
         fingerprint = teacher_fingerprint(adapter)
         code_embs = [adapter.code_embeddings(j).detach().float().cpu() for j in range(layout.num_levels - 1)]
-    finally:
-        if was_training:
-            model.train()
     encoder = None
     info: dict[str, Any] = {"teacher_fingerprint": fingerprint, "num_train_examples": len(feats)}
-    if replace_encoder:
-        # Default width 2*D keeps the MLP encoder cheaper per token than the teacher's attention encoder,
-        # which is the point of SID-MLP++ (the paper code's 2048 is heavier than a small teacher).
-        sizes = {"ffn_dim": options.get("encoder_ffn_dim") or 2 * adapter.hidden_size,
-                 "num_layers": options.get("encoder_layers", 2),
-                 "dropout": options.get("encoder_dropout", 0.1),
-                 "max_len": options.get("encoder_max_len", max(512, feats.states.shape[1]))}
-        torch.manual_seed(dcfg.seed)
-        encoder = MLPEncoder.for_layout(layout, adapter.hidden_size, adapter, **sizes)
-        ecfg = EncoderTrainConfig(epochs=options.get("encoder_epochs", 10), lr=options.get("encoder_lr", 1e-3),
-                                  batch_size=options.get("encoder_batch_size", dcfg.batch_size), seed=dcfg.seed)
+    if cfg.replace_encoder:
+        sizes = cfg.encoder
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dcfg.seed)
+            encoder = MLPEncoder.for_layout(
+                layout, adapter.hidden_size, adapter, ffn_dim=sizes.ffn_dim or 2 * adapter.hidden_size,
+                num_layers=sizes.layers, dropout=sizes.dropout,
+                max_len=sizes.max_len or max(512, feats.states.shape[1]),
+            )
+        ecfg = cfg.encoder_training if cfg.encoder_training.seed == dcfg.seed else \
+            type(cfg.encoder_training)(**{**asdict(cfg.encoder_training), "seed": dcfg.seed})
         res = train_mlp_encoder(encoder, feats, ecfg, checkpoint=work / "mlp_encoder.ckpt" if work else None,
-                                show_progress=show_progress, log=log)
+                                show_progress=show_progress)
         info["encoder_history"] = res.history
         feats = feats.with_states(_mlp_states(encoder, feats))
         if valid is not None:
-            states, mask, _ = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)", show_progress=show_progress)
+            states, mask, _ = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)",
+                                                show_progress=show_progress)
             valid = ValidSet(states, mask, valid_data.target_items)
     scfg = SIDMLPConfig(
         encoder_dim=adapter.hidden_size,
         codebook_sizes=tuple(layout.codebook_sizes),
         embed_dims=tuple(int(e.shape[1]) for e in code_embs),
-        **{k: v for k, v in options.items() if k in _STUDENT_OPTIONS},
+        **asdict(cfg.student),
     )
-    torch.manual_seed(dcfg.seed)
-    student = SIDMLP(scfg, code_embs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(dcfg.seed)
+        student = SIDMLP(scfg, code_embs)
     if init_student is not None:
         if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
             got = init_student.config.to_dict() if isinstance(init_student, SIDMLP) else type(init_student).__name__
             raise ValueError(f"init_student must be a SIDMLP with this run's student config {scfg.to_dict()}, "
                              f"got {got}")
         student.load_state_dict(init_student.state_dict())
-    name = "sidmlp_pp.ckpt" if replace_encoder else "sidmlp.ckpt"
+    name = "sidmlp_pp.ckpt" if cfg.replace_encoder else "sidmlp.ckpt"
+    logger.info("distilling %s from %d teacher examples", "SID-MLP++" if cfg.replace_encoder else "SID-MLP", len(feats))
     result: TrainResult = distill(student, feats, catalog, valid, dcfg, checkpoint=work / name if work else None,
-                                  show_progress=show_progress, log=log)
-    info.update({"distill": asdict(dcfg), "history": result.history, "best_valid_ndcg@10": result.best_metric,
-                 "best_epoch": result.best_epoch})
-    return AcceleratedRecommender(layout, catalog, student, teacher=None if replace_encoder else adapter,
+                                  show_progress=show_progress)
+    info.update({"config": asdict(cfg), "distill": asdict(dcfg), "history": result.history,
+                 "best_valid_ndcg@10": result.best_metric, "best_epoch": result.best_epoch})
+    return AcceleratedRecommender(layout, catalog, student, teacher=None if cfg.replace_encoder else adapter,
                                   encoder=encoder, info=info)
-
-
-# ---------------------------------------------------------------- evaluation, quickstart
-
-

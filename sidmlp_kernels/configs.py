@@ -69,7 +69,7 @@ class MLPEncoderSizes:
     """Sizes of the SID-MLP++ MLP encoder (None = derived from the teacher)."""
 
     ffn_dim: Optional[int] = None  # default 2 x the teacher's width: cheaper per token than its attention
-    num_layers: int = 2
+    layers: int = 2
     dropout: float = 0.1
     max_len: Optional[int] = None  # default max(512, longest training input)
 

@@ -16,7 +16,7 @@ from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 from helpers import FakeAdapter
 
-TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32, show_progress=False, log=lambda s: None)
+TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32)
 
 
 def random_catalog(seed, n, sizes, first_id=0):
@@ -191,3 +191,77 @@ def test_hf_teachers(arch, sizes, tmp_path):
     # Rerun with the same work_dir reuses the stored features and resumes the finished checkpoint.
     rec2 = accelerate(model, cat, ex, ex.subset(torch.arange(16)), epochs=1, work_dir=tmp_path, **TINY)
     assert torch.equal(rec2.generate(ids, mask, 5, 3).items, rec.generate(ids, mask, 5, 3).items)
+
+
+def test_generate_is_deterministic_with_the_teacher_in_training_mode(tmp_path):
+    from sidmlp_kernels.teacher.models import build_t5_teacher
+
+    sizes = (6, 5, 4)
+    cat = random_catalog(2, 60, sizes)
+    layout = TokenLayout.for_catalog(cat)
+    model = build_t5_teacher(layout, "tiny", seed=0)
+    ex = random_examples(cat, layout, 48)
+    model.train()  # what a user has after their own training loop: dropout on
+    rec = accelerate(model, cat, ex, epochs=1, **TINY)
+    assert model.training, "accelerate() hands the teacher back in the mode it came in"
+    ids, mask, _, _ = ex.batch(torch.arange(8))
+    first, second = rec.generate(ids, mask, 10, 5), rec.generate(ids, mask, 10, 5)
+    assert torch.equal(first.items, second.items) and torch.equal(first.scores, second.scores)
+    assert model.training and all(m.training for m in model.modules()), "the caller's mode is restored"
+    # The same holds when the recommender itself was switched to training mode.
+    rec.train()
+    third = rec.generate(ids, mask, 10, 5)
+    assert torch.equal(third.scores, first.scores) and rec.training and rec.student.training
+    # Reloaded, it serves the same lists.
+    rec.save_pretrained(tmp_path / "m")
+    again = AcceleratedRecommender.from_pretrained(tmp_path / "m", teacher=model, catalog=cat)
+    assert torch.equal(again.generate(ids, mask, 10, 5).scores, first.scores)
+
+
+def test_recommender_is_an_nn_module(trained):
+    ad, cat, ex, rec, pp = trained
+    assert isinstance(rec, torch.nn.Module) and rec.eval() is rec and not rec.training
+    state = pp.state_dict()
+    assert any(k.startswith("student.") for k in state) and any(k.startswith("encoder.") for k in state)
+    assert not any(k.startswith("teacher") for k in rec.state_dict()), "the teacher is used, not owned"
+    ids, mask, _, _ = ex.batch(torch.arange(5))
+    before = pp.generate(ids, mask, 8, 4)
+    moved = pp.to(torch.float64)
+    assert moved is pp and pp.folded.out_weight[0].dtype == torch.float64 and pp.device.type == "cpu"
+    pp.to(torch.float32)
+    after = pp.generate(ids, mask, 8, 4)
+    assert torch.equal(after.items, before.items)
+    # load_state_dict re-folds the heads from the loaded weights.
+    zeroed = {k: torch.zeros_like(v) for k, v in pp.state_dict().items()}
+    clone = AcceleratedRecommender(pp.layout, pp.catalog, SIDMLP(pp.student.config),
+                                   encoder=MLPEncoder(pp.encoder.config))
+    clone.load_state_dict(pp.state_dict())
+    assert torch.equal(clone.generate(ids, mask, 8, 4).items, before.items)
+    clone.load_state_dict(zeroed)
+    assert all(torch.count_nonzero(w) == 0 for w in clone.folded.out_weight)
+
+
+def test_accelerate_leaves_the_global_rng_alone():
+    sizes = (4, 5, 3)
+    cat = random_catalog(0, 40, sizes)
+    ad = FakeAdapter(sizes)
+    ex = random_examples(cat, ad.layout, 64)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    accelerate(ad, cat, ex, ex.subset(torch.arange(8)), epochs=1, **TINY)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_accelerate_config_and_overrides():
+    from sidmlp_kernels.configs import AccelerateConfig
+
+    sizes = (4, 5, 3)
+    cat = random_catalog(0, 40, sizes)
+    ad = FakeAdapter(sizes)
+    ex = random_examples(cat, ad.layout, 64)
+    config = AccelerateConfig().with_overrides(epochs=1, **TINY)
+    rec = accelerate(ad, cat, ex, config=config, head_hidden=8)
+    assert rec.student.config.head_hidden == 8 and rec.info["config"]["distill"]["epochs"] == 1
+    with pytest.raises(TypeError, match="config must be an AccelerateConfig"):
+        accelerate(ad, cat, ex, config={"epochs": 1})

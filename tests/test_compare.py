@@ -13,7 +13,7 @@ from sidmlp_kernels.data.layout import TokenLayout
 from sidmlp_kernels.metrics import evaluate_ranking, top_overlap
 from sidmlp_kernels.teacher.models import build_t5_teacher, save_teacher
 
-TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32, show_progress=False, log=lambda s: None)
+TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32)
 
 
 def test_top_overlap_by_hand():

@@ -29,13 +29,15 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
 
 __all__ = ["FORMAT_VERSION", "SASRecConfig", "SASRec", "fit", "sasrec_histories"]
 
 FORMAT_VERSION = 1
+_FORMAT = "sidmlp-sasrec"
 _WEIGHTS = "sasrec.safetensors"
 _CONFIG = "sasrec.json"
 log = logging.getLogger(__name__)
@@ -196,26 +198,25 @@ class SASRec(nn.Module):
         """Write sasrec.safetensors + sasrec.json (config, format_version, training log)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / _WEIGHTS))
-        meta = {"format_version": FORMAT_VERSION, "model": "sasrec", "config": asdict(self.config), "train_log": self.train_log}
-        (directory / _CONFIG).write_text(json.dumps(meta, indent=2))
+        save_tensors({k: v.detach().cpu() for k, v in self.state_dict().items()}, directory / _WEIGHTS)
+        write_meta(directory / _CONFIG, _FORMAT, FORMAT_VERSION,
+                   {"model": "sasrec", "config": asdict(self.config), "train_log": self.train_log})
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "SASRec":
         """Load a model written by save(), validating version, config and tensor shapes."""
         directory = Path(directory)
-        if not (directory / _CONFIG).is_file() or not (directory / _WEIGHTS).is_file():
+        if not (directory / _CONFIG).is_file() and not (directory / _WEIGHTS).is_file():
             raise ValueError(f"directory {directory} holds no {_CONFIG} + {_WEIGHTS}")
-        meta = json.loads((directory / _CONFIG).read_text())
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("model") != "sasrec":
-            raise ValueError(
-                f"{directory / _CONFIG}: expected model 'sasrec' format_version {FORMAT_VERSION}, "
-                f"got {meta.get('model')!r} version {meta.get('format_version')!r}"
-            )
-        model = cls(SASRecConfig(**meta["config"]))
-        state = load_file(str(directory / _WEIGHTS), device=str(map_location))
+        # Files from before the "format" key carry model="sasrec" alone.
+        meta = read_meta(directory / _CONFIG, _FORMAT, FORMAT_VERSION, required=("config",),
+                         legacy_format_key=("model", "sasrec"))
+        try:
+            model = cls(SASRecConfig(**meta["config"]))
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(directory / _CONFIG, f"config does not describe a SASRec ({err})") from err
+        state = load_tensors(directory / _WEIGHTS, device=str(map_location))
         expected = model.state_dict()
         if set(state) != set(expected):
             raise ValueError(f"{directory / _WEIGHTS}: tensor names do not match the config")

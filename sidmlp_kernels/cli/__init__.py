@@ -7,6 +7,7 @@ torch: every command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -27,10 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_logs() -> None:
+    """The package logs through `logging`; the command line shows its INFO messages on stderr."""
+    logger = logging.getLogger("sidmlp_kernels")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `sidmlp` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_library_logs()
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:

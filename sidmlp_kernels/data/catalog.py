@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
 
 FORMAT_VERSION = 1
+_FORMAT = "sidmlp-catalog"
 
 
 def _as_long_tensor(value, name: str, ndim: int) -> torch.Tensor:
@@ -178,21 +181,24 @@ class SIDCatalog:
             rows.append(self._item_to_row[i])
         return self.codes[torch.tensor(rows, dtype=torch.long)]
 
+    def fingerprint(self) -> str:
+        """A short hash of the codebook sizes, item ids and codes: artifacts built from this catalog record it."""
+        h = hashlib.sha256()
+        h.update(json.dumps(list(self.codebook_sizes)).encode())
+        h.update(self.item_ids.numpy().tobytes())
+        h.update(self.codes.numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def save(self, directory) -> None:
         """Write catalog.safetensors + catalog.json into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"item_ids": self.item_ids, "codes": self.codes},
-            str(directory / "catalog.safetensors"),
-        )
-        meta = {
-            "format": "sidmlp-catalog",
-            "format_version": FORMAT_VERSION,
+        save_tensors({"item_ids": self.item_ids, "codes": self.codes}, directory / "catalog.safetensors")
+        write_meta(directory / "catalog.json", _FORMAT, FORMAT_VERSION, {
             "codebook_sizes": list(self.codebook_sizes),
             "num_items": self.num_items,
-        }
-        (directory / "catalog.json").write_text(json.dumps(meta, indent=2))
+            "fingerprint": self.fingerprint(),
+        })
 
     @classmethod
     def load(cls, directory) -> "SIDCatalog":
@@ -200,33 +206,18 @@ class SIDCatalog:
         directory = Path(directory)
         meta_path = directory / "catalog.json"
         data_path = directory / "catalog.safetensors"
-        if not meta_path.is_file() or not data_path.is_file():
-            raise FileNotFoundError(
-                f"no catalog in {directory}: expected catalog.json and catalog.safetensors"
-            )
+        if not meta_path.is_file() and not data_path.is_file():
+            raise FileNotFoundError(f"no catalog in {directory}: expected catalog.json and catalog.safetensors")
+        meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, required=("codebook_sizes", "num_items"))
+        tensors = load_tensors(data_path, expected=("item_ids", "codes"))
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"corrupted catalog metadata {meta_path}: {err}") from err
-        if meta.get("format") != "sidmlp-catalog":
-            raise ValueError(f"{meta_path} is not a sidmlp catalog (format={meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format_version {meta.get('format_version')}, "
-                f"this version reads {FORMAT_VERSION}"
-            )
-        try:
-            tensors = load_file(str(data_path))
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"corrupted catalog tensors {data_path}: {err}") from err
-        if set(tensors) != {"item_ids", "codes"}:
-            raise ValueError(f"{data_path} must hold item_ids and codes, got {sorted(tensors)}")
-        catalog = cls(tensors["item_ids"], tensors["codes"], meta["codebook_sizes"])
-        if catalog.num_items != meta.get("num_items"):
-            raise ValueError(
-                f"{data_path} holds {catalog.num_items} items but {meta_path} says "
-                f"{meta.get('num_items')}"
-            )
+            catalog = cls(tensors["item_ids"], tensors["codes"], meta["codebook_sizes"])
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(data_path, f"does not describe a valid catalog ({err})") from err
+        if catalog.num_items != meta["num_items"]:
+            raise ArtifactError(data_path, f"holds {catalog.num_items} items but {meta_path.name} says {meta['num_items']}")
+        if "fingerprint" in meta and catalog.fingerprint() != meta["fingerprint"]:
+            raise ArtifactError(data_path, f"does not match the fingerprint {meta['fingerprint']} in {meta_path.name}")
         return catalog
 
     def __eq__(self, other: object) -> bool:

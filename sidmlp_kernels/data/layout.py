@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..io import ArtifactError, read_meta, write_json
 from .catalog import SIDCatalog
 
 FORMAT_VERSION = 1
@@ -270,6 +271,10 @@ class TokenLayout:
         """JSON text of this layout (format version + derived ids)."""
         return layout_to_json(self)
 
+    def to_dict(self) -> dict:
+        """This layout as a JSON-ready dict (what to_json writes)."""
+        return layout_to_dict(self)
+
     @classmethod
     def from_json(cls, text: str) -> "TokenLayout":
         """Parse and validate a layout from JSON text."""
@@ -280,7 +285,7 @@ class TokenLayout:
         path = Path(path)
         if path.is_dir():
             path = path / "layout.json"
-        path.write_text(self.to_json())
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenLayout":
@@ -290,7 +295,11 @@ class TokenLayout:
             path = path / "layout.json"
         if not path.is_file():
             raise FileNotFoundError(f"no token layout at {path}")
-        return layout_from_json(path.read_text())
+        blob = read_meta(path, _FORMAT, FORMAT_VERSION, required=("kind", "codebook_sizes", "num_user_tokens"))
+        try:
+            return layout_from_dict(blob)
+        except ValueError as err:
+            raise ArtifactError(path, str(err)) from err
 
 
 
@@ -322,22 +331,24 @@ def to_right_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 def layout_to_json(layout: TokenLayout) -> str:
     """Serialise a layout (with format version and derived ids, for readers)."""
-    return json.dumps(
-        {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": layout.kind,
-            "codebook_sizes": list(layout.codebook_sizes),
-            "num_user_tokens": layout.num_user_tokens,
-            # Derived, written for humans and other tools; checked on load.
-            "pad_id": layout.pad_id,
-            "offsets": list(layout.offsets),
-            "eos_id": layout.eos_id,
-            "user_base": layout.user_base,
-            "vocab_size": layout.vocab_size,
-        },
-        indent=2,
-    )
+    return json.dumps(layout_to_dict(layout), indent=2)
+
+
+def layout_to_dict(layout: TokenLayout) -> dict:
+    """The layout as a JSON-ready dict (format version, sizes, and derived ids checked on load)."""
+    return {
+        "format": _FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": layout.kind,
+        "codebook_sizes": list(layout.codebook_sizes),
+        "num_user_tokens": layout.num_user_tokens,
+        # Derived, written for humans and other tools; checked on load.
+        "pad_id": layout.pad_id,
+        "offsets": list(layout.offsets),
+        "eos_id": layout.eos_id,
+        "user_base": layout.user_base,
+        "vocab_size": layout.vocab_size,
+    }
 
 
 def layout_from_json(text: str) -> TokenLayout:
@@ -346,6 +357,11 @@ def layout_from_json(text: str) -> TokenLayout:
         blob = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupted token layout JSON: {err}") from err
+    return layout_from_dict(blob)
+
+
+def layout_from_dict(blob: dict) -> TokenLayout:
+    """Validate a parsed layout (format, version, derived ids) and build it."""
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else None
         raise ValueError(f"not a sidmlp token layout (format={found!r})")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import ArtifactError, read_json, read_meta, write_json, write_meta
 from .catalog import SIDCatalog
 from .movielens import InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
@@ -31,13 +30,6 @@ class Prepared:
     catalog: SIDCatalog
     stats: dict[str, Any]
     config: dict[str, Any]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file + rename so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
 
 
 def prepare(
@@ -76,14 +68,13 @@ def prepare(
     catalog.save(out / "catalog")
     stats = dict(sids.stats, num_users=data.num_users, num_interactions=data.num_interactions,
                  num_split_users=len(split.test_targets))
-    _write_json(out / "sid_stats.json", stats)
-    _write_json(out / "data.json", {
-        "format": _FORMAT,
-        "format_version": FORMAT_VERSION,
+    write_json(out / "sid_stats.json", stats)
+    write_meta(out / "data.json", _FORMAT, FORMAT_VERSION, {
         "config": config,
+        "catalog_fingerprint": catalog.fingerprint(),
         "data": asdict(data),
         "split": asdict(split),
-    })
+    }, indent=None)
     usage = ", ".join(f"{u:.3f}" for u in stats["code_usage"])
     print(
         f"[sidmlp prepare] {dataset}: {data.num_items} items, {data.num_users} users, "
@@ -101,32 +92,24 @@ def prepare(
 def load_prepared(out_dir: str | Path) -> Prepared:
     """Load and validate a directory written by prepare()."""
     out = Path(out_dir)
-    hint = f"rerun prepare(dataset, {str(out)!r}) to rebuild it"
+    hint = f"re-create it with `sidmlp prepare --dataset NAME --out {out}`"
     path = out / "data.json"
     if not path.is_file():
         raise FileNotFoundError(f"{out} is not a prepared dataset (no data.json); {hint}")
-    try:
-        blob = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupted {path}: {e}; {hint}") from e
-    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a sidmlp prepared-data file; {hint}")
-    if blob.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {blob.get('format_version')!r}, this version reads "
-            f"{FORMAT_VERSION}; {hint}"
-        )
+    blob = read_meta(path, _FORMAT, FORMAT_VERSION, required=("config", "data", "split"), hint=hint)
     try:
         data = InteractionData(**blob["data"])
         split = Split(**blob["split"])
         config = dict(blob["config"])
     except (KeyError, TypeError) as e:
-        raise ValueError(f"corrupted {path}: {e}; {hint}") from e
+        raise ArtifactError(path, f"corrupted ({e})", hint) from e
+    stats = read_json(out / "sid_stats.json", hint)
     try:
-        stats = json.loads((out / "sid_stats.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"missing or corrupted {out / 'sid_stats.json'}: {e}; {hint}") from e
-    catalog = SIDCatalog.load(out / "catalog")
+        catalog = SIDCatalog.load(out / "catalog")
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"{e}; {hint}") from e
+    if "catalog_fingerprint" in blob and catalog.fingerprint() != blob["catalog_fingerprint"]:
+        raise ArtifactError(out / "catalog", f"does not match the catalog {path.name} was built with", hint)
     if catalog.num_items != data.num_items or not np.array_equal(catalog.item_ids.numpy(), np.arange(data.num_items)):
         raise ValueError(
             f"catalog in {out / 'catalog'} has {catalog.num_items} items, data.json has "

@@ -50,7 +50,11 @@ class FoldedHeads:
 
     def to(self, *args, **kwargs) -> "FoldedHeads":
         """A copy with every tensor moved/cast like Tensor.to."""
-        m = lambda ts: [t.to(*args, **kwargs) for t in ts]  # noqa: E731
+        return self.apply(lambda t: t.to(*args, **kwargs))
+
+    def apply(self, fn) -> "FoldedHeads":
+        """A copy with `fn` applied to every tensor (what nn.Module._apply does to parameters)."""
+        m = lambda ts: [fn(t) for t in ts]  # noqa: E731
         return FoldedHeads(
             ctx_weight=m(self.ctx_weight),
             ctx_bias=m(self.ctx_bias),

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
 
 __all__ = ["FeatureStore", "extract_features", "load_features", "encode_in_batches", "teacher_fingerprint"]
 
@@ -230,9 +230,7 @@ def extract_features(
                     continue
             tensors = _extract_shard(adapter, examples, lo, hi, batch_size, dtype, bar)
             if path is not None:
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                save_file(tensors, str(tmp), metadata={**shard_meta, "lo": str(lo), "hi": str(hi)})
-                os.replace(tmp, path)
+                save_tensors(tensors, path, metadata={**shard_meta, "lo": str(lo), "hi": str(hi)})
                 shards.append(path.name)
             else:
                 shards.append(tensors)
@@ -240,16 +238,10 @@ def extract_features(
         merged = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
         return _store_from(merged, examples, layout.num_levels)
     # Inputs and targets go in one small file; the index is written last and marks completion.
-    save_file(
-        {
-            "target_codes": examples.target_codes.long().contiguous(),
-            "target_items": examples.target_items.long().contiguous(),
-        },
-        str(directory / "targets.safetensors"),
-    )
-    tmp = directory / f"features.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({**meta, "shards": shards}, indent=2))
-    os.replace(tmp, directory / "features.json")
+    save_tensors({"target_codes": examples.target_codes.long(), "target_items": examples.target_items.long()},
+                 directory / "targets.safetensors")
+    write_meta(directory / "features.json", _FORMAT, FORMAT_VERSION,
+               {k: v for k, v in meta.items() if k not in ("format", "format_version")} | {"shards": shards})
     return load_features(directory)
 
 
@@ -270,20 +262,21 @@ def load_features(directory: str | Path) -> FeatureStore:
     index = directory / "features.json"
     if not index.is_file():
         raise FileNotFoundError(f"no complete feature store in {directory} (features.json missing)")
+    hint = f"delete {directory} to extract the features again"
+    meta = read_meta(index, _FORMAT, FORMAT_VERSION, required=("shards", "num_levels", "num_examples", "hidden_size"),
+                     hint=hint)
+    parts = [load_tensors(directory / name, hint) for name in meta["shards"]]
+    if not parts:
+        raise ArtifactError(index, "lists no shards", hint)
     try:
-        meta = json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupted {index}: {err}") from err
-    if meta.get("format") != _FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{index} is not a sidmlp feature store of format_version {FORMAT_VERSION} "
-            f"(format={meta.get('format')!r}, format_version={meta.get('format_version')!r})"
-        )
-    from safetensors.torch import load_file
-
-    parts = [load_file(str(directory / name)) for name in meta["shards"]]
-    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    targets = load_file(str(directory / "targets.safetensors"))
+        merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    except (KeyError, RuntimeError) as err:
+        raise ArtifactError(directory, f"shards do not fit together ({err})", hint) from err
+    targets = load_tensors(directory / "targets.safetensors", hint, expected=("target_codes", "target_items"))
+    missing = [k for k in ["states", "mask", "input_ids"] + [f"teacher_logits{l}" for l in range(meta["num_levels"])]
+               if k not in merged]
+    if missing:
+        raise ArtifactError(directory / meta["shards"][0], f"lacks tensors {missing}", hint)
     store = FeatureStore(
         states=merged["states"],
         mask=merged["mask"].bool(),

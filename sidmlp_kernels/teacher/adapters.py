@@ -11,7 +11,7 @@ teacher-forced per-digit logits restricted to each digit's codes
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -235,3 +235,28 @@ def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCata
             raise ValueError(f"unsupported encoder-decoder model {type(model).__name__}: expected a T5-style model")
         return T5TeacherAdapter(model, layout, catalog)
     return CausalLMTeacherAdapter(model, layout, catalog)
+def _is_adapter(obj: Any) -> bool:
+    return all(hasattr(obj, name) for name in ("encode", "digit_logits", "code_embeddings", "layout", "hidden_size"))
+
+
+def as_adapter(teacher: Any, catalog: Optional[SIDCatalog] = None, layout: Optional[TokenLayout] = None):
+    """A TeacherAdapter for `teacher` (an adapter already, or a HF T5 / causal LM via adapter_for)."""
+    if _is_adapter(teacher):
+        adapter = teacher
+        if layout is not None and adapter.layout != layout:
+            raise ValueError(f"teacher adapter has layout {adapter.layout}, but layout={layout} was given")
+    elif isinstance(teacher, torch.nn.Module) and hasattr(teacher, "config"):
+        if layout is None:
+            if catalog is None:
+                raise ValueError("a HF teacher needs a layout or a catalog to derive one from")
+            layout = TokenLayout.for_catalog(catalog)
+        adapter = adapter_for(teacher, layout, catalog)
+    else:
+        raise TypeError(
+            f"teacher must be a TeacherAdapter or a HF model, got {type(teacher).__name__}"
+        )
+    if catalog is not None:
+        adapter.layout.validate_against(catalog)
+    return adapter
+
+

@@ -1,29 +1,24 @@
-"""TIGER teacher: a HF T5 (or GPT-2) over SID tokens, its training loop, evaluation and CLI commands.
+"""TIGER teacher models: HF T5 (or GPT-2) over SID tokens: build from a preset, the training loss,
+save/load a teacher directory.
 
-Run directory written by `train_teacher(out_dir=...)`::
-
-    out/best/   model (save_pretrained: config.json + model.safetensors), layout.json,
-                teacher.json (format version, arch, preset, validation metrics)
-    out/last/   the same for the latest checkpoint + trainer_state.json + optimizer.pt
-                (optimizer, scheduler, RNG); training resumes from here
-    out/history.jsonl  one line per validation
-
-`load_teacher(out)` loads out/best (or a model directory given directly).
+A teacher directory (`save_teacher`) holds the HF model (save_pretrained: config.json +
+model.safetensors), layout.json and teacher.json (format version, arch, preset, validation
+metrics). `load_teacher(dir)` reads it, or DIR/best/ of a training run directory (teacher/train.py).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
-from .adapters import check_model_layout, left_positions
 from ..data.layout import TokenLayout
+from ..io import read_meta, write_meta
+from .adapters import check_model_layout, left_positions
+from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
 
 __all__ = [
     "build_gpt2_teacher",
@@ -43,8 +38,18 @@ def _preset(table: dict[str, dict[str, Any]], preset: str) -> dict[str, Any]:
     return dict(table[preset])
 
 
+def _seeded(build: Callable[[], nn.Module], seed: Optional[int]) -> nn.Module:
+    """build() in eval mode (HF's from_pretrained convention); with a seed, its initial weights come
+    from that seed in a forked RNG, so the caller's global RNG state is left as it was."""
+    if seed is None:
+        return build().eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
 def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[int] = None, **overrides) -> nn.Module:
-    """A fresh T5ForConditionalGeneration in TIGER layout (pad 0 starts decoding, EOS = layout.eos_id)."""
+    """A fresh T5ForConditionalGeneration in TIGER layout (pad 0 starts decoding, EOS = layout.eos_id), in eval mode."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     kwargs = dict(
@@ -57,15 +62,13 @@ def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[
     )
     kwargs.update(_preset(T5_PRESETS, preset))
     kwargs.update(overrides)
-    if seed is not None:
-        torch.manual_seed(seed)
-    return T5ForConditionalGeneration(T5Config(**kwargs))
+    return _seeded(lambda: T5ForConditionalGeneration(T5Config(**kwargs)), seed)
 
 
 def build_gpt2_teacher(
     layout: TokenLayout, preset: str = "small", max_positions: int = 1024, seed: Optional[int] = None, **overrides
 ) -> nn.Module:
-    """A fresh GPT2LMHeadModel over the layout's tokens (prompt = [user, SIDs..., EOS], then the target SID)."""
+    """A fresh GPT2LMHeadModel over the layout's tokens (prompt = [user, SIDs..., EOS], then the target SID), in eval mode."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     kwargs = dict(
@@ -77,9 +80,7 @@ def build_gpt2_teacher(
     )
     kwargs.update(_preset(GPT2_PRESETS, preset))
     kwargs.update(overrides)
-    if seed is not None:
-        torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(**kwargs))
+    return _seeded(lambda: GPT2LMHeadModel(GPT2Config(**kwargs)), seed)
 
 
 def _arch(model: nn.Module) -> str:
@@ -124,9 +125,7 @@ def save_teacher(model: nn.Module, layout: TokenLayout, directory: str | Path, i
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
     layout.save(directory / "layout.json")
-    meta = {"format": _FORMAT, "format_version": FORMAT_VERSION, "arch": _arch(model)}
-    meta.update(info or {})
-    (directory / "teacher.json").write_text(json.dumps(meta, indent=2))
+    write_meta(directory / "teacher.json", _FORMAT, FORMAT_VERSION, {"arch": _arch(model), **(info or {})})
 
 
 def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TokenLayout]:
@@ -137,17 +136,9 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
     meta_path = directory / "teacher.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no teacher in {directory}: expected teacher.json (or best/teacher.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupted {meta_path}: {err}") from err
-    if meta.get("format") != _FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path} is not a sidmlp teacher of format_version {FORMAT_VERSION} "
-            f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})"
-        )
+    meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, required=("arch",))
     layout = TokenLayout.load(directory / "layout.json")
-    arch = meta.get("arch")
+    arch = meta["arch"]
     if arch == "t5":
         from transformers import T5ForConditionalGeneration as cls
     elif arch == "gpt2":
