@@ -62,7 +62,7 @@ def read_json(path: str | Path, hint: str = "") -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(path, f"not valid JSON ({err})", hint) from err
+        raise ArtifactError(path, f"corrupted: not valid JSON ({err})", hint) from err
 
 
 def write_meta(path: str | Path, fmt: str, version: int, fields: Mapping[str, Any], *,
@@ -126,7 +126,7 @@ def load_tensors(path: str | Path, hint: str = "", expected: Optional[Sequence[s
     try:
         tensors = load_file(str(path), device=device)
     except Exception as err:  # safetensors raises its own error types (truncated header, bad offsets)
-        raise ArtifactError(path, f"not a readable safetensors file ({err})", hint) from err
+        raise ArtifactError(path, f"corrupted: not a readable safetensors file ({err})", hint) from err
     if expected is not None and set(tensors) != set(expected):
         raise ArtifactError(
             path, f"holds tensors {sorted(tensors)}, expected {sorted(expected)}", hint

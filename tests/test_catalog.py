@@ -98,12 +98,12 @@ def test_corrupted_files(tmp_path):
     with pytest.raises(ValueError, match="holds 5 items"):
         SIDCatalog.load(tmp_path)
     (tmp_path / "catalog.json").write_text("{not json")
-    with pytest.raises(ValueError, match="corrupted catalog metadata"):
+    with pytest.raises(ValueError, match=r"catalog.json: corrupted: not valid JSON"):
         SIDCatalog.load(tmp_path)
     meta["num_items"] = 5
     (tmp_path / "catalog.json").write_text(json.dumps(meta))
     (tmp_path / "catalog.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="corrupted catalog tensors"):
+    with pytest.raises(ValueError, match=r"catalog.safetensors: corrupted"):
         SIDCatalog.load(tmp_path)
     meta["codebook_sizes"] = [2, 3, 3]
     cat.save(tmp_path)

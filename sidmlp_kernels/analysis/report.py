@@ -376,7 +376,7 @@ def run_analysis(
     max_seconds: float | None = None,
     retrain: bool = False,
     num_bins: int = 5,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train/reload SASRec on a prepared dataset and write the full study (see `analyze`) to out_dir.
 
@@ -420,7 +420,6 @@ def run_analysis(
                 model = None  # saved model has another shape: retrain
     trained = model is None
     if model is None:
-        torch.manual_seed(seed)
         model = fit(split, num_items, config, epochs=sasrec_epochs, patience=patience, seed=seed,
                     max_seconds=max_seconds, progress=progress)
         info_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         rankings["sid-mlp"] = student_rankings(prepared, args.student, args.teacher)
     max_seconds = args.sasrec_minutes * 60 if args.sasrec_minutes else None
     run_analysis(prepared, args.out, rankings, sasrec_epochs=args.sasrec_epochs, seed=args.seed,
-                 max_seconds=max_seconds)
+                 max_seconds=max_seconds, progress=True)
     print(f"[sidmlp analyze] report written to {args.out}/report.md")
     return 0
 

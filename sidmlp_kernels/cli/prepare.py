@@ -17,6 +17,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         k_core=args.k_core,
         pca_dim=args.pca_dim,
         seed=args.seed,
+        show_progress=True,
     )
     return 0
 

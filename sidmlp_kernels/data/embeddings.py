@@ -51,12 +51,11 @@ def _model_dir(model_name: str) -> str:
 def _load_model(model_name: str) -> Any:
     """Load a SentenceTransformer once per process (loading takes seconds)."""
     path = _model_dir(model_name)
-    # Set before importing/loading so nothing ever tries to reach the Hub.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device="cpu")
+    # A local directory, read with local_files_only: nothing ever tries to reach the Hub
+    # (and the process environment is left alone).
+    return SentenceTransformer(path, device="cpu", local_files_only=True)
 
 
 def cache_path(texts: Sequence[str], cache_dir: str | Path, model_name: str = DEFAULT_MODEL) -> Path:
@@ -76,7 +75,7 @@ def embed_texts(
     cache_dir: str | Path,
     model_name: str = DEFAULT_MODEL,
     batch_size: int = 64,
-    show_progress: bool = True,
+    show_progress: bool = False,
 ) -> np.ndarray:
     """Embed texts with a local sentence-transformer into float32 (n, dim), reusing the disk cache."""
     texts = list(texts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from .embeddings import DEFAULT_MODEL, embed_texts
 from .semantic_ids import build_semantic_ids
 
 __all__ = ["FORMAT_VERSION", "Prepared", "load_prepared", "prepare"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-prepared"
@@ -42,7 +46,7 @@ def prepare(
     pca_dim: int | None = None,
     seed: int = 0,
     embedding_cache_dir: str | Path | None = None,
-    show_progress: bool = True,
+    show_progress: bool = False,
 ) -> Prepared:
     """Build and save data.json, catalog/, sid_stats.json (+ embedding cache) for a dataset."""
     t0 = time.perf_counter()
@@ -76,8 +80,8 @@ def prepare(
         "split": asdict(split),
     }, indent=None)
     usage = ", ".join(f"{u:.3f}" for u in stats["code_usage"])
-    print(
-        f"[sidmlp prepare] {dataset}: {data.num_items} items, {data.num_users} users, "
+    logger.info(
+        f"{dataset}: {data.num_items} items, {data.num_users} users, "
         f"{data.num_interactions} interactions ({len(split.test_targets)} users in split, "
         f"{train_items.size} train items)\n"
         f"  SIDs L={num_levels} K={codebook_size}: code usage per level [{usage}], "

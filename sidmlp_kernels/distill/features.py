@@ -118,7 +118,7 @@ def _pad_to(x: torch.Tensor, t: int, value=0) -> torch.Tensor:
 
 
 def encode_in_batches(
-    encoder, examples, batch_size: int = 128, desc: str = "encode", show_progress: bool = True
+    encoder, examples, batch_size: int = 128, desc: str = "encode", show_progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encoder states of every example -> (states (N, T, D) float32, mask (N, T) bool, input_ids (N, T)).
 
@@ -170,7 +170,7 @@ def extract_features(
     batch_size: int = 128,
     storage_dtype: str = "float16",
     shard_size: int = 4096,
-    show_progress: bool = True,
+    show_progress: bool = False,
 ) -> FeatureStore:
     """Run the frozen teacher over `examples` (an Examples); with out_dir, store shards and resume/reuse them."""
     if storage_dtype not in _DTYPES:
