@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.teacher.attention_decode import attention_beam_search, hf_generate  # noqa: E402
-from sidmlp_kernels.data.layout import TokenLayout  # noqa: E402
-from sidmlp_kernels.teacher.models import build_t5_teacher, load_teacher  # noqa: E402
+from common import CatalogCase, cpu_model, make_inputs, time_repeats
+from sidmlp_kernels import SIDCatalog, TokenLayout, build_t5_teacher, load_teacher
+from sidmlp_kernels.teacher.attention_decode import attention_beam_search, hf_generate
 
 
 def random_catalog(num_items: int, k: int, levels: int, seed: int) -> SIDCatalog:
@@ -47,13 +42,8 @@ def random_catalog(num_items: int, k: int, levels: int, seed: int) -> SIDCatalog
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
+    """(median, every) wall ms of `repeats` calls after `warmup`."""
+    times = time_repeats(fn, repeats, warmup)
     return statistics.median(times), times
 
 
@@ -74,26 +64,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.prepared:
-        from sidmlp_kernels.data.examples import build_examples
-        from sidmlp_kernels.data.prepare import load_prepared
+        from sidmlp_kernels import load_prepared
 
         prepared = load_prepared(args.prepared)
-        catalog = prepared.catalog
+        case = CatalogCase("prepared", prepared.catalog, prepared.split, f"prepared {args.prepared}")
     else:
-        catalog = random_catalog(1682, 256, 4, seed=0)
+        case = CatalogCase("random-1682", random_catalog(1682, 256, 4, seed=0), None, "random SIDs")
+    catalog = case.catalog
     if args.teacher:
         model, layout = load_teacher(args.teacher)
     else:
         layout = TokenLayout.for_catalog(catalog)
         model = build_t5_teacher(layout, args.preset, seed=0)
     model.eval()
-    if args.prepared:
-        ex = build_examples(prepared.split, catalog, layout, "test")
-        ids, mask, _, _ = ex.batch(torch.arange(args.batch))
-    else:
-        g = torch.Generator().manual_seed(1)
-        hist = torch.randint(0, catalog.num_items, (args.batch, args.history), generator=g).tolist()
-        ids, mask = layout.encode_histories(hist, catalog)
+    # Real test histories (prepared) or random --history-item ones (seed 1).
+    ids, mask = make_inputs(case, layout, args.batch, args.history, seed=1)
 
     rows: dict[str, dict] = {}
     with torch.inference_mode():
@@ -112,7 +97,7 @@ def main(argv=None) -> int:
             med, all_ms = timed(fn, args.repeats)
             rows[name] = dict(median_ms=med, all_ms=all_ms, decode_phase_ms=med - enc_ms)
     meta = dict(
-        machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(), dtype="float32",
+        machine=cpu_model(), threads=torch.get_num_threads(), dtype="float32",
         batch=args.batch, beam=args.beam, top_n=args.top_n, repeats=args.repeats,
         teacher=args.teacher or f"random {args.preset} T5", input_tokens=int(ids.shape[1]),
         torch=torch.__version__,

@@ -1,13 +1,14 @@
 """CPU constrained beam step: C++ index (sidmlp_kernels._C) vs the PyTorch reference.
 
-Reference step = catalog.valid_children(prefixes) + decoding.beam_step_reference, the way
-beam_search_reference runs it. Extension step = ConstrainedIndex.beam_step on node states.
-Both get identical inputs, recorded from one reference search over random logits on a
-synthetic catalog (uniform random unique codes, L digits of K). Also times a whole
-L-step decode (logits precomputed, so no model time) and the index build.
+Reference step = catalog.valid_children(prefixes) + sidmlp_kernels.decode.reference.beam_step_reference,
+the way beam_search_reference runs it (the `reference` backend). Extension step =
+ConstrainedIndex.beam_step on node states (the C++ op of the `cpu` backend). Both get identical
+inputs, recorded from one reference search over random logits on a synthetic catalog (uniform
+random unique codes, L digits of K). Also times a whole L-step decode (logits precomputed, so no
+model time) and the index build. Each side is called directly: SIDMLP_BACKEND does not apply.
 
     python bench/bench_constrained_step.py                  # 1K, 100K, 1M items
-    python bench/bench_constrained_step.py --items 1000 --repeats 5
+    python bench/bench_constrained_step.py --items 1000 --repeats 5 --out /tmp/constrained_step.json
 """
 
 from __future__ import annotations
@@ -24,52 +25,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.decode.constrained import ConstrainedIndex, PrefixState, constrained_beam_search  # noqa: E402
-from sidmlp_kernels.decode.reference import beam_search_reference, beam_step_reference  # noqa: E402
-
-
-def synthetic_catalog(n: int, k: int, levels: int, seed: int) -> SIDCatalog:
-    """n distinct uniform random codes of `levels` digits in [0, k)."""
-    g = torch.Generator().manual_seed(seed)
-    space = k**levels
-    want = min(n, space)
-    keys = torch.empty(0, dtype=torch.long)
-    while keys.numel() < want:
-        extra = torch.randint(0, space, (int(want * 1.05) + 16,), generator=g)
-        keys = torch.unique(torch.cat([keys, extra]))
-    keys = keys[torch.randperm(keys.numel(), generator=g)[:want]]
-    digits = []
-    for _ in range(levels):
-        digits.append(keys % k)
-        keys = keys // k
-    codes = torch.stack(digits[::-1], 1)
-    return SIDCatalog.from_codes(torch.arange(want), codes, [k] * levels)
+from common import RESULTS, cpu_model, synthetic_catalog, time_repeats
+from sidmlp_kernels.decode.constrained import ConstrainedIndex, constrained_beam_search
+from sidmlp_kernels.decode.reference import beam_search_reference, beam_step_reference
+from sidmlp_kernels.decode.search import extend_prefixes
 
 
 def time_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
     """(median, min) wall time in ms; the min shows the cost without other processes' noise."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = time_repeats(fn, repeats, warmup)
     return statistics.median(times), min(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench_catalog(n: int, args) -> dict:
@@ -98,9 +63,7 @@ def bench_catalog(n: int, args) -> dict:
         valid = cat.valid_children(prefixes.reshape(args.batch * width, level)).reshape(args.batch, width, -1)
         valid &= torch.isfinite(scores).unsqueeze(-1)
         scores, parents, tokens = beam_step_reference(logits, scores, valid, args.beam)
-        prefixes = torch.cat(
-            [torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)), tokens.unsqueeze(-1)], 2
-        )
+        prefixes = extend_prefixes(prefixes, parents, tokens)
 
     levels = []
     for level, (prefixes, scores, logits) in enumerate(recorded):
@@ -172,7 +135,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "constrained_step.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "constrained_step.json",
+                        help="JSON path (default bench/results/constrained_step.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,7 +149,7 @@ def main() -> None:
         "benchmark": "constrained_beam_step_cpu",
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "machine": {
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -201,7 +165,7 @@ def main() -> None:
             "dtype": "float32",
             "repeats": args.repeats,
             "catalog": "uniform random unique codes",
-            "reference_step": "catalog.valid_children + decoding.beam_step_reference",
+            "reference_step": "catalog.valid_children + sidmlp_kernels.decode.reference.beam_step_reference",
             "ext_step": "ConstrainedIndex.beam_step (sidmlp::beam_step CPU)",
         },
         "results": results,

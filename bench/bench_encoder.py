@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sidmlp_kernels.teacher.fast_encoder import FastT5Encoder, mkldnn_linear_available  # noqa: E402
+import common
+from sidmlp_kernels import FastT5Encoder, TokenLayout, build_t5_teacher
+from sidmlp_kernels.teacher.fast_encoder import mkldnn_linear_available
 
 try:
     from tqdm import tqdm
@@ -43,78 +42,41 @@ except ImportError:  # progress bar is a nicety, never a requirement
         return it
 
 K, L = 256, 4  # TIGER: 4 digits of 256 codes
-PAD, EOS, USER = 0, 1 + K * L, 2 + K * L
-VOCAB = USER + 1
+LAYOUT = TokenLayout((K,) * L)  # pad 0, digit tokens, EOS, one user token
 
 
 def paper_t5(seed: int):
     """Random paper-config TIGER T5 (4 layers, d_model 128, d_ff 1024, 6 heads x 64, ReLU)."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(seed)
-    cfg = T5Config(
-        vocab_size=VOCAB, d_model=128, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=6, d_kv=64,
-        feed_forward_proj="relu", dropout_rate=0.1, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
-    )
-    return T5ForConditionalGeneration(cfg).eval()
+    return build_t5_teacher(LAYOUT, "paper", seed=seed).eval()
 
 
 def histories(batch: int, items: int, padded: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[user, SID tokens of the items..., EOS], right padded to 1 + L*items + 1."""
+    """[user, SID tokens of random codes..., EOS], right padded to 1 + L*items + 1."""
     g = torch.Generator().manual_seed(seed)
     seq = 1 + L * items + 1
-    ids = torch.full((batch, seq), PAD, dtype=torch.long)
+    ids = torch.full((batch, seq), LAYOUT.pad_id, dtype=torch.long)
     mask = torch.zeros(batch, seq, dtype=torch.long)
     counts = torch.randint(1, items + 1, (batch,), generator=g) if padded else torch.full((batch,), items)
-    offsets = 1 + K * torch.arange(L)
     for b, n in enumerate(counts.tolist()):
-        codes = torch.randint(0, K, (n, L), generator=g) + offsets
-        row = torch.cat([torch.tensor([USER]), codes.reshape(-1), torch.tensor([EOS])])
+        codes = LAYOUT.codes_to_tokens(torch.randint(0, K, (n, L), generator=g))
+        row = torch.cat([torch.tensor([LAYOUT.user_base]), codes.reshape(-1), torch.tensor([LAYOUT.eos_id])])
         ids[b, : row.numel()] = row
         mask[b, : row.numel()] = 1
     return ids, mask
 
 
-def machine() -> dict:
-    """What ran the benchmark."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "mkldnn_linear": mkldnn_linear_available(),
-    }
-
-
 def run_case(providers: dict, repeats: int, warmup: int) -> dict:
-    """Alternating timing of every provider; returns per-provider stats in ms."""
-    names = list(providers)
-    for _ in range(warmup):
-        for n in names:
-            providers[n]()
-    times = {n: [] for n in names}
-    cpu = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
-        for n in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            providers[n]()
-            times[n].append((time.perf_counter() - t0) * 1e3)
-            cpu[n].append((time.process_time() - c0) * 1e3)
+    """Alternating timing of every provider (common.run_interleaved); per-provider stats in ms."""
+    samples, _ = common.run_interleaved({n: (lambda ph, fn=fn: fn()) for n, fn in providers.items()},
+                                        repeats=repeats, warmup=warmup, budget_s=None)
+    times = {n: [x.wall_ms for x in ss] for n, ss in samples.items()}
     out = {}
-    for n in names:
-        ts = sorted(times[n])
-        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
-        out[n] = {"median_ms": statistics.median(ts), "p25_ms": q[0], "p75_ms": q[2], "min_ms": ts[0],
-                  "cpu_median_ms": statistics.median(cpu[n]), "times_ms": times[n]}
+    for n, ss in samples.items():
+        st = common.stats_of(ss)
+        out[n] = {k: st[k] for k in ("median_ms", "p25_ms", "p75_ms", "min_ms", "cpu_median_ms", "times_ms")}
     base = times.get("hf")
     if base:
-        for n in names:
+        for n in out:
             out[n]["speedup"] = out["hf"]["median_ms"] / out[n]["median_ms"]
             out[n]["paired_speedup"] = statistics.median(h / t for h, t in zip(base, times[n]))
     return out
@@ -131,7 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd hf and fast")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "encoder.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "encoder.json"),
+                   help="JSON path (default bench/results/encoder.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -178,7 +141,7 @@ def main(argv=None) -> int:
 
     record = {
         "benchmark": "t5 encoder (TIGER paper config): HF vs FastT5Encoder",
-        "machine": machine(), "threads": args.threads, "dtype": "float32", "repeats": args.repeats,
+        "machine": dict(common.machine_info(), mkldnn_linear=mkldnn_linear_available()), "threads": args.threads, "dtype": "float32", "repeats": args.repeats,
         "warmup": args.warmup, "items": args.items, "hf_attn_implementation": enc.config._attn_implementation,
         "fast_backend": fast.resolved_backend, "fast_qkv_table": fast.use_table,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from sidmlp_kernels.decode.kernels.fused_step import fused_step, fused_step_reference  # noqa: E402
+from common import cpu_model, time_repeats
+from sidmlp_kernels.decode.kernels.fused_step import fused_step, fused_step_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Fraction of valid children per digit: a full first digit, then the SID tree thins out.
@@ -49,27 +45,12 @@ def make_level(level: int, args, device: str, dtype: torch.dtype, g: torch.Gener
 
 def median_ms(fn, reps: int, warmup: int, cuda: bool) -> float:
     """Median wall time of fn() in milliseconds (CUDA events when on GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_repeats(fn, reps, warmup, cuda_events=cuda))
 
 
 def main() -> None:
     """Time each digit's step and print one JSON record per digit plus a total."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--beam", type=int, default=50)
     p.add_argument("--k", type=int, default=256)
@@ -84,7 +65,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = DTYPES[args.dtype]
-    machine = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU"
+    machine = torch.cuda.get_device_name() if cuda else f"{cpu_model()} CPU"
     if not cuda:
         print("fused_step needs a CUDA GPU (the CPU interpreter is for tests, not timing); "
               "timing the PyTorch reference step only.", file=sys.stderr)

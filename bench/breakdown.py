@@ -2,17 +2,20 @@
 
     python bench/breakdown.py                                  # ML-100K, batch 32, beam 50, cpu backend
     python bench/breakdown.py --catalog ml-100k=/tmp/prep100k --backend reference --profile
+    python bench/breakdown.py --catalog syn-2000 --batch 4 --beam 10 --repeats 2 --out /tmp/breakdown.json
 
-Stages, timed one after the other inside every repeat (medians over repeats after warm-up):
+--backend names a decode backend as SIDMLP_BACKEND does: cpu (C++ extension ops) or reference
+(PyTorch). Stages (modules under sidmlp_kernels.decode), timed one after the other inside every
+repeat (medians over repeats after warm-up):
   encoder             the teacher's T5 encoder (HF), as AcceleratedRecommender.encode runs it
   context readout     SIDMLP.context: pooled query, single-query cross-attention, FFN
   context projection  folded.project_context: ctx @ W_ctx per head, once per user
   digit l: head       the folded head on the live beams (gather-add, LayerNorm, GELU, hidden -> K);
                       cpu backend: backends._head_logits_cpu (dense GEMM or valid-children dot products)
-  digit l: beam step  constraint + top-k: ConstrainedIndex.beam_step (cpu) or
-                      catalog.valid_children + decoding.beam_step_reference (reference)
-  digit l: bookkeeping prefix extension (parents' prefixes + new digit)
-  final lookup        ConstrainedIndex.finalize (cpu) or decoding.finalize_beams (reference)
+  digit l: beam step  constraint + top-k: constrained.ConstrainedIndex.beam_step (cpu) or
+                      catalog.valid_children + reference.beam_step_reference (reference)
+  digit l: bookkeeping prefix extension (search.extend_prefixes: parents' prefixes + new digit)
+  final lookup        constrained.ConstrainedIndex.finalize (cpu) or reference.finalize_beams (reference)
 Each digit step is compared with its floor, the bare GEMM of the same shape
 (torch.mm of the (B*W_l, H) hidden rows with the (H, K) output weight), timed in the same round.
 The staged pipeline is checked to return decode_folded's items; its sum is compared with
@@ -29,12 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-import common  # noqa: E402
-from common import fmt_ms, load_catalog_case, make_inputs, summarize  # noqa: E402
+import common
+from common import fmt_ms, load_catalog_case, make_inputs, summarize
 
 
 class StageClock:
@@ -52,11 +53,12 @@ class StageClock:
 
 def staged_generate(models, catalog, ids, mask, beam: int, top_n: int, backend: str, clock: StageClock,
                     shapes: Optional[list] = None):
-    """SID-MLP generate split into its stages (same ops as backends.decode_folded for `backend`)."""
+    """SID-MLP generate split into its stages (same ops as decode.backends.decode_folded for `backend`)."""
     from sidmlp_kernels.decode import backends as bk
     from sidmlp_kernels.decode import constrained as cs
-    from sidmlp_kernels.decode.reference import beam_step_reference, finalize_beams
     from sidmlp_kernels.decode.folded import folded_logits, project_context
+    from sidmlp_kernels.decode.reference import beam_step_reference, finalize_beams
+    from sidmlp_kernels.decode.search import extend_prefixes
 
     rec = models.sidmlp
     folded = rec.folded
@@ -78,7 +80,7 @@ def staged_generate(models, catalog, ids, mask, beam: int, top_n: int, backend: 
                 logits, scores, cs.PrefixState(states, level), beam))
             states = new_state.nodes
             if level + 1 < num_levels:
-                prefixes = clock.run(f"digit {level}: bookkeeping", lambda: bk._extend(prefixes, parents, tokens))
+                prefixes = clock.run(f"digit {level}: bookkeeping", lambda: extend_prefixes(prefixes, parents, tokens))
         return clock.run("final lookup", lambda: index.finalize(cs.PrefixState(states, num_levels), scores, top_n))
     if backend != "reference":
         raise ValueError(f"breakdown covers the 'cpu' and 'reference' backends, got {backend!r}")
@@ -94,8 +96,7 @@ def staged_generate(models, catalog, ids, mask, beam: int, top_n: int, backend: 
             return beam_step_reference(logits, scores, valid, beam)
 
         scores, parents, tokens = clock.run(f"digit {level}: beam step", step)
-        prefixes = clock.run(f"digit {level}: bookkeeping", lambda: torch.cat(
-            [torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)), tokens.unsqueeze(-1)], dim=2))
+        prefixes = clock.run(f"digit {level}: bookkeeping", lambda: extend_prefixes(prefixes, parents, tokens))
     return clock.run("final lookup", lambda: finalize_beams(catalog, prefixes, scores, top_n))
 
 

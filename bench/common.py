@@ -1,8 +1,12 @@
 """Shared pieces of the benchmarks in bench/: machine facts, catalogs, inputs, models, timing, memory.
 
-Used by bench/e2e.py (end to end), bench/breakdown.py (one generate() split into parts) and
-bench/micro/ (pytest-benchmark per op). Nothing here asserts on time: benchmarks report,
-tests (tests/) check correctness.
+Used by bench/e2e.py (end to end), bench/breakdown.py (one generate() split into parts), the
+component benches (bench_*.py, attention_baselines.py) and bench/micro/ (pytest-benchmark per
+op). Nothing here asserts on time: benchmarks report, tests (tests/) check correctness.
+
+bench/ stands alone: its scripts import the installed package (`pip install -e .`) and this
+module as `import common` (Python puts a script's own directory on sys.path; for bench/micro,
+pytest puts bench/ there when it loads bench/conftest.py). The package never imports bench/.
 
 Timing follows DESIGN.md section 7: providers alternate inside every round (the order
 rotates), so each sees the same machine load; medians and IQRs over repeats after warm-up.
@@ -14,7 +18,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +25,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from sidmlp_kernels import SIDCatalog, TokenLayout
 
-from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.data.layout import TokenLayout  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"  # default output directory of every bench script
 
 # ---------------------------------------------------------------- machine
 
@@ -81,6 +79,8 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         info["sidmlp_cuda_extension"] = constrained.has_cuda_extension()
     except Exception as err:  # the benchmark still runs (reference backend) without the extension
         info["sidmlp_extension"] = f"unavailable: {err}"
+    # The package's decode-backend override (reference | cpu | triton); None: automatic choice.
+    info["SIDMLP_BACKEND"] = os.environ.get("SIDMLP_BACKEND") or None
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
@@ -241,10 +241,21 @@ class LargestTensors:
 
 
 def synthetic_catalog(n: int, k: int = 256, levels: int = 4, seed: int = 0) -> SIDCatalog:
-    """n distinct uniform random codes of `levels` digits in [0, k) (bench_constrained_step's generator)."""
-    from bench_constrained_step import synthetic_catalog as _synthetic
-
-    return _synthetic(n, k, levels, seed)
+    """min(n, k**levels) distinct uniform random codes of `levels` digits in [0, k), item ids 0..n-1."""
+    g = torch.Generator().manual_seed(seed)
+    space = k**levels
+    want = min(n, space)
+    keys = torch.empty(0, dtype=torch.long)
+    while keys.numel() < want:
+        extra = torch.randint(0, space, (int(want * 1.05) + 16,), generator=g)
+        keys = torch.unique(torch.cat([keys, extra]))
+    keys = keys[torch.randperm(keys.numel(), generator=g)[:want]]
+    digits = []
+    for _ in range(levels):
+        digits.append(keys % k)
+        keys = keys // k
+    codes = torch.stack(digits[::-1], 1)
+    return SIDCatalog.from_codes(torch.arange(want), codes, [k] * levels)
 
 
 def parse_count(text: str) -> int:
@@ -354,26 +365,23 @@ def build_models(catalog: SIDCatalog, preset: str = "paper", seed: int = 0, head
                  device: str = "cpu", fast_encoder: bool = True) -> Models:
     """A random TIGER T5 teacher (preset), a random paper-size SID-MLP on it, and SID-MLP++ (MLP encoder).
 
-    No training: speed does not depend on the weights' values. The MLP encoder's default
-    width 2*d_model is accelerate()'s default (the shipped SID-MLP++).
+    No training: speed does not depend on the weights' values. Sizes are accelerate()'s
+    (AccelerateConfig: StudentSizes, MLPEncoderSizes) with the bench's overrides; the student
+    is the package's SIDMLP, served by AcceleratedRecommender as accelerate() returns it. The
+    MLP encoder's default width 2*d_model is accelerate()'s default (the shipped SID-MLP++).
     """
-    from sidmlp_kernels.accelerated import AcceleratedRecommender, as_adapter
-    from sidmlp_kernels.distill.mlp_encoder import MLPEncoder
-    from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
-    from sidmlp_kernels.teacher.models import build_t5_teacher
+    from sidmlp_kernels import AccelerateConfig, AcceleratedRecommender, FastT5Encoder, build_t5_teacher
+    from sidmlp_kernels.accelerated import new_mlp_encoder, new_student
+    from sidmlp_kernels.teacher.adapters import as_adapter
 
+    sizes = AccelerateConfig().with_overrides(head_hidden=head_hidden, ffn_dim=student_ffn, encoder_ffn_dim=mlp_ffn,
+                                              encoder_layers=mlp_layers)
     layout = TokenLayout.for_catalog(catalog)
     teacher = build_t5_teacher(layout, preset, seed=seed).eval()
     adapter = as_adapter(teacher, catalog, layout)
-    d = adapter.hidden_size
-    code_embs = [adapter.code_embeddings(j).detach().float().clone() for j in range(layout.num_levels - 1)]
-    scfg = SIDMLPConfig(encoder_dim=d, codebook_sizes=tuple(layout.codebook_sizes),
-                        embed_dims=tuple(int(e.shape[1]) for e in code_embs), head_hidden=head_hidden,
-                        ffn_dim=student_ffn)
-    torch.manual_seed(seed + 1)
-    student = SIDMLP(scfg, code_embs).eval()
-    encoder = MLPEncoder.for_layout(layout, d, adapter, ffn_dim=mlp_ffn or 2 * d, num_layers=mlp_layers,
-                                    max_len=512).eval()
+    # The student and MLP encoder accelerate() would start from (its sizes and resolution of unset ones).
+    student = new_student(adapter, sizes, seed=seed + 1)
+    encoder = new_mlp_encoder(adapter, sizes, seed=seed + 1)
     if device != "cpu":
         teacher.to(device)
         adapter = as_adapter(teacher, catalog, layout)
@@ -382,16 +390,12 @@ def build_models(catalog: SIDCatalog, preset: str = "paper", seed: int = 0, head
     if device != "cpu":
         sidmlp.to(device)
         sidmlp_pp.to(device)
-    fast = None
-    if fast_encoder and device == "cpu":
-        from sidmlp_kernels.teacher.fast_encoder import FastT5Encoder
-
-        fast = FastT5Encoder.from_hf(teacher)
+    fast = FastT5Encoder.from_hf(teacher) if fast_encoder and device == "cpu" else None
     config = {
         "teacher": f"random T5 preset {preset!r}",
         "teacher_config": {k: getattr(teacher.config, k) for k in (
             "num_layers", "num_decoder_layers", "d_model", "d_ff", "num_heads", "d_kv", "vocab_size")},
-        "student": scfg.to_dict(),
+        "student": student.config.to_dict(),
         "mlp_encoder": encoder.config.to_dict(),
         "seed": seed,
         "weights": "random (speed does not depend on trained values)",
@@ -445,6 +449,30 @@ class _PhaseTimer:
         self.owner.ms[self.name] = self.owner.ms.get(self.name, 0.0) + (time.perf_counter() - self.t0) * 1e3
 
 
+def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, cuda_events: bool = False) -> list[float]:
+    """Wall ms of `repeats` back-to-back calls of fn() after `warmup` untimed ones.
+
+    cuda_events: time each call with CUDA events (then synchronize) instead of perf_counter.
+    For one op timed alone; providers compared side by side go through run_interleaved.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda_events:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 # A provider: fn(phases) -> output; it may time named phases with `with phases("decode"): ...`.
 Provider = Callable[[Phases], Any]
 
@@ -482,14 +510,14 @@ def run_interleaved(
     repeats: int,
     min_repeats: int = 1,
     warmup: dict[str, int] | int = 1,
-    budget_s: float = 30.0,
+    budget_s: Optional[float] = 30.0,
     device: str = "cpu",
     on_sample: Optional[Callable[[str, Sample], None]] = None,
 ) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """Time providers round-robin (order rotated every round) after warm-up; returns samples and outputs.
 
     Each provider gets `repeats` timed calls, cut to max(min_repeats, budget_s / first call)
-    for slow ones, so one slow provider cannot blow the time budget. Rounds keep running the
+    for slow ones, so one slow provider cannot blow the time budget (budget_s None: no cut). Rounds keep running the
     providers that still need samples, so every provider's samples spread over the same period.
     """
     names = list(providers)
@@ -508,7 +536,7 @@ def run_interleaved(
                 continue
             s, outputs[n] = time_call(providers[n], device)
             samples[n].append(s)
-            if len(samples[n]) == 1 and s.wall_ms > 0:
+            if budget_s is not None and len(samples[n]) == 1 and s.wall_ms > 0:
                 fit = int(budget_s * 1e3 // s.wall_ms)
                 want[n] = min(repeats, max(min_repeats, fit))
             if on_sample is not None:

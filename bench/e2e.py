@@ -9,17 +9,19 @@ teacher; a random paper-size SID-MLP student on its encoder; SID-MLP++ = the sam
 random MLP encoder). Providers (DESIGN.md section 6):
 
   hf_generate            HF generate: unconstrained beam search with KV cache, L+1 new tokens,
-                         invalid beams dropped (attention_decode.hf_generate)
+                         invalid beams dropped (sidmlp_kernels.teacher.attention_decode.hf_generate)
   attention_constrained  our attention decode: KV cache, cross-attn K/V once per user, catalog
-                         constrained (attention_decode.attention_beam_search)
+                         constrained (sidmlp_kernels.teacher.attention_decode.attention_beam_search)
   hf_encoder             the T5 encoder alone (HF); the floor of every provider that keeps it
   fast_encoder           FastT5Encoder alone (exact T5 encoder), its own line
   mlp_encoder            the SID-MLP++ MLP encoder alone
-  sidmlp[B]              SID-MLP generate on decode backend B: HF encoder -> readout -> context
-                         projection -> backends.decode_folded(backend=B)
+  sidmlp[B]              SID-MLP generate on decode backend B (reference | cpu | triton, as
+                         SIDMLP_BACKEND names them): HF encoder -> readout -> context projection
+                         -> sidmlp_kernels.decode.backends.decode_folded(backend=B)
   sidmlp[B]+fast_encoder the same on FastT5Encoder (own line: a faster encoder is never hidden
                          inside the SID-MLP ratios)
-  sidmlp++[B]            SID-MLP++ generate (MLP encoder) on the best backend
+  sidmlp++[B]            SID-MLP++ generate (MLP encoder) on the best backend (the automatic
+                         choice; SIDMLP_BACKEND overrides it)
 
 Timing: providers alternate inside every round (rotated order), medians and IQR over repeats
 after warm-up; slow providers get fewer repeats (--budget-s) and non-headline cells skip
@@ -27,6 +29,7 @@ providers whose call is estimated over --max-call-s (noted in the JSON). Decode 
 everything after the encoder: measured inside the SID-MLP calls, and total minus the HF
 encoder's median for the attention baselines (their encoder runs inside generate).
 Outputs: bench/results/TAG.json, TAG.csv, TAG_headline.md and PNG plots (bench/plots.py).
+This script is the end-to-end benchmark's only entry point (the package has no `bench` command).
 """
 
 from __future__ import annotations
@@ -40,12 +43,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-import common  # noqa: E402  (puts the repository root on sys.path)
-from common import (  # noqa: E402
+import common
+from common import (
     LargestTensors,
     fmt_ms,
     fmt_x,
@@ -581,8 +582,9 @@ PROVIDERS = ("hf_generate", "attention_constrained", "hf_encoder", "fast_encoder
              "sidmlp+fast_encoder", "sidmlp++")
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `sidmlp bench` / bench/e2e.py options to a (sub)parser and return it."""
+def build_parser() -> argparse.ArgumentParser:
+    """The options of bench/e2e.py."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("sweep")
     g.add_argument("--catalogs", nargs="+", default=list(DEFAULT_CATALOGS), metavar="SPEC",
                    help="ml-100k, ml-1m (optionally NAME=PREPARED_DIR) or syn-<n> (random unique codes), "
@@ -628,24 +630,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     o.add_argument("--no-plots", action="store_true")
     o.add_argument("--no-memory-check", action="store_true", help="skip the per-beam-copy check of the student")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--bench-script", default=None, help=argparse.SUPPRESS)
     return parser
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """Run the benchmark with parsed options, print the summary, write the results."""
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the benchmark, print the summary, write the results."""
+    args = build_parser().parse_args(argv)
     report = run(args)
     print_summary(report)
     out_dir = Path(args.out) if args.out else common.RESULTS
     print(f"\nwrote {out_dir / (args.tag + '.json')}, .csv, _headline.md"
           + ("" if args.no_plots else ", plots") + f" in {report['wall_s']:.0f} s")
     return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_arguments(parser)
-    return run_cli(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

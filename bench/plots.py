@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,6 +37,34 @@ def _style(name: str) -> dict[str, Any]:
     return dict(color=color, marker="o", ls="-")
 
 
+def _lines(ax, names, points) -> None:
+    """One line per provider name: points(name) -> [(x, y), ...] (no line when empty)."""
+    for name in names:
+        pts = points(name)
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=name, **_style(name))
+
+
+def _log_axes(ax, xlabel: str, ylabel: str, title: str, xbase: int = 10) -> None:
+    ax.set_xscale("log", base=xbase)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _save(plt, fig, legend_ax, title: str, path: Path) -> Path:
+    """Legend right of legend_ax, suptitle, tight layout, write the PNG and close the figure."""
+    legend_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def make_plots(report: dict[str, Any], out_dir: str | Path, tag: str = "e2e") -> dict[str, Path]:
     """Write the plots of `report` into out_dir; returns {'latency_png': ..., 'speedup_png': ...} (those drawn)."""
     import matplotlib
@@ -59,31 +88,17 @@ def make_plots(report: dict[str, Any], out_dir: str | Path, tag: str = "e2e") ->
         for ax, beam in zip(axes[0], beams):
             sub = sorted((c for c in hc if c["beam"] == beam), key=lambda c: c["batch"])
             names = sorted({n for c in sub for n in c["providers"]})
-            for name in names:
-                pts = [(c["batch"], c["providers"][name]["median_ms"]) for c in sub
-                       if name in c["providers"] and c["providers"][name].get("median_ms")]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, label=name, **_style(name))
+            _lines(ax, names, lambda name: [(c["batch"], c["providers"][name]["median_ms"]) for c in sub
+                                            if c["providers"].get(name, {}).get("median_ms")])
             # The machine is shared: show each cell's 1-minute load so inflated points are visible.
             for c in sub:
                 load = (c.get("loadavg") or [None])[0]
                 if load is not None:
                     ax.annotate(f"load {load:.1f}", (c["batch"], 1.0), xycoords=("data", "axes fraction"),
                                 fontsize=7, ha="center", va="top", alpha=0.6)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("batch (users)")
-            ax.set_ylabel("ms per batch (median)")
-            ax.set_title(f"{head.get('catalog')}, beam {beam}")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle(f"End-to-end latency vs batch\n{subtitle}", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / f"{tag}_latency_vs_batch.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written["latency_png"] = path
+            _log_axes(ax, "batch (users)", "ms per batch (median)", f"{head.get('catalog')}, beam {beam}", xbase=2)
+        written["latency_png"] = _save(plt, fig, axes[0][-1], f"End-to-end latency vs batch\n{subtitle}",
+                                       out_dir / f"{tag}_latency_vs_batch.png")
 
     # Speed-up over the constrained attention decode vs catalog size at one (batch, beam).
     by_cell: dict[tuple[int, int], list[dict]] = {}
@@ -97,41 +112,25 @@ def make_plots(report: dict[str, Any], out_dir: str | Path, tag: str = "e2e") ->
         for ax, field, title in ((axes[0][0], "speedup_vs_attention", "end to end"),
                                  (axes[0][1], "decode_speedup_vs_attention", "decode phase")):
             names = sorted({n for c in sub for n, p in c["providers"].items() if field in p})
-            for name in names:
-                pts = [(c["num_items"], c["providers"][name][field]) for c in sub
-                       if field in c["providers"].get(name, {})]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, label=name, **_style(name))
+            _lines(ax, names, lambda name: [(c["num_items"], c["providers"][name][field]) for c in sub
+                                            if field in c["providers"].get(name, {})])
             for c in sub:
                 ax.annotate(c["catalog"], (c["num_items"], 1), fontsize=7, rotation=90, va="bottom", alpha=0.6)
             ax.axhline(1.0, color="black", lw=0.8)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("catalog items")
-            ax.set_ylabel("speed-up over attention_constrained")
-            ax.set_title(f"{title}, batch {key[0]}, beam {key[1]}")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle(f"Speed-up vs catalog size\n{subtitle}", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / f"{tag}_speedup_vs_catalog.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written["speedup_png"] = path
+            _log_axes(ax, "catalog items", "speed-up over attention_constrained", f"{title}, batch {key[0]}, beam {key[1]}")
+        written["speedup_png"] = _save(plt, fig, axes[0][1], f"Speed-up vs catalog size\n{subtitle}",
+                                       out_dir / f"{tag}_speedup_vs_catalog.png")
     return written
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__)
-        return 2
-    path = Path(argv[0])
-    report = json.loads(path.read_text())
-    tag = path.stem
-    for name, p in make_plots(report, path.parent, tag).items():
-        print(f"wrote {p}")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("report", type=Path, help="an e2e JSON report (bench/e2e.py); PNGs are written next to it")
+    p.add_argument("--tag", default=None, help="file stem of the PNGs (default: the JSON's stem)")
+    args = p.parse_args(argv)
+    report = json.loads(args.report.read_text())
+    for name, path in make_plots(report, args.report.parent, args.tag or args.report.stem).items():
+        print(f"wrote {path}")
     return 0
 
 

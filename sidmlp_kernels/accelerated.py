@@ -35,7 +35,7 @@ from .io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
 from .teacher.adapters import as_adapter
 from .training import TrainResult, barrier, dist_info
 
-__all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "FORMAT_VERSION"]
+__all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "new_mlp_encoder", "new_student", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +325,40 @@ def _mlp_states(encoder: MLPEncoder, feats: FeatureStore, batch_size: int = 512)
     return out
 
 
+def new_student(adapter, config: Optional[AccelerateConfig] = None, seed: Optional[int] = None) -> SIDMLP:
+    """A freshly initialised SIDMLP for a teacher adapter: sizes from config.student, the frozen code
+    embeddings from the teacher, initial weights from `seed` (default config.distill.seed) in a forked RNG."""
+    cfg = config or AccelerateConfig()
+    layout = adapter.layout
+    code_embs = [adapter.code_embeddings(j).detach().float().cpu() for j in range(layout.num_levels - 1)]
+    scfg = SIDMLPConfig(
+        encoder_dim=adapter.hidden_size,
+        codebook_sizes=tuple(layout.codebook_sizes),
+        embed_dims=tuple(int(e.shape[1]) for e in code_embs),
+        **asdict(cfg.student),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.distill.seed if seed is None else seed)
+        return SIDMLP(scfg, code_embs)
+
+
+def new_mlp_encoder(adapter, config: Optional[AccelerateConfig] = None, max_input_len: int = 0,
+                    seed: Optional[int] = None) -> MLPEncoder:
+    """A freshly initialised SID-MLP++ MLP encoder for a teacher adapter (sizes from config.encoder).
+
+    Unset sizes resolve to: width 2 x the teacher's (cheaper per token than its attention encoder,
+    which is the point of SID-MLP++), positions max(512, max_input_len).
+    """
+    cfg = config or AccelerateConfig()
+    sizes = cfg.encoder
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.distill.seed if seed is None else seed)
+        return MLPEncoder.for_layout(
+            adapter.layout, adapter.hidden_size, adapter, ffn_dim=sizes.ffn_dim or 2 * adapter.hidden_size,
+            num_layers=sizes.layers, dropout=sizes.dropout, max_len=sizes.max_len or max(512, max_input_len),
+        )
+
+
 def accelerate(
     teacher,
     catalog: SIDCatalog,
@@ -365,18 +399,11 @@ def accelerate(
                                                 show_progress=show_progress)
             valid = ValidSet(states, mask, valid_data.target_items)
         fingerprint = teacher_fingerprint(adapter)
-        code_embs = [adapter.code_embeddings(j).detach().float().cpu() for j in range(layout.num_levels - 1)]
+        student = new_student(adapter, cfg)
     encoder = None
     info: dict[str, Any] = {"teacher_fingerprint": fingerprint, "num_train_examples": len(feats)}
     if cfg.replace_encoder:
-        sizes = cfg.encoder
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(dcfg.seed)
-            encoder = MLPEncoder.for_layout(
-                layout, adapter.hidden_size, adapter, ffn_dim=sizes.ffn_dim or 2 * adapter.hidden_size,
-                num_layers=sizes.layers, dropout=sizes.dropout,
-                max_len=sizes.max_len or max(512, feats.states.shape[1]),
-            )
+        encoder = new_mlp_encoder(adapter, cfg, max_input_len=feats.states.shape[1])
         ecfg = cfg.encoder_training if cfg.encoder_training.seed == dcfg.seed else \
             type(cfg.encoder_training)(**{**asdict(cfg.encoder_training), "seed": dcfg.seed})
         res = train_mlp_encoder(encoder, feats, ecfg, checkpoint=work / "mlp_encoder.ckpt" if work else None,
@@ -387,15 +414,7 @@ def accelerate(
             states, mask, _ = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)",
                                                 show_progress=show_progress)
             valid = ValidSet(states, mask, valid_data.target_items)
-    scfg = SIDMLPConfig(
-        encoder_dim=adapter.hidden_size,
-        codebook_sizes=tuple(layout.codebook_sizes),
-        embed_dims=tuple(int(e.shape[1]) for e in code_embs),
-        **asdict(cfg.student),
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(dcfg.seed)
-        student = SIDMLP(scfg, code_embs)
+    scfg = student.config
     if init_student is not None:
         if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
             got = init_student.config.to_dict() if isinstance(init_student, SIDMLP) else type(init_student).__name__

@@ -6,23 +6,18 @@ and 'triton' (fused step in Triton's CPU interpreter; the interpreted part is ke
 
 import logging
 import math
-import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-if not torch.cuda.is_available():
-    # The Triton interpreter must be chosen before triton is first imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from sidmlp_kernels import SIDCatalog  # noqa: E402
-from sidmlp_kernels.decode import backends, constrained  # noqa: E402
-from sidmlp_kernels.decode.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend  # noqa: E402
-from sidmlp_kernels.decode.reference import exhaustive_search  # noqa: E402
-from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits  # noqa: E402
+# conftest.py sets TRITON_INTERPRET=1 (no CUDA here) before triton is imported.
+from sidmlp_kernels import SIDCatalog
+from sidmlp_kernels.decode import backends, constrained, dispatch
+from sidmlp_kernels.decode.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend
+from sidmlp_kernels.decode.reference import exhaustive_search
+from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits
 
 # The suite runs where the package was installed by scripts/install.sh: the C++ extension and
 # triton must be there, and a missing one is a failure, not a skip.
@@ -254,7 +249,7 @@ def test_full_beam_equals_exhaustive(backend, seed, sizes, n):
 @pytest.fixture
 def clean_env(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    monkeypatch.setattr(backends, "_FALLBACK_LOGGED", False)
+    monkeypatch.setattr(dispatch, "_FALLBACK_LOGGED", False)
     return monkeypatch
 
 
@@ -303,7 +298,7 @@ def test_argument_overrides_env(clean_env):
 
 
 def test_forcing_cpu_without_extension_is_a_clear_error(clean_env):
-    clean_env.setattr(constrained, "has_extension", lambda: False)
+    clean_env.setattr(dispatch, "has_extension", lambda: False)
     clean_env.setenv(BACKEND_ENV, "cpu")
     with pytest.raises(RuntimeError, match=r"SIDMLP_BACKEND='cpu'.*not built.*pip install"):
         select_backend(torch.device("cpu"))
@@ -312,7 +307,7 @@ def test_forcing_cpu_without_extension_is_a_clear_error(clean_env):
 
 
 def test_fallback_logs_one_line_per_process(clean_env, caplog):
-    clean_env.setattr(constrained, "has_extension", lambda: False)
+    clean_env.setattr(dispatch, "has_extension", lambda: False)
     cat = random_catalog(4, 20, [4, 3])
     folded = make_heads(4, [4, 3], 8)
     ctx = make_ctx(4, folded, 2)
@@ -328,7 +323,7 @@ def test_fallback_logs_one_line_per_process(clean_env, caplog):
 
 
 def test_cuda_device_without_cuda_ops_falls_back(clean_env, caplog):
-    clean_env.setattr(constrained, "has_cuda_extension", lambda: False)
+    clean_env.setattr(dispatch, "has_cuda_extension", lambda: False)
     with caplog.at_level(logging.WARNING, logger="sidmlp_kernels"):
         assert select_backend(torch.device("cuda")) == "reference"
     assert len(caplog.records) == 1 and "CUDA" in caplog.records[0].getMessage()

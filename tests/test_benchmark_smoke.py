@@ -1,6 +1,8 @@
 """Smoke test of the end-to-end benchmark harness (bench/e2e.py, a standalone script).
 
-Checks that `python bench/e2e.py` runs end to end on a tiny config and writes well-formed results.
+Checks that `python bench/e2e.py` runs end to end on a tiny config and writes well-formed results,
+and that bench/ stands alone: every script answers --help from any directory (it imports the
+installed package), none edits sys.path, and the package never imports bench/.
 No timing assertions: timing lives in bench/, this only checks the harness.
 """
 
@@ -16,9 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-E2E = ROOT / "bench" / "e2e.py"
-
-
+BENCH = ROOT / "bench"
+E2E = BENCH / "e2e.py"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in ("common.py", "conftest.py"))
 
 TINY = [
     "--catalogs", "syn-200", "syn-400", "--syn-k", "16", "--syn-levels", "3", "--preset", "tiny",
@@ -109,3 +111,21 @@ def test_bad_arguments_fail_clearly(tmp_path):
     proc = subprocess.run([sys.executable, str(E2E), *TINY, "--top-n", "9", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--top-n" in proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script, tmp_path):
+    # From a foreign directory: the script finds the package installed and bench/common.py next to it.
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage:"), proc.stdout[:500]
+
+
+def test_bench_stands_alone():
+    edits = [str(p.relative_to(ROOT)) for p in BENCH.rglob("*.py") if "sys.path.insert" in p.read_text()]
+    assert not edits, f"bench scripts must not edit sys.path: {edits}"
+    imports = ("import common", "from common import", "import bench", "from bench")
+    users = [str(p.relative_to(ROOT)) for p in (ROOT / "sidmlp_kernels").rglob("*.py")
+             if any(line.strip().startswith(imports) for line in p.read_text().splitlines())]
+    assert not users, f"the package must not import bench/: {users}"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels import _C  # noqa: F401  (fails loudly when the extension is not built)
+from sidmlp_kernels.decode.dispatch import BACKEND_ENV
 from sidmlp_kernels.decode.constrained import (
-    BACKEND_ENV,
     ConstrainedIndex,
     PrefixState,
     constrained_beam_search,

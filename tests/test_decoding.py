@@ -5,10 +5,10 @@ from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels.decode.reference import (
     beam_search_reference,
     beam_step_reference,
-    check_beam_args,
     exhaustive_search,
     masked_log_softmax,
 )
+from sidmlp_kernels.decode.types import check_beam_args
 
 
 def random_catalog(seed, n, sizes):

@@ -1,19 +1,13 @@
 """Fused Triton beam step vs the plain-PyTorch reference (DESIGN.md sections 4-5).
 
 Runs on CPU through TRITON_INTERPRET=1, which must be set before triton is
-imported anywhere in the process, hence the environment default first.
+imported anywhere in the process: conftest.py sets it when there is no CUDA.
 """
 
-import os
+import random
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import random  # noqa: E402
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 

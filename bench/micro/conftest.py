@@ -4,24 +4,21 @@
     python -m pytest bench/micro --benchmark-only -k head --benchmark-group-by=group
     SIDMLP_BENCH_THREADS=1 SIDMLP_BENCH_ITEMS=1000000 python -m pytest bench/micro --benchmark-only
 
-Not part of the test suite (testpaths = tests). Shapes: batch 32, beam 50, K 256, L 4 and the
-paper head sizes (context 128, hidden 512, code embeddings 128) unless overridden by env:
-SIDMLP_BENCH_BATCH, SIDMLP_BENCH_BEAM, SIDMLP_BENCH_ITEMS (catalog size), SIDMLP_BENCH_THREADS.
+Not part of the test suite (testpaths = tests); needs the installed package (`pip install -e .`).
+Shapes: batch 32, beam 50, K 256, L 4 and the paper head sizes (context 128, hidden 512, code
+embeddings 128) unless overridden by env: SIDMLP_BENCH_BATCH, SIDMLP_BENCH_BEAM,
+SIDMLP_BENCH_ITEMS (catalog size), SIDMLP_BENCH_THREADS.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import common  # noqa: E402  (puts the repository root on sys.path)
+import common  # bench/common.py: bench/conftest.py, loaded first, put bench/ on sys.path
 
 BATCH = int(os.environ.get("SIDMLP_BENCH_BATCH", 32))
 BEAM = int(os.environ.get("SIDMLP_BENCH_BEAM", 50))
@@ -85,8 +82,9 @@ def ctx():
 @pytest.fixture(scope="session")
 def levels(catalog, index, folded, ctx) -> list[Level]:
     """Each digit's inputs, recorded from one reference search over the folded heads' logits."""
-    from sidmlp_kernels.decode.reference import beam_step_reference
     from sidmlp_kernels.decode.folded import folded_logits, project_context
+    from sidmlp_kernels.decode.reference import beam_step_reference
+    from sidmlp_kernels.decode.search import extend_prefixes
 
     proj = project_context(folded, ctx)
     out = []
@@ -100,8 +98,7 @@ def levels(catalog, index, folded, ctx) -> list[Level]:
             valid = catalog.valid_children(prefixes.reshape(BATCH * width, level)).reshape(BATCH, width, K)
             valid &= torch.isfinite(scores).unsqueeze(-1)
             scores, parents, tokens = beam_step_reference(logits, scores, valid, BEAM)
-            prefixes = torch.cat(
-                [torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)), tokens.unsqueeze(-1)], 2)
+            prefixes = extend_prefixes(prefixes, parents, tokens)
     out.append(Level(L, prefixes, scores, torch.empty(0), index.prefix_state(prefixes).nodes))
     return out
 

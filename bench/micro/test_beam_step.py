@@ -1,6 +1,7 @@
 """Constrained beam step: C++ ext (ConstrainedIndex.beam_step) vs the PyTorch reference vs a top-k floor.
 
-reference = catalog.valid_children + decoding.beam_step_reference (how beam_search_reference runs it);
+reference = catalog.valid_children + sidmlp_kernels.decode.reference.beam_step_reference
+            (how beam_search_reference runs it: the `reference` backend);
 floor     = torch.topk over the (B, W*K) candidate scores with no constraint at all.
 """
 

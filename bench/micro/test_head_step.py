@@ -1,8 +1,8 @@
 """One digit's head: folded (cpu backend and reference) vs unfolded vs the bare-GEMM floor.
 
-folded_cpu   backends._head_logits_cpu on the live beams (dense GEMM, or valid-children dot
+folded_cpu   decode.backends._head_logits_cpu on the live beams (dense GEMM, or valid-children dot
              products where the level's fan-out is small): what the cpu backend runs
-folded_ref   folded.folded_logits: gather-add, LayerNorm, GELU, hidden -> K over all beams
+folded_ref   decode.folded.folded_logits: gather-add, LayerNorm, GELU, hidden -> K over all beams
 unfolded     SIDMLP.head_logits: concat [ctx, e(d_1)...] then the whole first Linear per beam
 floor_gemm   torch.mm of (B*W, H) rows with the (H, K) output weight: the GEMM no head can skip
 """

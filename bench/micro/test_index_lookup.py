@@ -2,7 +2,7 @@
 
 lookup     full codes of the final beams (B*W, L) -> item ids
 valid_mask each beam's catalog-valid next digits (B, W, K) at the deepest level
-finalize   final beams -> top-n distinct items (index.finalize vs decoding.finalize_beams)
+finalize   final beams -> top-n distinct items (index.finalize vs sidmlp_kernels.decode.reference.finalize_beams)
 """
 
 import pytest

@@ -8,15 +8,13 @@
                advance_states op; finalize op. Runs on CUDA, or on CPU tensors under
                TRITON_INTERPRET=1 (tests).
 
-`select_backend` picks one per device: CUDA + triton + CUDA extension -> triton; CPU +
-extension -> cpu; otherwise reference, logged once per process. SIDMLP_BACKEND forces one.
+Each backend is the one beam-search driver (search.beam_search) with its strategy: the
+reference's ReferenceSteps, `_FoldedIndexSteps` (cpu), `_FusedSteps` (triton).
+dispatch.select_backend picks one per device; SIDMLP_BACKEND forces one.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -24,95 +22,19 @@ import torch.nn.functional as F
 
 from . import constrained as _constrained
 from ..data.catalog import SIDCatalog
+from .dispatch import BACKEND_ENV, BACKENDS, select_backend
 from .reference import beam_search_reference
+from .search import beam_search
 from .types import GenerationOutput, check_beam_args
 from .folded import FoldedHeads, folded_logits
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "select_backend", "decode_folded"]
-
-BACKENDS = ("reference", "cpu", "triton")
-BACKEND_ENV = "SIDMLP_BACKEND"
-logger = logging.getLogger("sidmlp_kernels")
 
 # The cpu backend computes only the valid children's logits (one dot product each, the
 # child_logits op) when a level's mean fan-out is below K / SPARSE_FANOUT_DIVISOR, else
 # one dense GEMM over the live beams. Measured at H=512, K=256, 1 thread: ~0.1 us per
 # child vs ~5 us per GEMM row, a crossover near K/5 children per beam; 8 keeps a margin.
 SPARSE_FANOUT_DIVISOR = 8
-
-_FALLBACK_LOGGED = False
-
-
-# ---- backend selection ----------------------------------------------------------
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _unavailable(name: str, device: torch.device) -> Optional[str]:
-    """Why backend `name` cannot run on `device` (None when it can)."""
-    if name == "reference":
-        return None
-    if not _constrained.has_extension():
-        return "the C++ extension sidmlp_kernels._C is not built (build it with `pip install --no-build-isolation -e .`)"
-    if device.type == "cuda" and not _constrained.has_cuda_extension():
-        return "sidmlp_kernels._C was built without CUDA ops (rebuild it on a machine with the CUDA toolkit)"
-    if device.type not in ("cpu", "cuda"):
-        return f"device type {device.type!r} is not supported (cpu or cuda)"
-    if name == "triton":
-        if not _has_triton():
-            return "triton is not installed"
-        if device.type == "cpu":
-            from . import kernels  # noqa: F401  (sets TRITON_INTERPRET=1 where no CUDA exists)
-
-            if not _interpreting():
-                return "CPU tensors need TRITON_INTERPRET=1 set before triton is imported"
-    return None
-
-
-def select_backend(device: torch.device, requested: Optional[str] = None) -> str:
-    """The decoding backend for tensors on `device`: 'reference', 'cpu' or 'triton'.
-
-    Precedence: `requested`, then the SIDMLP_BACKEND environment variable, then the
-    automatic choice. A named backend that cannot run raises RuntimeError saying why; an
-    automatic fall back to 'reference' logs one warning per process.
-    """
-    global _FALLBACK_LOGGED
-    device = torch.device(device)
-    source, choice = "backend", requested
-    if choice is None:
-        source, choice = BACKEND_ENV, os.environ.get(BACKEND_ENV, "").strip() or None
-    if choice is not None:
-        if not isinstance(choice, str) or choice.strip().lower() not in BACKENDS:
-            raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {choice!r}")
-        choice = choice.strip().lower()
-        why = _unavailable(choice, device)
-        if why is not None:
-            raise RuntimeError(f"{source}={choice!r} cannot run on {device}: {why}")
-        return choice
-
-    if device.type == "cuda":
-        why = _unavailable("triton", device)
-        if why is None:
-            return "triton"
-    else:
-        why = _unavailable("cpu", device)
-        if why is None:
-            return "cpu"
-    if not _FALLBACK_LOGGED:
-        _FALLBACK_LOGGED = True
-        logger.warning(
-            "sidmlp_kernels: decoding on the slow PyTorch reference backend because %s; "
-            "set %s=reference to choose it explicitly",
-            why,
-            BACKEND_ENV,
-        )
-    return "reference"
 
 
 # ---- input checks ---------------------------------------------------------------
@@ -249,53 +171,47 @@ def _head_logits_cpu(folded, level, ctx_l, prefixes, states, index) -> torch.Ten
     return logits.view(batch, width, k)
 
 
-def _start(catalog: SIDCatalog, batch: int, device: torch.device) -> tuple:
-    """The device's constrained index and the root beam: states (B, 1), scores (B, 1), prefixes (B, 1, 0)."""
-    index = _constrained.index_for(catalog, device)
-    states = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
-    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)
-    return index, states, scores, prefixes
+class _FoldedIndexSteps(_constrained.IndexSteps):
+    """cpu backend: the index ops over the folded head's logits, computed for live beams only."""
+
+    def __init__(self, folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], index):
+        super().__init__(index, self.head_logits)
+        self.folded = folded
+        self.ctx_proj = ctx_proj
+
+    def head_logits(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        """StepFn of the head at `level`; it reads the beams' trie states (which are live, which children)."""
+        return _head_logits_cpu(self.folded, level, self.ctx_proj[level], prefixes, self.state.nodes, self.index)
 
 
 def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
-    index, states, scores, prefixes = _start(catalog, batch, ctx_proj[0].device)
-    num_levels = catalog.num_levels
-    for level in range(num_levels):
-        logits = _head_logits_cpu(folded, level, ctx_proj[level], prefixes, states, index)
-        if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            logits = logits.float()
-        scores, parents, tokens, new_state = index.beam_step(
-            logits, scores, _constrained.PrefixState(states, level), beam_size
-        )
-        states = new_state.nodes
-        if level + 1 < num_levels:
-            prefixes = _extend(prefixes, parents, tokens)
-    return index.finalize(_constrained.PrefixState(states, num_levels), scores, top_n)
-
-
-def _extend(prefixes: torch.Tensor, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Kept beams' prefixes (B, beam, l + 1): parent prefix plus the chosen digit."""
-    level = prefixes.shape[2]
-    parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
-    return torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
+    index = _constrained.index_for(catalog, ctx_proj[0].device)
+    return beam_search(_FoldedIndexSteps(folded, ctx_proj, index), batch, beam_size, top_n)
 
 
 # ---- triton: valid_mask op -> fused step -> advance_states op ----------------------
 
 
-def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
-    from .kernels.fused_step import fused_step
+class _FusedSteps(_constrained.IndexSteps):
+    """triton backend: per digit the valid_mask op, one fused Triton step, the advance_states op."""
 
-    index, states, scores, prefixes = _start(catalog, batch, ctx_proj[0].device)
-    num_levels = catalog.num_levels
-    for level in range(num_levels):
-        valid = index.valid_mask(states, level)
+    def __init__(self, folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], index):
+        super().__init__(index, step_fn=None)  # the kernel computes the logits itself
+        self.folded = folded
+        self.ctx_proj = ctx_proj
+
+    def step(self, level, prefixes, parents, scores, beam_size):
+        """Scores, parents and tokens (B, beam_size) of digit `level` from one kernel launch."""
+        # Imported here: triton reads TRITON_INTERPRET when the kernel is defined.
+        from .kernels.fused_step import fused_step
+
+        folded = self.folded
+        valid = self.index.valid_mask(self.state)
         # fused_step validates its inputs fully at level 0 (no device sync: no codes yet);
         # deeper levels reuse _check_inputs' shape/device checks and feed back the kernel's
         # own in-range outputs, so they skip the per-step range check and its sync.
-        new_scores, parents, tokens = fused_step(
-            ctx_proj[level].contiguous(),
+        scores, parents, tokens = fused_step(
+            self.ctx_proj[level].contiguous(),
             [t.contiguous() for t in folded.prefix_tables[level]],
             prefixes,
             folded.ln_weight[level].contiguous(),
@@ -308,11 +224,13 @@ def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> Genera
             beam_size,
             check_inputs=level == 0,
         )
-        states = index.advance_states(states, parents, tokens, new_scores, level).nodes
-        scores = new_scores
-        if level + 1 < num_levels:
-            prefixes = _extend(prefixes, parents, tokens)
-    return index.finalize(_constrained.PrefixState(states, num_levels), scores, top_n)
+        self.state = self.index.advance_states(self.state, parents, tokens, scores)
+        return scores, parents, tokens
+
+
+def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+    index = _constrained.index_for(catalog, ctx_proj[0].device)
+    return beam_search(_FusedSteps(folded, ctx_proj, index), batch, beam_size, top_n)
 
 
 # ---- entry point ------------------------------------------------------------------

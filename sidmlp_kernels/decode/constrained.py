@@ -9,12 +9,13 @@ so a beam step visits only each beam's valid children. Semantics are those of
     index = ConstrainedIndex.from_catalog(catalog)
     state = index.root_state(batch)
     scores, parents, tokens, state = index.beam_step(logits, scores, state, beam_size)
+
+`IndexSteps` is the strategy that runs the one beam-search driver (search.py) on these ops;
+`constrained_beam_search` runs it over any logits StepFn.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -22,44 +23,18 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..data.catalog import SIDCatalog
+from .dispatch import has_cuda_extension, has_extension, select_backend
+from .dispatch import require_extension as _require_extension
 from .reference import beam_search_reference
-from .types import GenerationOutput, StepFn, check_beam_args
-
-logger = logging.getLogger(__name__)
-
-try:
-    from .. import _C  # registers torch.ops.sidmlp.*
-
-    _IMPORT_ERROR: Optional[BaseException] = None
-except ImportError as err:  # extension not built
-    _C = None
-    _IMPORT_ERROR = err
+from .search import BeamStep, beam_search, step_logits
+from .types import GenerationOutput, StepFn
 
 # Dense child tables are built for levels < DEFAULT_DENSE_DEPTH whose
 # (nodes x K) table has at most DEFAULT_DENSE_LIMIT entries (int32).
 DEFAULT_DENSE_DEPTH = 2
 DEFAULT_DENSE_LIMIT = 1 << 22
-BACKEND_ENV = "SIDMLP_CONSTRAINED_BACKEND"  # "ext" or "reference"
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def has_extension() -> bool:
-    """True when the compiled extension sidmlp_kernels._C imported."""
-    return _C is not None
-
-
-def has_cuda_extension() -> bool:
-    """True when the extension was compiled with its CUDA ops."""
-    return _C is not None and bool(_C.compiled_with_cuda())
-
-
-def _require_extension() -> None:
-    if _C is None:
-        raise RuntimeError(
-            "sidmlp_kernels._C is not built; build it with "
-            f"`pip install --no-build-isolation -e .` (import error: {_IMPORT_ERROR})"
-        )
 
 
 def _check_tensor(value, name: str) -> torch.Tensor:
@@ -365,7 +340,7 @@ class ConstrainedIndex:
 
 # ---- fake (meta) kernels so the ops trace under torch.compile ---------------
 
-if _C is not None:
+if has_extension():
 
     @torch.library.register_fake("sidmlp::beam_step")
     def _beam_step_fake(logits, beam_scores, states, index, meta, level, beam_size):
@@ -409,7 +384,6 @@ if _C is not None:
 
 # id(catalog) -> {device: index}; the entry dies with the catalog (weakref.finalize).
 _INDEX_CACHE: dict[int, dict[torch.device, ConstrainedIndex]] = {}
-_FALLBACK_LOGGED = False
 
 
 def index_for(catalog: SIDCatalog, device: Union[str, torch.device, None] = None) -> ConstrainedIndex:
@@ -434,13 +408,34 @@ def index_for(catalog: SIDCatalog, device: Union[str, torch.device, None] = None
     return index
 
 
-def _use_extension() -> bool:
-    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if forced not in ("", "ext", "reference"):
-        raise ValueError(f"{BACKEND_ENV} must be 'ext' or 'reference', got {forced!r}")
-    if forced == "ext":
-        _require_extension()
-    return forced != "reference" and has_extension()
+class IndexSteps:
+    """The index strategy (search.BeamSteps): beams as trie node states, index.beam_step, index.finalize."""
+
+    def __init__(self, index: ConstrainedIndex, step_fn: StepFn):
+        self.index = index
+        self.step_fn = step_fn
+        self.device = index.device
+        self.num_levels = index.num_levels
+        self.state: Optional[PrefixState] = None  # the beams' trie nodes at the current level
+
+    def start(self, batch_size: int) -> None:
+        """One live root beam per user."""
+        self.state = self.index.root_state(batch_size)
+
+    def step(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor], scores: torch.Tensor,
+             beam_size: int) -> BeamStep:
+        """Scores, parents and tokens (B, beam_size) of digit `level` from one beam_step op."""
+        logits = step_logits(self.step_fn, level, prefixes, parents, self.index.codebook_sizes[level])
+        if logits.device != self.device:
+            logits = logits.to(self.device)
+        if logits.dtype not in _LOGIT_DTYPES:
+            logits = logits.float()
+        scores, parents, tokens, self.state = self.index.beam_step(logits, scores, self.state, beam_size)
+        return scores, parents, tokens
+
+    def finalize(self, prefixes: torch.Tensor, scores: torch.Tensor, top_n: int) -> GenerationOutput:
+        """The top_n distinct catalog items of the final beams' states (the prefixes are not needed)."""
+        return self.index.finalize(self.state, scores, top_n)
 
 
 def constrained_beam_search(
@@ -449,46 +444,23 @@ def constrained_beam_search(
     batch_size: int,
     beam_size: int = 50,
     top_n: int = 10,
+    *,
+    device: Union[str, torch.device, None] = None,
 ) -> GenerationOutput:
     """Catalog-constrained beam search on the extension ops; same contract as beam_search_reference.
 
     step_logits_fn(level, prefixes (B, W, level), parents (B, W) or None) -> logits (B, W, K_level).
-    `index` may be a SIDCatalog: its index is built and cached; without the extension (or with
-    SIDMLP_CONSTRAINED_BACKEND=reference) that falls back to the PyTorch reference, logged once.
+    `index` may be a SIDCatalog: its index is built and cached on `device` (default CPU), unless
+    SIDMLP_BACKEND=reference or the extension cannot run there (then the PyTorch reference, logged
+    once; see dispatch.select_backend). An index runs on its own device.
     """
-    global _FALLBACK_LOGGED
-    check_beam_args(beam_size, top_n)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(index, SIDCatalog):
-        if not _use_extension():
-            if not _FALLBACK_LOGGED:
-                why = "forced by " + BACKEND_ENV if has_extension() else "extension not built"
-                logger.warning("sidmlp: constrained beam search on the PyTorch reference (%s)", why)
-                _FALLBACK_LOGGED = True
+        device = torch.device("cpu" if device is None else device)
+        if select_backend(device, step_fn=True) == "reference":
             return beam_search_reference(step_logits_fn, index, batch_size, beam_size, top_n)
-        index = index_for(index)
+        index = index_for(index, device)
     elif not isinstance(index, ConstrainedIndex):
         raise TypeError(f"index must be a ConstrainedIndex or SIDCatalog, got {type(index).__name__}")
-
-    device = index.device
-    prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
-    scores = torch.zeros(batch_size, 1, device=device)
-    state = index.root_state(batch_size)
-    parents: Optional[torch.Tensor] = None
-    for level in range(index.num_levels):
-        logits = step_logits_fn(level, prefixes, parents)
-        expected = (batch_size, prefixes.shape[1], index.codebook_sizes[level])
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"step_fn must return logits of shape {expected}, got {got}")
-        if logits.device != device:
-            logits = logits.to(device)
-        if logits.dtype not in _LOGIT_DTYPES:
-            logits = logits.float()
-        scores, parents, tokens, state = index.beam_step(logits, scores, state, beam_size)
-        parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
-        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
-    return index.finalize(state, scores, top_n)
+    elif device is not None:
+        raise ValueError("device is for a SIDCatalog; an index runs on its own device (use index.to(device))")
+    return beam_search(IndexSteps(index, step_logits_fn), batch_size, beam_size, top_n)

@@ -1,7 +1,8 @@
 """Reference catalog-constrained beam search (DESIGN.md section 4), plain PyTorch.
 
 This module defines correct results. Fast paths are tested against it; it is
-never edited to match them.
+never edited to match them. `beam_search_reference` is the package's one
+beam-search loop (search.beam_search) with the `ReferenceSteps` strategy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Callable, Optional
 import torch
 
 from ..data.catalog import SIDCatalog
-from .types import GenerationOutput, StepFn, check_beam_args
+from .search import BeamStep, beam_search, step_logits
+from .types import GenerationOutput, StepFn
+
 
 def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the valid entries of the last dim; invalid entries are -inf."""
@@ -49,6 +52,37 @@ def beam_step_reference(
     return scores, order // k, order % k
 
 
+class ReferenceSteps:
+    """The reference strategy: catalog.valid_children masks, beam_step_reference, finalize_beams (CPU)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, step_fn: StepFn, catalog: SIDCatalog):
+        self.step_fn = step_fn
+        self.catalog = catalog
+        self.num_levels = catalog.num_levels
+
+    def start(self, batch_size: int) -> None:
+        """Nothing to reset: the prefixes say everything."""
+
+    def allowed(self, level: int, prefixes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(B, W, K_level) bool: the catalog-valid children of each live beam's prefix."""
+        batch, width = scores.shape
+        k = self.catalog.codebook_sizes[level]
+        valid = self.catalog.valid_children(prefixes.reshape(batch * width, level)).reshape(batch, width, k)
+        return valid & torch.isfinite(scores).unsqueeze(-1)
+
+    def step(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor], scores: torch.Tensor,
+             beam_size: int) -> BeamStep:
+        """Scores, parents and tokens (B, beam_size) of digit `level` (see beam_step_reference)."""
+        logits = step_logits(self.step_fn, level, prefixes, parents, self.catalog.codebook_sizes[level])
+        return beam_step_reference(logits.cpu(), scores, self.allowed(level, prefixes, scores), beam_size)
+
+    def finalize(self, prefixes: torch.Tensor, scores: torch.Tensor, top_n: int) -> GenerationOutput:
+        """The top_n catalog items of the final beams."""
+        return finalize_beams(self.catalog, prefixes, scores, top_n)
+
+
 def beam_search_reference(
     step_fn: StepFn,
     catalog: SIDCatalog,
@@ -57,30 +91,7 @@ def beam_search_reference(
     top_n: int = 10,
 ) -> GenerationOutput:
     """Catalog-constrained beam search over `step_fn`'s logits; every result is a catalog item."""
-    check_beam_args(beam_size, top_n)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    num_levels = catalog.num_levels
-    prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long)
-    scores = torch.zeros(batch_size, 1)
-    parents: Optional[torch.Tensor] = None
-    for level in range(num_levels):
-        logits = step_fn(level, prefixes, parents)
-        k = catalog.codebook_sizes[level]
-        expected = (batch_size, prefixes.shape[1], k)
-        if tuple(logits.shape) != expected:
-            raise ValueError(f"step_fn must return logits of shape {expected}, got {tuple(logits.shape)}")
-        width = prefixes.shape[1]
-        valid = catalog.valid_children(prefixes.reshape(batch_size * width, level)).reshape(
-            batch_size, width, k
-        )
-        valid &= torch.isfinite(scores).unsqueeze(-1)
-        scores, parents, tokens = beam_step_reference(logits.cpu(), scores, valid, beam_size)
-        parent_prefix = torch.gather(
-            prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)
-        )
-        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
-    return finalize_beams(catalog, prefixes, scores, top_n)
+    return beam_search(ReferenceSteps(step_fn, catalog), batch_size, beam_size, top_n)
 
 
 def finalize_beams(

@@ -10,7 +10,9 @@ user share them through a broadcasted batched matmul, never copied), a
 self-attention KV cache reordered by the parent beam of each survivor, and
 logits only over the current digit's K_l code tokens (rows of lm_head, never
 the full vocabulary). With `constrained=True` it is catalog-constrained through
-`decoding.beam_search_reference`, so it follows DESIGN.md section 4 exactly.
+`constrained_beam_search` (the C++ index on the model's device when the extension
+runs there, else `beam_search_reference`; SIDMLP_BACKEND chooses), so it follows
+DESIGN.md section 4 exactly. Both modes run the one driver, decode.search.beam_search.
 
 Exact agreement with HF (a tested property): `attention_beam_search(...,
 constrained=False)` returns the same beams, with the same scores up to float
@@ -38,7 +40,9 @@ from torch import nn
 
 from .adapters import cache_kwarg, output_cache, check_model_layout, decoder_output_scale, left_positions
 from ..data.catalog import SIDCatalog
-from ..decode.reference import beam_search_reference, beam_step_reference, finalize_beams
+from ..decode.constrained import constrained_beam_search
+from ..decode.reference import ReferenceSteps, finalize_beams
+from ..decode.search import beam_search
 from ..decode.types import GenerationOutput, check_beam_args
 from ..data.layout import TokenLayout, to_left_padding
 
@@ -49,6 +53,7 @@ __all__ = [
     "hf_generate",
     "rank_beams",
     "T5CachedDecoder",
+    "UnconstrainedSteps",
 ]
 
 
@@ -324,6 +329,8 @@ class _CausalStepper:
     def __call__(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
         if level == 0:
             return self.logits(self.first, 0)
+        # The reference search keeps its beams on the CPU; the cache lives on the model's device.
+        parents, prefixes = parents.to(self.mask.device), prefixes.to(self.mask.device)
         b, w = parents.shape
         flat = (torch.arange(b, device=parents.device).unsqueeze(1) * self.width + parents).reshape(-1)
         self.cache.reorder_cache(flat)
@@ -338,23 +345,21 @@ class _CausalStepper:
         return self.logits(out.last_hidden_state.view(b, w, -1), level)
 
 
-def _unconstrained_search(step_fn, layout: TokenLayout, catalog: SIDCatalog, batch: int, beam_size: int,
-                          top_n: int) -> DecodeOutput:
-    """Beam search with every code of each digit allowed (no catalog mask); invalid beams dropped and counted."""
-    prefixes = torch.zeros(batch, 1, 0, dtype=torch.long)
-    scores = torch.zeros(batch, 1)
-    parents: Optional[torch.Tensor] = None
-    for level in range(layout.num_levels):
-        logits = step_fn(level, prefixes, parents).float().cpu()
-        valid = torch.isfinite(scores).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        scores, parents, tokens = beam_step_reference(logits, scores, valid, beam_size)
-        parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
-        prefixes = torch.cat([parent_prefix, tokens.unsqueeze(-1)], dim=2)
-    return rank_beams(catalog, prefixes, scores, top_n)
+class UnconstrainedSteps(ReferenceSteps):
+    """Beam steps with every code of each digit allowed (no catalog mask); invalid beams dropped and counted."""
+
+    def allowed(self, level: int, prefixes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Every code of digit `level` for each live beam."""
+        k = self.catalog.codebook_sizes[level]
+        return torch.isfinite(scores).unsqueeze(-1).expand(-1, -1, k)
+
+    def finalize(self, prefixes: torch.Tensor, scores: torch.Tensor, top_n: int) -> DecodeOutput:
+        """The final beams ranked by rank_beams (beams naming no item dropped and counted)."""
+        return rank_beams(self.catalog, prefixes, scores, top_n)
 
 
 def _t5_step_fn(model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """A stateful step_fn for beam_search_reference over a T5 teacher."""
+    """A stateful step_fn (decode.types.StepFn) over a T5 teacher."""
     enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     dec = T5CachedDecoder(model, layout, enc, attention_mask)
     start = int(model.config.decoder_start_token_id)
@@ -393,17 +398,19 @@ def attention_beam_search(
             step_fn = _CausalStepper(model, layout, input_ids, attention_mask)
         batch = input_ids.shape[0]
         if not constrained:
-            return _unconstrained_search(step_fn, layout, catalog, batch, beam_size, top_n)
-        out = beam_search_reference(step_fn, catalog, batch, beam_size, top_n)
+            return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
+        out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device)
     finally:
         model.train(was_training)
+    # Results on the CPU whichever path ran, like hf_generate's (one copy, after the search).
+    items, codes, scores = out.items.cpu(), out.codes.cpu(), out.scores.cpu()
     zeros = torch.zeros(batch, dtype=torch.long)
     return DecodeOutput(
-        items=out.items,
-        codes=out.codes,
-        scores=out.scores,
+        items=items,
+        codes=codes,
+        scores=scores,
         num_invalid=zeros,
         num_duplicate=zeros.clone(),
-        beam_codes=out.codes,
-        beam_scores=out.scores,
+        beam_codes=codes,
+        beam_scores=scores,
     )
