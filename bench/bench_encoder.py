@@ -1,4 +1,4 @@
-"""HF T5 encoder vs FastT5Encoder, side by side in one run (DESIGN.md section 6: "a faster
+"""HF T5 encoder vs FastT5Encoder, side by side in one run (docs/architecture.md, "Measuring speed": "a faster
 encoder path ... is measured as its own line").
 
     python bench/bench_encoder.py                      # paper TIGER config, batches 1 8 32 128

@@ -8,7 +8,7 @@ bench/ stands alone: its scripts import the installed package (`pip install -e .
 module as `import common` (Python puts a script's own directory on sys.path; for bench/micro,
 pytest puts bench/ there when it loads bench/conftest.py). The package never imports bench/.
 
-Timing follows DESIGN.md section 7: providers alternate inside every round (the order
+Timing follows docs/architecture.md, "Measuring speed": providers alternate inside every round (the order
 rotates), so each sees the same machine load; medians and IQRs over repeats after warm-up.
 """
 

@@ -6,7 +6,7 @@
 
 Same inputs and same weights for every provider in a cell (one random paper-config TIGER T5
 teacher; a random paper-size SID-MLP student on its encoder; SID-MLP++ = the same heads on a
-random MLP encoder). Providers (DESIGN.md section 6):
+random MLP encoder). Providers (docs/architecture.md, "Measuring speed"):
 
   hf_generate            HF generate: unconstrained beam search with KV cache, L+1 new tokens,
                          invalid beams dropped (sidmlp_kernels.teacher.attention_decode.hf_generate)
@@ -59,7 +59,7 @@ from common import (
 FORMAT_VERSION = 1
 HF, ATTN, HF_ENC = "hf_generate", "attention_constrained", "hf_encoder"
 ENCODERS = (HF_ENC, "fast_encoder", "mlp_encoder")  # encoder-only lines (no decode, no ratios)
-# Speed targets (CPU, batch 32, beam 50, paper config, fp32): see DESIGN.md sections 1 and 6.
+# Speed targets (CPU, batch 32, beam 50, paper config, fp32): see docs/architecture.md, "Measuring speed".
 TARGETS = (
     ("sidmlp_e2e_vs_hf_generate", "sidmlp", HF, "e2e", 50.0),
     ("sidmlp_e2e_vs_attention_constrained", "sidmlp", ATTN, "e2e", 8.74),

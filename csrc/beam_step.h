@@ -1,4 +1,4 @@
-// One catalog-constrained beam step (DESIGN.md section 4), CPU and shared logic.
+// One catalog-constrained beam step (docs/architecture.md, "Decoding semantics"), CPU and shared logic.
 //
 // For user b, beam w alive (state >= 0 and finite score), each valid child c
 // (digit t) of the beam's node is a candidate with

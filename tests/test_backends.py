@@ -94,7 +94,7 @@ def available_backends():
 
 
 def assert_same_ranking(out, ref, tol=TOL):
-    """Scores close; items equal wherever the ranking is not decided by a near-tie (DESIGN.md section 4).
+    """Scores close; items equal wherever the ranking is not decided by a near-tie (docs/architecture.md, "Decoding semantics").
 
     Runs of scores within `tol` of each other are near-ties: inside a run the item *set* must
     match, except for a run reaching the end of the list (the top_n cut may split it).

@@ -1,4 +1,4 @@
-"""Fused Triton beam step vs the plain-PyTorch reference (DESIGN.md sections 4-5).
+"""Fused Triton beam step vs the plain-PyTorch reference (docs/architecture.md, "Decoding semantics" and "Fast paths").
 
 Runs on CPU through TRITON_INTERPRET=1, which must be set before triton is
 imported anywhere in the process: conftest.py sets it when there is no CUDA.
@@ -253,7 +253,7 @@ def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, 
 
 
 def test_kernel_driven_search_equals_exhaustive():
-    """Beam >= catalog size: a kernel-driven constrained search is exhaustive scoring (DESIGN.md 4)."""
+    """Beam >= catalog size: a kernel-driven constrained search is exhaustive scoring (docs/architecture.md, "Decoding semantics")."""
     sizes, hidden, batch = [17, 5, 9], 64, 2
     g = torch.Generator().manual_seed(5)
     raw = torch.stack([torch.randint(0, k, (40,), generator=g) for k in sizes], 1)

@@ -1,4 +1,4 @@
-"""Decoding backends for folded SID-MLP heads (DESIGN.md section 5, "Dispatch").
+"""Decoding backends for folded SID-MLP heads (docs/architecture.md, "Backends").
 
     reference  decoding.beam_search_reference over folded.folded_logits: plain PyTorch,
                defines the results every other backend is tested against.
@@ -250,7 +250,7 @@ def decode_folded(
     """Catalog-constrained beam search over folded heads on the chosen (or best available) backend.
 
     ctx_proj: per head l the (B, H) projected context (folded.project_context). Every backend
-    returns the reference's ranked items (DESIGN.md section 4); outputs live on ctx_proj's
+    returns the reference's ranked items (docs/architecture.md, "Decoding semantics"); outputs live on ctx_proj's
     device for 'cpu'/'triton' and on the CPU for 'reference'.
     """
     check_beam_args(beam_size, top_n)

@@ -4,7 +4,7 @@
 (csrc/index.h): dense child tables for shallow levels, CSR child lists below,
 O(items) memory. A beam's prefix is one int64 node id per level (`PrefixState`),
 so a beam step visits only each beam's valid children. Semantics are those of
-`decoding.beam_step_reference` / `beam_search_reference` (DESIGN.md section 4).
+`decoding.beam_step_reference` / `beam_search_reference` (docs/architecture.md, "Decoding semantics").
 
     index = ConstrainedIndex.from_catalog(catalog)
     state = index.root_state(batch)

@@ -1,4 +1,4 @@
-"""Which decoding backend runs where (DESIGN.md section 5, "Dispatch"): the one place that decides.
+"""Which decoding backend runs where (docs/architecture.md, "Backends"): the one place that decides.
 
     reference  the plain-PyTorch reference (decode/reference.py), runs everywhere.
     cpu        the C++/CUDA extension's constrained index ops (decode/constrained.py).

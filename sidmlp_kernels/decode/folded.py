@@ -1,4 +1,4 @@
-"""Folded SID-MLP heads (DESIGN.md section 5): the first Linear split per input block.
+"""Folded SID-MLP heads (docs/architecture.md, "Fast paths"): the first Linear split per input block.
 
 Head l's first layer acts on [ctx, e(d_1), ..., e(d_{l-1})]. Splitting its weight
 per block turns it into ctx @ W_ctx^T + b (once per user) plus, per beam row, a

@@ -1,4 +1,4 @@
-"""Reference catalog-constrained beam search (DESIGN.md section 4), plain PyTorch.
+"""Reference catalog-constrained beam search (docs/architecture.md, "Decoding semantics"), plain PyTorch.
 
 This module defines correct results. Fast paths are tested against it; it is
 never edited to match them. `beam_search_reference` is the package's one

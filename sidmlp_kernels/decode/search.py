@@ -1,4 +1,4 @@
-"""The one beam-search driver: every decode in the package runs this loop (DESIGN.md section 4).
+"""The one beam-search driver: every decode in the package runs this loop (docs/architecture.md, "Decoding semantics").
 
 The driver owns the beams: prefixes (B, W, l), scores (B, W), and the parent of each kept
 beam. A strategy (`BeamSteps`) owns what the digits may be and how a step is scored:

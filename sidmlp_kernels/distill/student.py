@@ -180,7 +180,7 @@ class SIDMLP(nn.Module):
         return [self.head_logits(l, ctx, prefixes[:, :, :l]).squeeze(1) for l in range(self.num_levels)]
 
     def fold(self):
-        """Folded heads (DESIGN.md section 5), equal to the unfolded heads up to float rounding."""
+        """Folded heads (docs/architecture.md, "Fast paths"), equal to the unfolded heads up to float rounding."""
         from ..decode.folded import fold_student
 
         return fold_student(self)

@@ -12,7 +12,7 @@ logits only over the current digit's K_l code tokens (rows of lm_head, never
 the full vocabulary). With `constrained=True` it is catalog-constrained through
 `constrained_beam_search` (the C++ index on the model's device when the extension
 runs there, else `beam_search_reference`; SIDMLP_BACKEND chooses), so it follows
-DESIGN.md section 4 exactly. Both modes run the one driver, decode.search.beam_search.
+docs/architecture.md, "Decoding semantics" exactly. Both modes run the one driver, decode.search.beam_search.
 
 Exact agreement with HF (a tested property): `attention_beam_search(...,
 constrained=False)` returns the same beams, with the same scores up to float

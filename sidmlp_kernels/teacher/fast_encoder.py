@@ -1,7 +1,7 @@
 """Fast inference path for a HuggingFace T5 encoder (the TIGER teacher's encoder).
 
 SID-MLP keeps the teacher's encoder, so the encoder bounds its end-to-end latency
-(DESIGN.md section 6). ``FastT5Encoder`` computes what
+(docs/architecture.md, "Measuring speed"). ``FastT5Encoder`` computes what
 ``model.get_encoder()(input_ids, attention_mask).last_hidden_state`` computes
 (fp32, differences ~1e-6) with less work per call:
 
@@ -141,7 +141,7 @@ class FastT5Encoder(nn.Module):
         max_rows: Optional[int] = None,
     ) -> None:
         super().__init__()
-        # The environment variable forces a backend (DESIGN.md section 5, dispatch).
+        # The environment variable forces a backend (docs/architecture.md, "Backends").
         backend = os.environ.get("SIDMLP_ENCODER_BACKEND", backend)
         if backend not in ("auto", "mkldnn", "mm"):
             raise ValueError(f"backend must be 'auto', 'mkldnn' or 'mm', got {backend!r}")

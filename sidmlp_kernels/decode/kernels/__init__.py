@@ -1,4 +1,4 @@
-"""Triton kernels for the GPU decoding path (DESIGN.md section 5).
+"""Triton kernels for the GPU decoding path (docs/architecture.md, "Fast paths").
 
 Without CUDA the kernels run only in Triton's CPU interpreter, which Triton picks
 when a kernel is defined: set TRITON_INTERPRET=1 in the environment before this

@@ -1,4 +1,4 @@
-"""Fused SID-MLP beam step for one digit (DESIGN.md section 5): one Triton launch per digit.
+"""Fused SID-MLP beam step for one digit (docs/architecture.md, "Fast paths"): one Triton launch per digit.
 
 The kernel takes the folded head's raw tensors (see sidmlp_kernels/folded.py):
 
