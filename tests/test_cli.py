@@ -22,10 +22,20 @@ def test_parser_lists_all_commands():
         assert command in text
 
 
-def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
-    assert main(["prepare", "--dataset", "ml-42", "--out", str(tmp_path)]) == 2
+def test_unknown_dataset_is_a_clear_error_and_touches_nothing(tmp_path, capsys):
+    (tmp_path / "data.json").write_text("{}")  # an existing prepared directory
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--dataset", "ml-10m", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown dataset 'ml-42'" in err and "ml-100k" in err
+    assert "--dataset: invalid choice: 'ml-10m'" in err and "ml-100k" in err
+    assert (tmp_path / "data.json").read_text() == "{}"
+
+
+def test_prepare_refuses_a_non_empty_directory(tmp_path, capsys):
+    (tmp_path / "data.json").write_text("{}")
+    assert main(["prepare", "--dataset", "ml-100k", "--out", str(tmp_path)]) == 2
+    assert "is not empty" in capsys.readouterr().err and (tmp_path / "data.json").read_text() == "{}"
 
 
 def test_console_entry_point_runs():

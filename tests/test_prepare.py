@@ -113,7 +113,9 @@ def test_prepare_round_trip_and_resume(tmp_path, fake_dataset, fake_encoder, cap
     assert q.stats == p.stats and q.config == p.config == json.loads((out / "data.json").read_text())["config"]
     assert q.split.max_history == 4 and all(len(h) <= 4 for h in q.split.test_histories)
 
-    r = prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4)
+    with pytest.raises(ValueError, match=r"--out.* is not empty \(it holds a prepared dataset\); .*--overwrite"):
+        prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4)
+    r = prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4, overwrite=True)
     assert fake_encoder.encoded == 40  # embeddings came from the cache
     assert r.catalog == p.catalog  # and the codes are reproducible
 
@@ -158,3 +160,22 @@ def test_real_prepare_ml100k(tmp_path):
     assert len(np.unique(p.catalog.codes.numpy(), axis=0)) == 1682
     assert p.data.num_users == 943 and p.stats["num_interactions"] == 100000
     assert load_prepared(tmp_path / "prep").catalog == p.catalog
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dataset="ml-10m"), r"dataset \(--dataset\) must be one of ml-100k, ml-1m"),
+    (dict(num_levels=1), r"num_levels \(--levels\) must be >= 2"),
+    (dict(codebook_size=0), r"codebook_size \(--codebook-size\) must be >= 2"),
+    (dict(max_history=0), r"max_history \(--max-history\) must be >= 1"),
+    (dict(k_core=0), r"k_core \(--k-core\) must be >= 1"),
+    (dict(pca_dim=2.5), r"pca_dim \(--pca-dim\) must be an int"),
+])
+def test_bad_arguments_leave_an_existing_directory_untouched(tmp_path, fake_dataset, fake_encoder, kwargs, message):
+    out = tmp_path / "prep"
+    prepare("ml-100k", out, num_levels=3, codebook_size=8)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = dict(dataset="ml-100k", num_levels=3, codebook_size=8, overwrite=True) | kwargs
+    with pytest.raises((ValueError, TypeError), match=message):
+        prepare(args.pop("dataset"), out, **args)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    load_prepared(out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.movielens import DATASETS
+
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare
@@ -18,6 +20,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         pca_dim=args.pca_dim,
         seed=args.seed,
         show_progress=True,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -25,7 +28,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add `sidmlp prepare` to the subcommands."""
     p = sub.add_parser("prepare", help="load a packaged dataset, split it, build Semantic IDs and the catalog")
-    p.add_argument("--dataset", default="ml-100k", help="ml-100k or ml-1m (default: ml-100k)")
+    p.add_argument("--dataset", default="ml-100k", choices=sorted(DATASETS), help="packaged dataset")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--levels", type=int, default=4, help="SID digits L incl. the dedup digit (default 4)")
     p.add_argument("--codebook-size", type=int, default=256, help="codes per digit K (default 256)")
@@ -33,4 +36,5 @@ def register(sub) -> None:
     p.add_argument("--k-core", type=int, default=None, help="optional k-core filter")
     p.add_argument("--pca-dim", type=int, default=None, help="optional whitened PCA before quantisation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory (its embedding cache is reused)")
     p.set_defaults(func=cmd_prepare)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..io import ArtifactError, read_json, read_meta, write_json, write_meta
 from .catalog import SIDCatalog
-from .movielens import InteractionData, Split, leave_last_out, load_movielens
+from .movielens import DATASETS, InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
 from .semantic_ids import build_semantic_ids
 
@@ -47,10 +47,22 @@ def prepare(
     seed: int = 0,
     embedding_cache_dir: str | Path | None = None,
     show_progress: bool = False,
+    overwrite: bool = False,
 ) -> Prepared:
-    """Build and save data.json, catalog/, sid_stats.json (+ embedding cache) for a dataset."""
+    """Build and save data.json, catalog/, sid_stats.json (+ embedding cache) for a dataset.
+
+    Every argument is checked before anything on disk changes. A non-empty out_dir is refused
+    unless overwrite=True (`--overwrite`); its embedding cache is then reused.
+    """
     t0 = time.perf_counter()
+    _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir (--out) {out} is a file, expected a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a prepared dataset" if (out / "data.json").is_file() else "files"
+        raise ValueError(f"out_dir (--out) {out} is not empty (it holds {what}); pass overwrite=True "
+                         "(--overwrite) to replace it, or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     # A rerun first invalidates the old result, so a crash midway cannot pair new files with it.
     (out / "data.json").unlink(missing_ok=True)
@@ -91,6 +103,22 @@ def prepare(
         f"  wrote {out} in {time.perf_counter() - t0:.1f}s"
     )
     return Prepared(data=data, split=split, catalog=catalog, stats=stats, config=config)
+
+
+def _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed) -> None:
+    """ValueError/TypeError naming the argument (and its flag) for any bad prepare() option."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset (--dataset) must be one of {', '.join(sorted(DATASETS))}, got {dataset!r}")
+    checks = (("num_levels", "--levels", num_levels, 2, False), ("codebook_size", "--codebook-size", codebook_size, 2, False),
+              ("max_history", "--max-history", max_history, 1, False), ("k_core", "--k-core", k_core, 1, True),
+              ("pca_dim", "--pca-dim", pca_dim, 1, True), ("seed", "--seed", seed, 0, False))
+    for name, flag, value, low, optional in checks:
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} ({flag}) must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} ({flag}) must be >= {low}, got {value}")
 
 
 def load_prepared(out_dir: str | Path) -> Prepared:
