@@ -102,7 +102,7 @@ void raise_beam_step(const Status& s, const IndexView& ix, int64_t level,
                         static_cast<int64_t>(s.value), " is not a node of level ", level,
                         " (expected -1 or [0, ", ix.num_nodes(static_cast<int>(level)), "))");
     case sidmlp::kBadLogit:
-      TORCH_CHECK_VALUE(false, "logits[", s.row, ", ", s.col / K, ", ", s.col % K, "] is ",
+      TORCH_CHECK_VALUE(false, "non-finite logit: logits[", s.row, ", ", s.col / K, ", ", s.col % K, "] is ",
                         s.value, " at a catalog-valid digit (logits must be finite or -inf)");
     case sidmlp::kBadBeamScore:
       TORCH_CHECK_VALUE(false, "beam_scores[", s.row, ", ", s.col, "] is ", s.value,

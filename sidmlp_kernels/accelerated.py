@@ -132,11 +132,23 @@ class AcceleratedRecommender(nn.Module):
 
     # ---------------------------------------------------------------- serving
 
+    @property
+    def encoder_device(self) -> torch.device:
+        """Where inputs must live: the MLP encoder's device, or the teacher's for SID-MLP."""
+        if self.encoder is not None:
+            return self.device
+        model = getattr(self.teacher, "model", None)
+        params = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+        return params.device if params is not None else self.device
+
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """ValueError for bad inputs: shapes, token ids outside the layout, empty histories."""
+        """ValueError for bad inputs: shapes, token ids outside the layout, empty histories, wrong device."""
+        expected = self.encoder_device
+        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if isinstance(tensor, torch.Tensor) and tensor.device != expected:
+                owner = "the MLP encoder" if self.encoder is not None else "the teacher's encoder"
+                raise ValueError(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
         self.layout.check_inputs(input_ids, attention_mask)
-        if self.encoder is not None and input_ids.device != self.device:
-            raise ValueError(f"input_ids are on {input_ids.device} but the model is on {self.device}")
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encoder states once per user (teacher encoder or MLP encoder)."""
@@ -176,6 +188,10 @@ class AcceleratedRecommender(nn.Module):
         batch_size: int = 256,
     ) -> GenerationOutput:
         """generate() over many users in chunks of batch_size (bounded memory)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_beam_args(beam_size, top_n)
+        self.check_inputs(input_ids, attention_mask)  # also refuses an empty batch, before any work
         outs = [
             self.generate(input_ids[s : s + batch_size], attention_mask[s : s + batch_size], beam_size, top_n)
             for s in range(0, input_ids.shape[0], batch_size)

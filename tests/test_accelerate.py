@@ -265,3 +265,17 @@ def test_accelerate_config_and_overrides():
     assert rec.student.config.head_hidden == 8 and rec.info["config"]["distill"]["epochs"] == 1
     with pytest.raises(TypeError, match="config must be an AccelerateConfig"):
         accelerate(ad, cat, ex, config={"epochs": 1})
+
+
+def test_bad_batches_are_clear_errors(trained):
+    ad, cat, ex, rec, pp = trained
+    ids, mask, _, _ = ex.batch(torch.arange(4))
+    for model in (rec, pp):
+        with pytest.raises(ValueError, match=r"input_ids must be \(B, T\) with B, T >= 1"):
+            model.generate_batched(ids[:0], mask[:0])
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            model.generate_batched(ids, mask, batch_size=0)
+        with pytest.raises(ValueError, match="input_ids is on meta but"):
+            model.generate(ids.to("meta"), mask.to("meta"))
+    out = rec.generate_batched(ids, mask, beam_size=6, top_n=3, batch_size=3)
+    assert torch.equal(out.items, rec.generate(ids, mask, 6, 3).items)

@@ -363,3 +363,16 @@ def test_index_cached_per_catalog_and_device():
     index = constrained.index_for(cat)
     assert constrained.index_for(cat, "cpu") is index
     assert constrained.index_for(cat, torch.device("cpu")) is index
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, level, bad):
+    sizes = (5, 4, 3)
+    catalog = random_catalog(11, 40, sizes)
+    folded = make_heads(11, sizes, hidden=16)
+    folded.out_bias[level] = folded.out_bias[level].clone()
+    folded.out_bias[level][:] = bad  # every child of every beam at this digit
+    with pytest.raises(ValueError, match="non-finite logit"):
+        decode_folded(folded, make_ctx(11, folded, 3), catalog, beam_size=6, top_n=4, backend=backend)

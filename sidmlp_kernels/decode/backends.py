@@ -224,7 +224,13 @@ class _FusedSteps(_constrained.IndexSteps):
             beam_size,
             check_inputs=level == 0,
         )
-        self.state = self.index.advance_states(self.state, parents, tokens, scores)
+        try:
+            self.state = self.index.advance_states(self.state, parents, tokens, scores)
+        except ValueError as err:
+            # Kept beams' scores come from finite (or -inf) parents plus the head's log-softmax,
+            # so a non-finite one means the head produced a non-finite logit at a valid child.
+            raise ValueError(f"non-finite logit: head {level} produced a non-finite logit at a catalog-valid "
+                             f"digit (logits must be finite or -inf); the fused step reported: {err}") from err
         return scores, parents, tokens
 
 

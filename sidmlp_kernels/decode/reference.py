@@ -26,6 +26,15 @@ def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return torch.where(valid, masked - lse, neg_inf)
 
 
+def check_finite_logits(logits: torch.Tensor, valid: torch.Tensor) -> None:
+    """ValueError naming the first logit that is NaN or +inf at a valid candidate (the C++ ops' rule)."""
+    bad = valid & (torch.isnan(logits) | (logits == float("inf")))
+    if bool(bad.any()):
+        b, w, c = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"non-finite logit: logits[{b}, {w}, {c}] is {float(logits[b, w, c])} at a "
+                         "catalog-valid digit (logits must be finite or -inf)")
+
+
 def beam_step_reference(
     logits: torch.Tensor,
     beam_scores: torch.Tensor,
@@ -40,6 +49,7 @@ def beam_step_reference(
     dead (-inf score).
     """
     batch, width, k = logits.shape
+    check_finite_logits(logits, valid)
     logp = masked_log_softmax(logits.float(), valid)
     candidates = (beam_scores.float().unsqueeze(-1) + logp).reshape(batch, width * k)
     # Stable sort keeps flat index order (beam-major, then token) among equal scores.
