@@ -8,8 +8,9 @@ metrics). `load_teacher(dir)` reads it, or DIR/best/ of a training run directory
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -119,11 +120,26 @@ def teacher_loss(
 # ---- saving / loading -----------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _without_hf_progress_bars() -> Iterator[None]:
+    """HF's "Loading weights" / "Writing model shards" bars off inside the block, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_teacher(model: nn.Module, layout: TokenLayout, directory: str | Path, info: Optional[dict] = None) -> None:
     """Write model (safetensors + config), layout.json and teacher.json into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory))
+    with _without_hf_progress_bars():
+        model.save_pretrained(str(directory))
     layout.save(directory / "layout.json")
     write_meta(directory / "teacher.json", _FORMAT, FORMAT_VERSION, {"arch": _arch(model), **(info or {})})
 
@@ -145,7 +161,8 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
         from transformers import GPT2LMHeadModel as cls
     else:
         raise ValueError(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
-    model = cls.from_pretrained(str(directory)).to(device)
+    with _without_hf_progress_bars():
+        model = cls.from_pretrained(str(directory)).to(device)
     model.eval()
     check_model_layout(model, layout)
     return model, layout
