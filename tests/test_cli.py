@@ -49,3 +49,13 @@ def test_student_without_teacher_rejected(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(prep, "load_prepared", lambda d: object())
     assert main(["analyze", "--prepared", str(tmp_path), "--out", str(tmp_path / "o"), "--student", "x"]) == 2
     assert "--student needs --teacher" in capsys.readouterr().err
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 256)" in text and "default: 0" in text  # --codebook-size, --seed
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("sidmlp-kernels ")

@@ -16,13 +16,35 @@ from . import analyze, compare, distill, prepare, quickstart, teacher
 COMMAND_MODULES = (prepare, teacher, distill, quickstart, compare, analyze)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to each option's help, where an option has a default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+        if shown and "%(default)" not in text and action.option_strings:
+            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's --help shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
+    from .. import __version__
+
+    parser = _Parser(
         prog="sidmlp",
         description="Accelerate Semantic-ID generative recommenders: data, teacher, SID-MLP, evaluation.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"sidmlp-kernels {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
