@@ -21,7 +21,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = not hidden and not action.required
         if shown and "%(default)" not in text and action.option_strings:
             text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
         return text
