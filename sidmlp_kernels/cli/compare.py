@@ -15,9 +15,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--teacher", required=True, help="run directory of train-teacher (or a saved model dir)")
     parser.add_argument("--accelerated", nargs="+", required=True, metavar="DIR",
                         help="directories written by `sidmlp distill` (SID-MLP or SID-MLP++)")
-    parser.add_argument("--split", choices=("valid", "test"), default="test")
-    parser.add_argument("--beam", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split", choices=("valid", "test"), default="test", help="users to evaluate")
+    parser.add_argument("--beam", type=int, default=50, help="beam size of every decode")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
     parser.set_defaults(func=cmd_compare)
     return parser

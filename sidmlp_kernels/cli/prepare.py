@@ -35,6 +35,6 @@ def register(sub) -> None:
     p.add_argument("--max-history", type=int, default=20, help="history items kept per instance")
     p.add_argument("--k-core", type=int, default=None, help="optional k-core filter")
     p.add_argument("--pca-dim", type=int, default=None, help="optional whitened PCA before quantisation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the residual k-means")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory (its embedding cache is reused)")
     p.set_defaults(func=cmd_prepare)
