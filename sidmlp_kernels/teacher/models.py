@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.layout import TokenLayout
-from ..io import read_meta, write_meta
+from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
 from .adapters import check_model_layout, left_positions
 from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
 
@@ -152,7 +152,8 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
     meta_path = directory / "teacher.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no teacher in {directory}: expected teacher.json (or best/teacher.json)")
-    meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, required=("arch",))
+    meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, required=("arch",),
+                     hint="re-create it with `sidmlp train-teacher` (or save_teacher)")
     layout = TokenLayout.load(directory / "layout.json")
     arch = meta["arch"]
     if arch == "t5":
@@ -161,11 +162,24 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
         from transformers import GPT2LMHeadModel as cls
     else:
         raise ValueError(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
+    # HF's own errors name neither the file nor the fix: check the two files it reads first.
+    hint = "re-create it with `sidmlp train-teacher` (or save_teacher)"
+    read_json(directory / "config.json", hint)
+    load_tensors(directory / "model.safetensors", hint)
     with _without_hf_progress_bars():
-        model = cls.from_pretrained(str(directory)).to(device)
-    model.eval()
-    check_model_layout(model, layout)
-    return model, layout
+        try:
+            model, report = cls.from_pretrained(str(directory), output_loading_info=True)
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+            raise ArtifactError(directory, f"HF {cls.__name__} could not load it ({err})", hint) from err
+    # HF fills missing weights with fresh random ones and only warns: a teacher must load whole.
+    problems = {k: sorted(map(str, v)) for k, v in report.items() if v and k != "error_msgs"}
+    if problems:
+        raise ArtifactError(directory / "model.safetensors", f"does not fit config.json: {problems}", hint)
+    try:
+        check_model_layout(model, layout)
+    except ValueError as err:
+        raise ArtifactError(directory / "config.json", f"does not fit layout.json ({err})", hint) from err
+    return model.to(device).eval(), layout
 
 
 # ---- training -------------------------------------------------------------------------
