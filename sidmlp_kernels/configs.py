@@ -52,6 +52,84 @@ class EncoderTrainConfig:
     seed: int = 0
 
 
+def _check_int(config: Any, name: str, low: int, optional: bool = False) -> None:
+    """ValueError naming the field and its command-line flag unless config.name is an int >= low."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer ({flag}), got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low} ({flag}), got {value!r}")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {rule} (--{name.replace('_', '-')}), got {value!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """Options of the one training loop (training.run_training): AdamW, the learning-rate schedule,
+    evaluation and early stopping, step checkpoints, the time budget."""
+
+    epochs: int = 10
+    max_steps: Optional[int] = None  # optimizer steps to run; default epochs x steps per epoch
+    batch_size: int = 256  # global batch; each of N ranks takes batch_size // N
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine": linear warm-up, then cosine decay to 0; or "constant"
+    warmup_steps: Optional[int] = None  # default: warmup_frac of the planned steps (at least 1)
+    warmup_frac: float = 0.03
+    max_warmup_steps: Optional[int] = None  # cap on the warm-up derived from warmup_frac
+    grad_clip: Optional[float] = None  # max gradient norm; None = no clipping
+    eval_every: Optional[int] = None  # steps between evaluations; default once per epoch
+    patience: int = 3  # evaluations without a better metric before stopping
+    checkpoint_every: Optional[int] = None  # steps between checkpoints (there is one at every evaluation too)
+    max_minutes: Optional[float] = None  # wall-clock budget of one invocation: stop, checkpoint
+    bf16: bool = False  # bf16 autocast of the forward pass (weights and optimizer stay fp32)
+    seed: int = 0  # data order (per epoch) and dropout
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            _check_int(self, name, 1)
+        for name in ("max_steps", "eval_every", "checkpoint_every", "max_warmup_steps"):
+            _check_int(self, name, 1, optional=True)
+        _check_int(self, "warmup_steps", 0, optional=True)
+        _check_int(self, "seed", 0)
+        _check(self.lr > 0, "lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _check(0 <= self.warmup_frac < 1, "warmup_frac", "in [0, 1)", self.warmup_frac)
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "> 0 or None", self.grad_clip)
+        _check(self.max_minutes is None or self.max_minutes >= 0, "max_minutes", ">= 0", self.max_minutes)
+        _check(self.schedule in ("cosine", "constant"), "schedule", "'cosine' or 'constant'", self.schedule)
+
+
+@dataclass
+class TrainConfig(TrainerConfig):
+    """Teacher training (`sidmlp train-teacher`): the trainer's options with the teacher's defaults,
+    and its validation decode (early stopping on the constrained-decode valid NDCG@10)."""
+
+    epochs: int = 30
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    max_warmup_steps: Optional[int] = 1000
+    grad_clip: Optional[float] = 1.0
+    checkpoint_every: Optional[int] = 500
+    eval_beam: int = 20
+    eval_users: Optional[int] = None  # validate on the first N validation users
+    eval_batch_size: int = 64
+    progress: bool = False  # progress bars (the CLI turns them on)
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded, checked on resume (data options)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("eval_beam", "eval_batch_size"):
+            _check_int(self, name, 1)
+        _check_int(self, "eval_users", 1, optional=True)
+
+
 @dataclass
 class StudentSizes:
     """Sizes of a SID-MLP student that are free choices (the rest follow from the teacher and catalog)."""

@@ -35,3 +35,16 @@ class FakeAdapter:
     def code_embeddings(self, level):
         s, e = self.layout.digit_token_range(level)
         return self.emb[s:e]
+
+
+def interrupt_on_call(fn, n):
+    """fn, except that its n-th call raises KeyboardInterrupt (a simulated Ctrl-C)."""
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -11,17 +11,17 @@ import torch.nn.functional as F
 
 from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels.configs import DistillConfig, EncoderTrainConfig
-from sidmlp_kernels.distill.distill import ValidSet, distill, distill_loss
-from sidmlp_kernels.training import train_loop
+from sidmlp_kernels.distill.distill import ValidSet, distill, distill_loss, evaluate_student
+from sidmlp_kernels.training import TrainingInterrupted
 from sidmlp_kernels.data.examples import Examples
 from sidmlp_kernels.distill.features import extract_features, load_features
 from sidmlp_kernels.distill.mlp_encoder import MLPEncoder, train_mlp_encoder
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
-from helpers import FakeAdapter
+from helpers import FakeAdapter, interrupt_on_call
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = dict(show_progress=False, log=lambda s: None)
+QUIET = dict(show_progress=False)
 
 
 def setup_data(n=96, sizes=(4, 5, 3), seed=0):
@@ -100,51 +100,52 @@ def test_distill_learns_and_stops_early(tmp_path):
     assert losses[-1] < losses[0]
     assert res.best_epoch is not None and all("valid_ndcg@10" in h for h in res.history)
     # A constant metric never improves: stop after `patience` evaluations past the first.
-    student2 = make_student(ad)
-    res2 = train_loop(student2, lambda m, i: (m(feats.batch(i)["states"], feats.batch(i)["mask"],
-                                                  feats.batch(i)["target_codes"])[0].mean() * 0 +
-                                                torch.zeros((), requires_grad=True), {}),
-                      len(feats), epochs=10, batch_size=64, lr=1e-3, evaluate=lambda m: {"ndcg@10": 0.5},
-                      patience=2, **QUIET)
+    res2 = distill(make_student(ad), feats, cat, valid, DistillConfig(epochs=10, batch_size=64, eval_beam=1,
+                                                                     patience=2, lr=1e-12), **QUIET)
     assert res2.stopped_early and len(res2.history) == 3 and res2.best_epoch == 1
+    assert res2.history[0]["valid_ndcg@10"] == res2.history[-1]["valid_ndcg@10"]
 
 
-def test_resume_matches_uninterrupted(tmp_path):
+def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     cat, ad, ex = setup_data(n=64)
     feats = extract_features(ad, ex, None, show_progress=False)
+    valid = ValidSet(feats.states[:32].float(), feats.mask[:32], ex.target_items[:32])
+    cfg = DistillConfig(epochs=4, batch_size=16, lr=2e-3, eval_beam=5, patience=10)
+    full = make_student(ad, dropout=0.2)
+    res_full = distill(full, feats, cat, valid, cfg, checkpoint=tmp_path / "a.ckpt", **QUIET)
+    import sidmlp_kernels.distill.distill as distill_mod
 
-    calls = []  # shared by every run: the metric always improves, so best = last epoch
-
-    def run(ckpt, crash_at=None):
-        student = make_student(ad, dropout=0.2)
-        epochs_seen = []
-
-        def evaluate(m):
-            epochs_seen.append(1)
-            calls.append(1)
-            if crash_at is not None and len(epochs_seen) == crash_at:
-                raise KeyboardInterrupt("simulated crash")
-            return {"ndcg@10": float(len(calls))}
-
-        def loss(model, idx):
-            b = feats.batch(idx)
-            return distill_loss(model(b["states"], b["mask"], b["target_codes"]), b["teacher_logits"],
-                                b["target_codes"])
-
-        res = train_loop(student, loss, len(feats), epochs=4, batch_size=16, lr=2e-3, evaluate=evaluate,
-                         checkpoint=ckpt, **QUIET)
-        return student, res
-
-    full, res_full = run(tmp_path / "a.ckpt")
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b.ckpt", crash_at=3)
-    resumed, res_resumed = run(tmp_path / "b.ckpt")
-    assert [h["train_loss"] for h in res_resumed.history] == pytest.approx([h["train_loss"] for h in res_full.history])
+    with monkeypatch.context() as patch:  # Ctrl-C in the third evaluation (end of epoch 3)
+        patch.setattr(distill_mod, "evaluate_student", interrupt_on_call(evaluate_student, 3))
+        with pytest.raises(TrainingInterrupted):
+            distill(make_student(ad, dropout=0.2), feats, cat, valid, cfg, checkpoint=tmp_path / "b.ckpt", **QUIET)
+    resumed = make_student(ad, dropout=0.2, seed=5)
+    res_resumed = distill(resumed, feats, cat, valid, cfg, checkpoint=tmp_path / "b.ckpt", **QUIET)
+    drop_time = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert drop_time(res_resumed.history) == drop_time(res_full.history)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
-    with pytest.raises(ValueError, match="different run configuration"):
-        train_loop(make_student(ad), lambda m, i: (torch.zeros((), requires_grad=True), {}), len(feats), epochs=5,
-                   batch_size=16, lr=2e-3, checkpoint=tmp_path / "a.ckpt", **QUIET)
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="cannot resume .*: alpha was 0.7, now 0.5; epochs was 4, now 5; "
+                                         "pass the same options, or delete it"):
+        distill(make_student(ad, dropout=0.2), feats, cat, valid,
+                DistillConfig(epochs=5, batch_size=16, lr=2e-3, eval_beam=5, patience=10, alpha=0.5),
+                checkpoint=tmp_path / "a.ckpt", **QUIET)
+
+
+def test_checkpoints_of_the_previous_version_are_refused(tmp_path):
+    cat, ad, ex = setup_data(n=32)
+    feats = extract_features(ad, ex, None, storage_dtype="float32", show_progress=False)
+    old = {"signature": "{}", "model": {}, "epoch": 2, "result": "{}", "best_state": {}, "bad_evals": 0,
+           "rng": torch.get_rng_state()}  # what train_loop wrote
+    torch.save(old, tmp_path / "sidmlp.ckpt")
+    torch.save(old, tmp_path / "mlp_encoder.ckpt")
+    with pytest.raises(ValueError, match="sidmlp.ckpt: a checkpoint of an older version .* cannot be resumed; "
+                                         "delete it to start over"):
+        distill(make_student(ad), feats, cat, None, DistillConfig(epochs=1), checkpoint=tmp_path / "sidmlp.ckpt",
+                **QUIET)
+    with pytest.raises(ValueError, match="mlp_encoder.ckpt: a checkpoint of an older version"):
+        train_mlp_encoder(MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=8), feats, EncoderTrainConfig(epochs=1),
+                          checkpoint=tmp_path / "mlp_encoder.ckpt", **QUIET)
 
 
 def test_mlp_encoder_stage1_fits_teacher_states():
@@ -180,8 +181,7 @@ DDP_SCRIPT = textwrap.dedent(
     feats = extract_features(ad, ex, None, show_progress=False)
     valid = ValidSet(feats.states[:32].float(), feats.mask[:32], ex.target_items[:32])
     student = make_student(ad, dropout=0.0)
-    res = distill(student, feats, cat, valid, DistillConfig(epochs=3, batch_size=32, lr=3e-3, eval_beam=5),
-                  show_progress=False, log=lambda s: None)
+    res = distill(student, feats, cat, valid, DistillConfig(epochs=3, batch_size=32, lr=3e-3, eval_beam=5))
     if is_main_process():
         save_file({{k: v.contiguous() for k, v in student.state_dict().items()}}, out + "/student.safetensors")
         open(out + "/history.json", "w").write(json.dumps(res.history))

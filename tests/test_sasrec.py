@@ -117,3 +117,17 @@ def test_bad_input():
         fit(cyclic_split(), 0)
     with pytest.raises(ValueError, match="train_sequences"):
         fit(cyclic_split(num_items=30), 10, progress=False)
+
+
+def test_fit_stops_on_its_time_budget_and_leaves_the_global_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    cfg = SASRecConfig(num_items=30, hidden=16, layers=1, heads=2, max_len=10)
+    model = fit(cyclic_split(), 30, cfg, epochs=5, batch_size=32, max_seconds=0)
+    assert torch.equal(torch.rand(2), expected)
+    # A zero budget: one step, then the validation the budget stop runs, then stop.
+    assert len(model.train_log) == 1 and not model.training
+    assert set(model.train_log[0]) == {"epoch", "loss", "valid_ndcg@10", "valid_recall@10", "seconds"}
+    again = fit(cyclic_split(), 30, cfg, epochs=5, batch_size=32, max_seconds=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -35,8 +35,7 @@ def teacher_rankings(prepared, teacher_dir: str | Path, beam_size: int = 50, bat
     from ..teacher.attention_decode import attention_beam_search
     from ..teacher.models import load_teacher
 
-    model, layout = load_teacher(teacher_dir)
-    model.eval()
+    model, layout = load_teacher(teacher_dir, catalog=prepared.catalog)
 
     def decode(ids: torch.Tensor, mask: torch.Tensor) -> GenerationOutput:
         with torch.no_grad():
@@ -52,9 +51,8 @@ def student_rankings(
     from ..accelerated import AcceleratedRecommender
     from ..teacher.models import load_teacher
 
-    model, layout = load_teacher(teacher_dir)
-    model.eval()
-    fast = AcceleratedRecommender.load(student_dir, teacher=model, catalog=prepared.catalog, layout=layout)
+    model, layout = load_teacher(teacher_dir, catalog=prepared.catalog)
+    fast = AcceleratedRecommender.from_pretrained(student_dir, teacher=model, catalog=prepared.catalog, layout=layout)
 
     def decode(ids: torch.Tensor, mask: torch.Tensor) -> GenerationOutput:
         with torch.no_grad():

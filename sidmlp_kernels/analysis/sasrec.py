@@ -19,10 +19,7 @@ item scored keeps the ranked lists and max softmax probabilities model-only.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,9 +27,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..configs import TrainerConfig
 from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
+from ..training import forked_rng, run_training
 
 __all__ = ["FORMAT_VERSION", "SASRecConfig", "SASRec", "fit", "sasrec_histories"]
 
@@ -296,12 +294,14 @@ def fit(
     seed: int = 0,
     device: str | torch.device = "cpu",
     max_seconds: float | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> SASRec:
     """Train SASRec on split.train_sequences with early stopping on validation NDCG@10; returns the best model.
 
-    Validation uses `sasrec_histories` (up to max_len items). The model's train_log holds
-    per-epoch loss and validation metrics; the best epoch's weights are restored.
+    The one trainer (training.py) at a constant rate, without clipping, validating once per epoch
+    on `sasrec_histories` (up to max_len items). The model's train_log holds per-epoch loss and
+    validation metrics; the best epoch's weights are restored. The initial weights come from
+    `seed` in a forked RNG: the caller's global RNG is left as it was.
     """
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
         raise ValueError(f"num_items must be a positive int, got {num_items!r}")
@@ -317,48 +317,28 @@ def fit(
         if len(seq) and (min(seq) < 0 or max(seq) >= num_items):
             raise ValueError(f"split.train_sequences[{i}] holds item ids outside [0, {num_items})")
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = SASRec(config).to(device)
+    trainer_config = TrainerConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule="constant",
+        patience=patience, seed=seed, max_minutes=None if max_seconds is None else max_seconds / 60.0,
+    )
+    with forked_rng(seed):
+        model = SASRec(config)
+    model.to(device)
     x_all, y_all = _windows(split.train_sequences, config.max_len)
     valid_hist, _ = sasrec_histories(split, config.max_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, bad, start = -1.0, None, 0, time.perf_counter()
-    log_rows: list[dict[str, float]] = []
-    bar = tqdm(range(1, epochs + 1), desc="SASRec", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(x_all.shape[0], generator=gen)
-        total, count = 0.0, 0
-        for s in range(0, order.numel(), batch_size):
-            idx = order[s:s + batch_size]
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
-            keep = y >= 0
-            logits = model.item_logits(model(x)[keep])
-            loss = F.cross_entropy(logits, y[keep])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * int(keep.sum())
-            count += int(keep.sum())
-        row = {"epoch": epoch, "loss": total / max(count, 1)}
-        row.update({f"valid_{k}": v for k, v in _ndcg_recall(model, valid_hist, split.valid_targets).items()})
-        row["seconds"] = time.perf_counter() - start
-        log_rows.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg=f"{row['valid_ndcg@10']:.4f}")
-        if row["valid_ndcg@10"] > best:
-            best, bad = row["valid_ndcg@10"], 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-        if max_seconds is not None and row["seconds"] >= max_seconds:
-            log.info("SASRec: stopping at epoch %d, time budget %.0fs reached", epoch, max_seconds)
-            break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.train_log = log_rows
-    model.eval()
+
+    def batch_loss(m: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        x, y = x_all[index].to(device), y_all[index].to(device)
+        keep = y >= 0
+        return F.cross_entropy(m.item_logits(m(x)[keep]), y[keep])
+
+    result = run_training(
+        model, batch_loss, x_all.shape[0], trainer_config, metric="ndcg@10", desc="SASRec", show_progress=progress,
+        evaluate=lambda m: _ndcg_recall(m, valid_hist, split.valid_targets),
+    )
+    model.train_log = [
+        {"epoch": h["epoch"], "loss": h["train_loss"], **{k: v for k, v in h.items() if k.startswith("valid_")},
+         "seconds": h["seconds"]}
+        for h in result.history
+    ]
     return model

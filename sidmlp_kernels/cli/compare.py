@@ -34,11 +34,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     prepared = load_prepared(args.prepared)
-    teacher, layout = load_teacher(args.teacher)
+    teacher, layout = load_teacher(args.teacher, catalog=prepared.catalog)
     padding = "right" if getattr(teacher.config, "is_encoder_decoder", False) else "left"
     examples = build_examples(prepared.split, prepared.catalog, layout, args.split, padding_side=padding)
     models = {
-        str(d): AcceleratedRecommender.load(d, teacher=teacher, catalog=prepared.catalog, layout=layout)
+        str(d): AcceleratedRecommender.from_pretrained(d, teacher=teacher, catalog=prepared.catalog, layout=layout)
         for d in args.accelerated
     }
     results = compare_with_teacher(teacher, layout, prepared.catalog, examples, models, beam_size=args.beam)

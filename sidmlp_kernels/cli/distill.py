@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..configs import AccelerateConfig, DistillConfig, EncoderTrainConfig, MLPEncoderSizes, StudentSizes
+
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `sidmlp distill` options to a (sub)parser and return it."""
@@ -20,30 +22,29 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                    help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
                    help="random cap on training prefixes per user (default 20; 0 = all)")
-    from ..configs import DistillConfig
-
-    d = DistillConfig()
+    d, sizes, enc, enc_train = DistillConfig, StudentSizes, MLPEncoderSizes, EncoderTrainConfig
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over torchrun ranks)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="weight of the KL term (default 0.7)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the KL term (default {d.alpha})")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping")
-    p.add_argument("--eval-beam", type=int, default=20, help="beam of the validation generate (default 20)")
+    p.add_argument("--eval-beam", type=int, default=d.eval_beam,
+                   help=f"beam of the validation generate (default {d.eval_beam})")
     p.add_argument("--eval-users", type=int, default=None, help="validate on the first N users only")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--head-hidden", type=int, default=512)
-    p.add_argument("--num-heads", type=int, default=4)
-    p.add_argument("--attn-dim", type=int, default=0, help="cross-attention width (0 = context width)")
-    p.add_argument("--ffn-dim", type=int, default=1024)
-    p.add_argument("--encoder-epochs", type=int, default=10, help="SID-MLP++ stage-1 epochs")
-    p.add_argument("--encoder-layers", type=int, default=2)
-    p.add_argument("--encoder-ffn-dim", type=int, default=None, help="default: 2 x teacher hidden size")
-    p.add_argument("--encoder-lr", type=float, default=1e-3)
+    p.add_argument("--dropout", type=float, default=sizes.dropout)
+    p.add_argument("--head-hidden", type=int, default=sizes.head_hidden)
+    p.add_argument("--num-heads", type=int, default=sizes.num_heads)
+    p.add_argument("--attn-dim", type=int, default=sizes.attn_dim, help="cross-attention width (0 = context width)")
+    p.add_argument("--ffn-dim", type=int, default=sizes.ffn_dim)
+    p.add_argument("--encoder-epochs", type=int, default=enc_train.epochs, help="SID-MLP++ stage-1 epochs")
+    p.add_argument("--encoder-layers", type=int, default=enc.layers)
+    p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
+    p.add_argument("--encoder-lr", type=float, default=enc_train.lr)
     p.add_argument("--beam", type=int, default=50, help="beam of the final test evaluation")
     p.add_argument("--test-users", type=int, default=None, help="evaluate the first N test users only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DistillConfig.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_distill)
@@ -53,12 +54,20 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """`sidmlp distill`: distil SID-MLP (or SID-MLP++) heads from a trained teacher; torchrun-ready."""
+    # Built first: a bad option fails in one line before any data is loaded.
+    config = AccelerateConfig().with_overrides(
+        replace_encoder=args.replace_encoder, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        alpha=args.alpha, temperature=args.temperature, weight_decay=args.weight_decay, patience=args.patience,
+        eval_beam=args.eval_beam, seed=args.seed, dropout=args.dropout, head_hidden=args.head_hidden,
+        num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs,
+        encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
+    )
     import torch
     import torch.distributed as dist
 
     from ..accelerated import AcceleratedRecommender, accelerate
     from ..evaluation import evaluate_recommender
-    from ..training import barrier, dist_info
+    from ..training import TrainingInterrupted, barrier, dist_info
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
     from ..teacher.models import load_teacher
@@ -69,7 +78,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     log = print if rank == 0 else (lambda s: None)
     prepared = load_prepared(args.prepared)
     catalog, split = prepared.catalog, prepared.split
-    teacher, layout = load_teacher(args.teacher)
+    teacher, layout = load_teacher(args.teacher, catalog=catalog)
     padding = "right" if getattr(teacher.config, "is_encoder_decoder", False) else "left"
     cap = args.max_prefixes_per_user or None
     train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=cap, seed=args.seed,
@@ -83,21 +92,22 @@ def cmd_distill(args: argparse.Namespace) -> int:
         f"{'SID-MLP++' if args.replace_encoder else 'SID-MLP'}")
     init = None
     if args.init_student:
-        init = AcceleratedRecommender.load(args.init_student, teacher=teacher, catalog=catalog, layout=layout).student
+        init = AcceleratedRecommender.from_pretrained(args.init_student, teacher=teacher, catalog=catalog,
+                                                      layout=layout).student
     t0 = time.perf_counter()
-    rec = accelerate(
-        teacher, catalog, train, valid, replace_encoder=args.replace_encoder, layout=layout, work_dir=work,
-        init_student=init,
-        show_progress=not args.no_progress and rank == 0, log=log,
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, alpha=args.alpha, temperature=args.temperature,
-        weight_decay=args.weight_decay, patience=args.patience, eval_beam=args.eval_beam, seed=args.seed,
-        dropout=args.dropout, head_hidden=args.head_hidden, num_heads=args.num_heads, attn_dim=args.attn_dim,
-        ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs, encoder_layers=args.encoder_layers,
-        encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
-    )
+    try:
+        rec = accelerate(teacher, catalog, train, valid, config, layout=layout, work_dir=work, init_student=init,
+                         show_progress=not args.no_progress and rank == 0)
+    except TrainingInterrupted as stop:
+        where = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
+        log(f"[distill] interrupted at step {stop.step} ({where}); run the same command again to resume "
+            f"(features and checkpoints in {work} are reused)")
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        return 130
     if rank == 0:
         rec.info["distill_seconds"] = time.perf_counter() - t0
-        rec.save(out)
+        rec.save_pretrained(out)
         log(f"[distill] saved {out} ({rec.info['distill_seconds']:.0f}s)")
         test = build_examples(split, catalog, layout, "test", padding_side=padding)
         m = evaluate_recommender(rec, test, beam_size=args.beam, top_n=10, max_users=args.test_users,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from ..data.movielens import DATASETS
 
 
 def run_quickstart(
@@ -45,10 +46,17 @@ def run_quickstart(
     stamp = lambda: f"[quickstart {time.perf_counter() - t_all:6.0f}s]"  # noqa: E731
     try:
         prepared = load_prepared(out / "prepared")
-        print(f"{stamp()} reusing {out / 'prepared'}")
     except (FileNotFoundError, ValueError):
+        prepared = None
+    if prepared is not None:
+        if prepared.config.get("dataset") != dataset:
+            raise ValueError(f"--out {out} holds a quickstart on {prepared.config.get('dataset')}, not --dataset "
+                             f"{dataset}; choose another --out")
+        print(f"{stamp()} reusing {prepared.config['dataset']} data in {out / 'prepared'}")
+    else:
         print(f"{stamp()} preparing {dataset} (MiniLM embeddings + residual-quantised Semantic IDs)")
-        prepared = prepare(dataset, out / "prepared", show_progress=show_progress)
+        # The quickstart owns out/prepared: a half-written one (a crash) is rebuilt, reusing its embedding cache.
+        prepared = prepare(dataset, out / "prepared", show_progress=show_progress, overwrite=True)
     catalog, split = prepared.catalog, prepared.split
     layout = TokenLayout.for_catalog(catalog)
     train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=max_prefixes_per_user, seed=0)
@@ -64,16 +72,17 @@ def run_quickstart(
         cfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, max_minutes=teacher_minutes, eval_beam=20,
                           eval_users=eval_users or 300, patience=2, progress=show_progress,
                           extra={"dataset": dataset, "max_prefixes_per_user": max_prefixes_per_user})
-        train_teacher(model, layout, catalog, train, valid, teacher_dir, cfg, log=lambda s: print(stamp(), s))
-    teacher, layout = load_teacher(teacher_dir)
+        train_teacher(model, layout, catalog, train, valid, teacher_dir, cfg)
+    else:
+        print(f"{stamp()} reusing the teacher in {teacher_dir} (delete it to train a new one)")
+    teacher, layout = load_teacher(teacher_dir, catalog=catalog)
 
-    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, show_progress=show_progress,
-                  log=lambda s: print(stamp(), s))
+    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, show_progress=show_progress)
     models: dict[str, AcceleratedRecommender] = {}
     for name, replace in (("sidmlp", False), ("sidmlp++", True)):
         path = out / name
         if (path / "accelerated.json").is_file():
-            models[name] = AcceleratedRecommender.load(path, teacher=teacher, catalog=catalog)
+            models[name] = AcceleratedRecommender.from_pretrained(path, teacher=teacher, catalog=catalog)
             print(f"{stamp()} reusing {path}")
             continue
         print(f"{stamp()} distilling {name}")
@@ -82,7 +91,7 @@ def run_quickstart(
         init = models["sidmlp"].student if replace and "sidmlp" in models else None
         rec = accelerate(teacher, catalog, train, valid_small, replace_encoder=replace, layout=layout,
                          work_dir=out / "work", init_student=init, **common, **extra)
-        rec.save(path)
+        rec.save_pretrained(path)
         models[name] = rec
 
     print(f"{stamp()} evaluating on {len(test)} test users, beam {beam_size}, top 10")
@@ -98,10 +107,10 @@ def run_quickstart(
 def add_quickstart_arguments(parser) -> Any:
     """Add the `sidmlp quickstart` options to a (sub)parser and return it."""
     parser.add_argument("--out", default="runs/quickstart", help="run directory (rerun = reuse/resume)")
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", choices=sorted(DATASETS), help="packaged dataset")
     parser.add_argument("--teacher-minutes", type=float, default=5.0, help="wall-clock budget of teacher training")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_quickstart)
     return parser
 

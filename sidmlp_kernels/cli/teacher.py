@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..configs import TrainConfig
 from ..teacher.presets import ARCHS, T5_PRESETS
 from .common import set_threads
 
@@ -16,13 +17,25 @@ from .common import set_threads
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     """`sidmlp train-teacher`: train a TIGER (T5) or GPT-2 teacher on a prepared dataset."""
+    extra = dict(prepared=str(Path(args.prepared).resolve()), arch=args.arch, preset=args.preset,
+                 max_prefixes_per_user=args.max_prefixes_per_user)
+    if args.init_from:
+        extra["init_from"] = str(Path(args.init_from).resolve())
+    # Built first: a bad option fails in one line before any data is loaded.
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
+        eval_beam=args.eval_beam, eval_users=args.eval_users, patience=args.patience, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, bf16=args.bf16, progress=not args.no_progress, extra=extra,
+    )
     import torch
 
     from ..data.examples import build_examples
     from ..data.layout import TokenLayout
     from ..data.prepare import load_prepared
     from ..teacher.models import build_gpt2_teacher, build_t5_teacher, load_teacher
-    from ..teacher.train import TrainConfig, train_teacher
+    from ..teacher.train import train_teacher
+    from ..training import TrainingInterrupted
     set_threads(args.threads)
     prepared = load_prepared(args.prepared)
     catalog, split = prepared.catalog, prepared.split
@@ -49,18 +62,14 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         print(f"[train-teacher] weights from {args.init_from} (optimizer and schedule start fresh)")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train-teacher] {n_params / 1e6:.2f}M parameters, {torch.get_num_threads()} threads")
-    extra = dict(prepared=str(Path(args.prepared).resolve()), arch=args.arch, preset=args.preset,
-                 max_prefixes_per_user=args.max_prefixes_per_user)
-    if args.init_from:
-        extra["init_from"] = str(Path(args.init_from).resolve())
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
-        eval_beam=args.eval_beam, eval_users=args.eval_users, patience=args.patience, seed=args.seed,
-        checkpoint_minutes=args.checkpoint_minutes, bf16=args.bf16, progress=not args.no_progress, extra=extra,
-    )
-    summary = train_teacher(model, layout, catalog, train, valid, args.out, config, resume=not args.fresh,
-                            info=dict(extra, params=n_params))
+    try:
+        summary = train_teacher(model, layout, catalog, train, valid, args.out, config, resume=not args.fresh,
+                                info=dict(extra, params=n_params))
+    except TrainingInterrupted as stop:
+        where = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
+        print(f"[train-teacher] interrupted at step {stop.step} ({where}); run the same command again "
+              "(without --fresh) to resume")
+        return 130
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -85,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     prepared = load_prepared(args.prepared)
     catalog, split = prepared.catalog, prepared.split
-    model, layout = load_teacher(args.teacher)
+    model, layout = load_teacher(args.teacher, catalog=catalog)
     check_model_layout(model, layout, catalog)
     padding = "right" if getattr(model.config, "is_encoder_decoder", False) else "left"
     examples = build_examples(split, catalog, layout, args.split, padding_side=padding)
@@ -134,28 +143,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sidmlp train-teacher` and `sidmlp eval` to the subcommands."""
     p = subparsers.add_parser("train-teacher", help="train a TIGER (T5) or GPT-2 teacher on a prepared dataset")
     p.add_argument("--prepared", required=True, help="directory written by `sidmlp prepare`")
-    p.add_argument("--out", required=True, help="run directory (best/, last/, history.jsonl)")
+    p.add_argument("--out", required=True, help="run directory (best/, checkpoint.pt, history.jsonl)")
     p.add_argument("--arch", choices=ARCHS, default="t5", help="t5 (TIGER, default) or gpt2 (decoder-only)")
     p.add_argument("--preset", choices=sorted(T5_PRESETS), default="paper",
                    help="model size: paper (4+4 layers, d128), small (2+2, d64) or tiny")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this run")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes,
+                   help="wall-clock budget of this run (it stops, checkpoints, and a rerun resumes)")
     p.add_argument("--max-prefixes-per-user", type=int, default=None,
                    help="random cap on training prefixes per user (default: all)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of all steps, at most 1000")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between validations (default: per epoch)")
-    p.add_argument("--eval-beam", type=int, default=20, help="beam of the constrained validation decode")
-    p.add_argument("--eval-users", type=int, default=None, help="validate on the first N users only")
-    p.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
+                   help=f"default: {TrainConfig.warmup_frac * 100:g}%% of all steps, "
+                        f"at most {TrainConfig.max_warmup_steps}")
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every,
+                   help="steps between validations (default: once per epoch)")
+    p.add_argument("--eval-beam", type=int, default=TrainConfig.eval_beam,
+                   help="beam of the constrained validation decode")
+    p.add_argument("--eval-users", type=int, default=TrainConfig.eval_users, help="validate on the first N users only")
+    p.add_argument("--patience", type=int, default=TrainConfig.patience,
+                   help="validations without improvement before stopping")
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+                   help="steps between checkpoints (there is one at every validation too)")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast in training (about 1.4x faster on AVX512-BF16 CPUs; weights stay fp32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--fresh", action="store_true", help="start over, replacing the checkpoint in --out")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this trained teacher's weights (same arch/preset), with a new schedule")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

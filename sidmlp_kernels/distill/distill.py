@@ -1,20 +1,20 @@
-"""Distil a SID-MLP student from stored teacher features (DESIGN.md section 1).
+"""Distil a SID-MLP student from stored teacher features.
 
 Per digit: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(ground truth),
-teacher-forced prefixes, summed over digits. AdamW, linear warm-up + cosine,
-gradient clipping, early stopping on validation NDCG@10 of the constrained
-generate, resumable checkpoints, tqdm.
+teacher-forced prefixes, summed over digits, trained on the one trainer (training.py):
+AdamW, linear warm-up + cosine, gradient clipping, early stopping on validation
+NDCG@10 of the constrained generate, resumable checkpoints.
 
-Runs unchanged under `torchrun --nproc_per_node=N` (DDP, gloo on CPU): a
-DistributedSampler splits every global batch over ranks, DDP averages
-gradients, rank 0 evaluates and is the only writer.
+Runs unchanged under `torchrun --nproc_per_node=N` (DDP, gloo on CPU): every rank
+takes its share of each global batch, DDP averages gradients, rank 0 evaluates and
+is the only writer.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from ..decode.backends import decode_folded
 from ..decode.folded import project_context
 from ..metrics import ndcg_at_k, recall_at_k
 from ..configs import DistillConfig
-from ..training import TrainResult, broadcast_object, train_loop
+from ..training import TrainResult, broadcast_object, run_training, split_config, steps_per_epoch
 from .student import SIDMLP
 
 __all__ = [
@@ -39,13 +39,8 @@ __all__ = [
     "student_generate",
 ]
 
-_CKPT_VERSION = 1
 
-
-# ---------------------------------------------------------------- distributed helpers
-
-
-# ---------------------------------------------------------------- config, loss
+# ---------------------------------------------------------------- loss
 
 
 def distill_loss(
@@ -68,9 +63,6 @@ def distill_loss(
         kl_sum += float(kl.detach())
         ce_sum += float(ce.detach())
     return total, {"kl": kl_sum, "ce": ce_sum}
-
-
-# ---------------------------------------------------------------- generic loop
 
 
 # ---------------------------------------------------------------- evaluation
@@ -127,10 +119,12 @@ def distill(
     valid: Optional[ValidSet] = None,
     config: Optional[DistillConfig] = None,
     checkpoint: Optional[str | Path] = None,
-    show_progress: bool = True,
-    log: Callable[[str], None] = print,
+    show_progress: bool = False,
 ) -> TrainResult:
-    """Distil `student` in place from stored teacher features; keeps the best valid NDCG@10 weights."""
+    """Distil `student` in place from stored teacher features; keeps the best valid NDCG@10 weights.
+
+    With `checkpoint`, a rerun resumes from that file; Ctrl-C saves it and raises TrainingInterrupted.
+    """
     cfg = config or DistillConfig()
     if train.num_levels != student.num_levels or train.hidden_size != student.config.encoder_dim:
         raise ValueError(
@@ -153,14 +147,12 @@ def distill(
         def evaluate(model):
             return evaluate_student(model, catalog, valid, cfg.eval_beam, cfg.eval_batch_size)
 
-    return train_loop(
-        student, batch_loss, len(train), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
-        evaluate=evaluate, metric="ndcg@10", patience=cfg.patience, eval_every=cfg.eval_every,
-        checkpoint=checkpoint, run_config={"distill": asdict(cfg), "student": student.config.to_dict()},
-        desc="distill", show_progress=show_progress, log=log,
+    # DistillConfig counts evaluations in epochs, the trainer in steps.
+    trainer_config, run_config = split_config(
+        cfg, eval_every=cfg.eval_every * steps_per_epoch(len(train), cfg.batch_size)
     )
-
-
-# ---------------------------------------------------------------- CLI
-
+    del run_config["eval_batch_size"]  # speed only: a resume may change it
+    return run_training(
+        student, batch_loss, len(train), trainer_config, evaluate=evaluate, metric="ndcg@10", checkpoint=checkpoint,
+        run_config=dict(run_config, student=student.config.to_dict()), desc="distill", show_progress=show_progress,
+    )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from ..decode.types import Encoded
 from ..configs import EncoderTrainConfig
-from ..training import TrainResult, train_loop
+from ..training import TrainResult, run_training, split_config
 from .features import FeatureStore
 from ..data.layout import TokenLayout
 
@@ -137,8 +137,7 @@ def train_mlp_encoder(
     features: FeatureStore,
     config: Optional[EncoderTrainConfig] = None,
     checkpoint: Optional[str | Path] = None,
-    show_progress: bool = True,
-    log: Callable[[str], None] = print,
+    show_progress: bool = False,
 ) -> TrainResult:
     """Stage 1 of SID-MLP++: fit the encoder to the teacher's stored states (DDP-aware, resumable)."""
     cfg = config or EncoderTrainConfig()
@@ -147,13 +146,11 @@ def train_mlp_encoder(
 
     def batch_loss(model, index):
         b = features.batch(index)
-        pred = model(b["input_ids"], b["mask"]).states
-        loss = masked_mse(pred, b["states"], b["mask"])
-        return loss, {}
+        return masked_mse(model(b["input_ids"], b["mask"]).states, b["states"], b["mask"])
 
-    return train_loop(
-        encoder, batch_loss, len(features), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
-        checkpoint=checkpoint, run_config={"encoder": encoder.config.to_dict(), "train": asdict(cfg)},
-        desc="mlp-encoder", show_progress=show_progress, log=log,
+    trainer_config, run_config = split_config(cfg)
+    return run_training(
+        encoder, batch_loss, len(features), trainer_config, checkpoint=checkpoint,
+        run_config=dict(run_config, encoder=encoder.config.to_dict()), desc="mlp-encoder",
+        show_progress=show_progress,
     )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
 from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
 from .adapters import check_model_layout, left_positions
@@ -144,8 +145,14 @@ def save_teacher(model: nn.Module, layout: TokenLayout, directory: str | Path, i
     write_meta(directory / "teacher.json", _FORMAT, FORMAT_VERSION, {"arch": _arch(model), **(info or {})})
 
 
-def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TokenLayout]:
-    """Load (model in eval mode, layout) from a run directory (uses best/) or a saved model directory."""
+def load_teacher(
+    directory: str | Path, device: str | torch.device = "cpu", catalog: Optional[SIDCatalog] = None
+) -> tuple[nn.Module, TokenLayout]:
+    """Load (model in eval mode, layout) from a run directory (uses best/) or a saved model directory.
+
+    With `catalog`, a teacher trained on another catalog (its recorded fingerprint differs) is a
+    ValueError naming both.
+    """
     directory = Path(directory)
     if (directory / "best" / "teacher.json").is_file():
         directory = directory / "best"
@@ -155,6 +162,10 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
     meta = read_meta(meta_path, _FORMAT, FORMAT_VERSION, required=("arch",),
                      hint="re-create it with `sidmlp train-teacher` (or save_teacher)")
     layout = TokenLayout.load(directory / "layout.json")
+    recorded = meta.get("catalog_fingerprint")
+    if catalog is not None and recorded is not None and recorded != catalog.fingerprint():
+        raise ValueError(f"the teacher in {directory} was trained on catalog {recorded}, but this data's catalog is "
+                         f"{catalog.fingerprint()} ({catalog}); use the teacher trained on this --prepared directory")
     arch = meta["arch"]
     if arch == "t5":
         from transformers import T5ForConditionalGeneration as cls
