@@ -31,7 +31,7 @@ from .distill.distill import ValidSet, distill
 from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
 from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
-from .io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
+from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
 from .teacher.adapters import as_adapter
 from .training import TrainResult, barrier, dist_info
 
@@ -417,7 +417,9 @@ def accelerate(
         fingerprint = teacher_fingerprint(adapter)
         student = new_student(adapter, cfg)
     encoder = None
-    info: dict[str, Any] = {"teacher_fingerprint": fingerprint, "num_train_examples": len(feats)}
+    info: dict[str, Any] = {"teacher_fingerprint": fingerprint, "num_train_examples": len(feats),
+                            "provenance": provenance({"teacher": fingerprint, "catalog": catalog.fingerprint(),
+                                                      "train_examples": len(feats)})}
     if cfg.replace_encoder:
         encoder = new_mlp_encoder(adapter, cfg, max_input_len=feats.states.shape[1])
         ecfg = cfg.encoder_training if cfg.encoder_training.seed == dcfg.seed else \

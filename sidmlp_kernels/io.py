@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shlex
 import shutil
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "ArtifactError",
+    "provenance",
     "atomic_directory",
     "load_tensors",
     "read_json",
@@ -155,3 +161,42 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _git_commit() -> Optional[str]:
+    """The commit of the source checkout this package runs from (an editable install), else None."""
+    here = Path(__file__).resolve().parent
+    if not (here.parent / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here.parent, capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(inputs: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """What produced a run: the command line, package and torch versions, git commit, time, input fingerprints.
+
+    Every run's JSON records this under "provenance", so a number can be traced to its command.
+    """
+    from . import __version__
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = None
+    return {
+        "command": shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv and sys.argv[0] else None,
+        "sidmlp_kernels": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": dict(inputs or {}),
+    }

@@ -80,5 +80,5 @@ def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| teacher |" in out and all(f"| {d} |" in out for d in dirs)
     blob = json.loads((tmp_path / "c.json").read_text())
-    assert set(blob) == {"teacher", *dirs}
+    assert set(blob) == {"teacher", "provenance", *dirs} and blob["provenance"]["command"]
     assert all(0.0 <= blob[d]["top10_overlap_with_teacher"] <= 1.0 for d in dirs)

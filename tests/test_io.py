@@ -108,3 +108,16 @@ def test_sasrec_of_the_previous_version_loads(tmp_path):
     (tmp_path / "sasrec.json").write_text(json.dumps(meta))
     back = SASRec.load(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_provenance_names_the_command_versions_and_inputs(monkeypatch):
+    import sidmlp_kernels
+    from sidmlp_kernels.io import provenance
+
+    monkeypatch.setattr("sys.argv", ["/usr/bin/sidmlp", "eval", "--teacher", "runs/my teacher"])
+    record = provenance({"catalog": "abc123"})
+    assert record["command"] == "sidmlp eval --teacher 'runs/my teacher'"
+    assert record["sidmlp_kernels"] == sidmlp_kernels.__version__ and record["torch"] == torch.__version__
+    assert record["inputs"] == {"catalog": "abc123"} and record["created"][:2] == "20"
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    json.dumps(record)

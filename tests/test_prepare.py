@@ -69,6 +69,8 @@ def test_prepare_round_trip_and_resume(tmp_path, fake_dataset, fake_encoder, cap
     assert q.catalog == p.catalog and q.data == p.data and q.split == p.split
     assert q.stats == p.stats and q.config == p.config == json.loads((out / "data.json").read_text())["config"]
     assert q.split.max_history == 4 and all(len(h) <= 4 for h in q.split.test_histories)
+    recorded = json.loads((out / "data.json").read_text())["provenance"]
+    assert recorded["inputs"] == {"dataset": "ml-100k", "catalog": p.catalog.fingerprint()}
 
     with pytest.raises(ValueError, match=r"--out.* is not empty \(it holds a prepared dataset\); .*--overwrite"):
         prepare("ml-100k", out, num_levels=3, codebook_size=8, max_history=4)

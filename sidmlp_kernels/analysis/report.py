@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..io import provenance, write_json
 from .hybrid import adaptive_alpha, fuse_rankings, grid_search_adaptive, grid_search_fixed
 from .labels import GENERALIZATION_TYPES, LABELS, InstanceLabels, build_transition_graph, label_instances, label_shares, metrics_by_label
 from .token_level import TokenSupport, token_level_table, token_support
@@ -443,5 +444,6 @@ def run_analysis(
         "test": evaluate_ranking(id_test[0], torch.as_tensor(split.test_targets), (10,)),
         "config": dict(vars(model.config)),
     }
-    (out / "results.json").write_text(json.dumps(_clean(results), indent=1))
+    results["provenance"] = provenance({"catalog": prepared.catalog.fingerprint()})
+    write_json(out / "results.json", _clean(results), indent=1)
     return results

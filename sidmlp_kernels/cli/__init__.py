@@ -35,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def add_argument(self, *args, **kwargs):
+        default = kwargs.get("default")
+        if "help" not in kwargs and default is not None and default is not False:
+            kwargs["help"] = "default: %(default)s"  # argparse prints no line for an option without help
+        return super().add_argument(*args, **kwargs)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .common import set_threads
 
@@ -30,6 +28,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
     from ..evaluation import compare_with_teacher, format_comparison
+    from ..io import provenance, write_json
     from ..teacher.models import load_teacher
 
     set_threads(args.threads)
@@ -45,7 +44,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{args.split}, {len(examples)} users, beam {args.beam}\n")
     print(format_comparison(results))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+        results["provenance"] = provenance({"catalog": prepared.catalog.fingerprint()})
+        write_json(args.json_out, results)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -16,22 +15,22 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--prepared", required=True, help="directory written by `sidmlp prepare`")
     p.add_argument("--teacher", required=True, help="teacher run directory (train-teacher --out) or saved model dir")
     p.add_argument("--out", required=True, help="where the accelerated recommender is saved")
-    p.add_argument("--work-dir", default=None, help="features + resumable checkpoints (default: OUT/work)")
+    p.add_argument("--work-dir", default=None, help="features + resumable checkpoints")
     p.add_argument("--replace-encoder", action="store_true", help="SID-MLP++: also distil an MLP encoder")
     p.add_argument("--init-student", default=None, metavar="DIR",
                    help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
-                   help="random cap on training prefixes per user (default 20; 0 = all)")
+                   help="random cap on training prefixes per user")
     d, sizes, enc, enc_train = DistillConfig, StudentSizes, MLPEncoderSizes, EncoderTrainConfig
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over torchrun ranks)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the KL term (default {d.alpha})")
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the KL term")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--patience", type=int, default=d.patience, help="evaluations without improvement before stopping")
     p.add_argument("--eval-beam", type=int, default=d.eval_beam,
-                   help=f"beam of the validation generate (default {d.eval_beam})")
+                   help=f"beam of the validation generate")
     p.add_argument("--eval-users", type=int, default=None, help="validate on the first N users only")
     p.add_argument("--dropout", type=float, default=sizes.dropout)
     p.add_argument("--head-hidden", type=int, default=sizes.head_hidden)
@@ -70,6 +69,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ..training import TrainingInterrupted, barrier, dist_info
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
+    from ..io import provenance, write_json
     from ..teacher.models import load_teacher
 
     if args.threads:
@@ -114,7 +114,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                  show_progress=not args.no_progress)
         log(f"[distill] test ({m['num_users']} users, beam {args.beam}): recall@10 {m['recall@10']:.4f} "
             f"ndcg@10 {m['ndcg@10']:.4f}  encode {m['encode_seconds']:.2f}s decode {m['decode_seconds']:.2f}s")
-        (out / "test_metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "items"}, indent=2))
+        write_json(out / "test_metrics.json", {**{k: v for k, v in m.items() if k != "items"},
+                                               "provenance": provenance({"catalog": catalog.fingerprint()})})
     barrier()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +35,7 @@ def run_quickstart(
     from ..data.layout import TokenLayout
     from ..data.prepare import load_prepared, prepare
     from ..evaluation import compare_with_teacher, format_comparison
+    from ..io import provenance, write_json
     from ..teacher.models import build_t5_teacher, load_teacher
     from ..teacher.train import TrainConfig, train_teacher
 
@@ -98,7 +98,8 @@ def run_quickstart(
     results: dict[str, Any] = compare_with_teacher(teacher, layout, catalog, test, models, beam_size=beam_size)
     print("\n" + format_comparison(results) + "\n")
     results["total_seconds"] = time.perf_counter() - t_all
-    (out / "quickstart.json").write_text(json.dumps(results, indent=2))
+    results["provenance"] = provenance({"dataset": dataset, "catalog": catalog.fingerprint()})
+    write_json(out / "quickstart.json", results)
     print(f"{stamp()} wrote {out / 'quickstart.json'}")
     return results
 

@@ -90,6 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..metrics import evaluate_ranking, ndcg_at_k, paired_bootstrap, recall_at_k
     from ..teacher.adapters import check_model_layout
     from ..teacher.evaluate import evaluate_teacher
+    from ..io import provenance, write_json
     from ..teacher.models import load_teacher
     set_threads(args.threads)
     prepared = load_prepared(args.prepared)
@@ -134,7 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{name} {b['mean_difference']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] "
                   f"p={b['share_not_better']:.4f}" for name, b in boot.items()))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+        results["provenance"] = provenance({"catalog": catalog.fingerprint()})
+        write_json(args.json_out, results)
     return 0
 
 
@@ -146,12 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (best/, checkpoint.pt, history.jsonl)")
     p.add_argument("--arch", choices=ARCHS, default="t5", help="t5 (TIGER, default) or gpt2 (decoder-only)")
     p.add_argument("--preset", choices=sorted(T5_PRESETS), default="paper",
-                   help="model size: paper (4+4 layers, d128), small (2+2, d64) or tiny")
+                   help="model size: paper = the TIGER paper's (4+4 layers, d128; hours on a 2-core CPU), "
+                        "small (2+2, d64; minutes) or tiny (tests)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes,
                    help="wall-clock budget of this run (it stops, checkpoints, and a rerun resumes)")
     p.add_argument("--max-prefixes-per-user", type=int, default=None,
-                   help="random cap on training prefixes per user (default: all)")
+                   help="random cap on training prefixes per user")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
@@ -159,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"default: {TrainConfig.warmup_frac * 100:g}%% of all steps, "
                         f"at most {TrainConfig.max_warmup_steps}")
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every,
-                   help="steps between validations (default: once per epoch)")
+                   help="steps between validations")
     p.add_argument("--eval-beam", type=int, default=TrainConfig.eval_beam,
                    help="beam of the constrained validation decode")
     p.add_argument("--eval-users", type=int, default=TrainConfig.eval_users, help="validate on the first N users only")
@@ -170,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast in training (about 1.4x faster on AVX512-BF16 CPUs; weights stay fp32)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--fresh", action="store_true", help="start over, replacing the checkpoint in --out")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this trained teacher's weights (same arch/preset), with a new schedule")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import ArtifactError, read_json, read_meta, write_json, write_meta
+from ..io import ArtifactError, provenance, read_json, read_meta, write_json, write_meta
 from .catalog import SIDCatalog
 from .movielens import DATASETS, InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
@@ -88,6 +88,7 @@ def prepare(
     write_meta(out / "data.json", _FORMAT, FORMAT_VERSION, {
         "config": config,
         "catalog_fingerprint": catalog.fingerprint(),
+        "provenance": provenance({"dataset": dataset, "catalog": catalog.fingerprint()}),
         "data": asdict(data),
         "split": asdict(split),
     }, indent=None)

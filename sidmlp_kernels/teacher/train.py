@@ -21,7 +21,7 @@ from ..configs import TrainConfig
 from ..data.catalog import SIDCatalog
 from ..data.examples import Examples
 from ..data.layout import TokenLayout
-from ..io import atomic_directory
+from ..io import atomic_directory, provenance
 from ..training import run_training, split_config
 from .adapters import check_model_layout
 from .evaluate import evaluate_teacher
@@ -63,6 +63,8 @@ def train_teacher(
     for name in ("progress", "eval_batch_size"):  # display and speed only: a resume may change them
         del run_config[name]
     info = dict(info or {})
+    info.setdefault("provenance", provenance({"catalog": catalog.fingerprint(), "train_examples": len(train),
+                                              "valid_users": len(valid)}))
     device = next(model.parameters()).device
 
     def batch_loss(m: nn.Module, index):
