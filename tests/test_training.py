@@ -13,7 +13,7 @@ from torch import nn
 from sidmlp_kernels.configs import TrainConfig, TrainerConfig
 from sidmlp_kernels.training import TrainingInterrupted, forked_rng, lr_lambda, run_training
 
-from helpers import interrupt_on_call
+from tests.helpers import interrupt_on_call
 
 _G = torch.Generator().manual_seed(0)
 X = torch.randn(40, 4, generator=_G)

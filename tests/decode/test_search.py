@@ -19,9 +19,9 @@ from sidmlp_kernels.decode.reference import ReferenceSteps, beam_search_referenc
 from sidmlp_kernels.decode.search import beam_search, extend_prefixes
 from sidmlp_kernels.teacher.attention_decode import UnconstrainedSteps, attention_beam_search
 
-from test_attention_decode import inputs, make_model
-from test_backends import make_ctx, make_heads
-from test_decoding import random_catalog, table_logits
+from tests.teacher.test_attention_decode import inputs, make_model
+from tests.decode.test_backends import make_ctx, make_heads
+from tests.decode.test_reference import random_catalog, table_logits
 
 STRATEGIES = {
     "reference": lambda fn, cat: ReferenceSteps(fn, cat),

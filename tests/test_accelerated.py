@@ -14,7 +14,7 @@ from sidmlp_kernels.data.layout import TokenLayout
 from sidmlp_kernels.distill.mlp_encoder import MLPEncoder
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
-from helpers import FakeAdapter
+from tests.helpers import FakeAdapter
 
 TINY = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=32)
 

@@ -11,7 +11,7 @@ from sidmlp_kernels.decode.backends import decode_folded
 from sidmlp_kernels.decode.folded import folded_logits
 from sidmlp_kernels.decode.reference import exhaustive_search
 
-from test_backends import assert_same_ranking, assert_valid_items, available_backends, make_ctx, make_heads
+from tests.decode.test_backends import assert_same_ranking, assert_valid_items, available_backends, make_ctx, make_heads
 
 
 def skewed_catalog(seed: int, n: int, sizes: list[int], skew: float) -> SIDCatalog:

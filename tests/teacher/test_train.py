@@ -16,7 +16,7 @@ from sidmlp_kernels.teacher.train import train_teacher
 from sidmlp_kernels.training import TrainingInterrupted
 import sidmlp_kernels.teacher.train as train_mod
 
-from helpers import interrupt_on_call
+from tests.helpers import interrupt_on_call
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

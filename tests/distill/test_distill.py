@@ -18,9 +18,9 @@ from sidmlp_kernels.distill.features import extract_features, load_features
 from sidmlp_kernels.distill.mlp_encoder import MLPEncoder, train_mlp_encoder
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
-from helpers import FakeAdapter, interrupt_on_call
+from tests.helpers import FakeAdapter, interrupt_on_call
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUIET = dict(show_progress=False)
 
 
@@ -170,8 +170,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from safetensors.torch import save_file
-    sys.path.insert(0, {tests!r})
-    from test_distill import setup_data, make_student
+    from tests.distill.test_distill import setup_data, make_student
     from sidmlp_kernels.configs import DistillConfig
     from sidmlp_kernels.distill.distill import ValidSet, distill
     from sidmlp_kernels.training import is_main_process
@@ -183,7 +182,7 @@ DDP_SCRIPT = textwrap.dedent(
     student = make_student(ad, dropout=0.0)
     res = distill(student, feats, cat, valid, DistillConfig(epochs=3, batch_size=32, lr=3e-3, eval_beam=5))
     if is_main_process():
-        save_file({{k: v.contiguous() for k, v in student.state_dict().items()}}, out + "/student.safetensors")
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, out + "/student.safetensors")
         open(out + "/history.json", "w").write(json.dumps(res.history))
     """
 )
@@ -192,7 +191,7 @@ DDP_SCRIPT = textwrap.dedent(
 @pytest.mark.slow  # three fresh interpreters (1 + 2 ranks) on shared cores: ~20-60 s
 def test_torchrun_two_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests")))
+    script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
