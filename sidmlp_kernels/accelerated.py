@@ -34,6 +34,7 @@ from .distill.student import SIDMLP, SIDMLPConfig
 from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
 from .teacher.adapters import as_adapter
 from .training import TrainResult, barrier, dist_info
+from .errors import InvalidInput, InvalidInputType
 
 __all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "new_mlp_encoder", "new_student", "FORMAT_VERSION"]
 
@@ -74,17 +75,17 @@ class AcceleratedRecommender(nn.Module):
         super().__init__()
         layout.validate_against(catalog)
         if (teacher is None) == (encoder is None):
-            raise ValueError("give exactly one encoder: the teacher adapter (SID-MLP) or an MLPEncoder (SID-MLP++)")
+            raise InvalidInput("give exactly one encoder: the teacher adapter (SID-MLP) or an MLPEncoder (SID-MLP++)")
         if not isinstance(student, SIDMLP):
-            raise TypeError(f"student must be a SIDMLP, got {type(student).__name__}")
+            raise InvalidInputType(f"student must be a SIDMLP, got {type(student).__name__}")
         if tuple(student.config.codebook_sizes) != tuple(catalog.codebook_sizes):
-            raise ValueError(
+            raise InvalidInput(
                 f"student codebook_sizes {student.config.codebook_sizes} != catalog {catalog.codebook_sizes}"
             )
         adapter = as_adapter(teacher, catalog, layout) if teacher is not None else None
         hidden = adapter.hidden_size if adapter is not None else encoder.config.hidden_size
         if hidden != student.config.encoder_dim:
-            raise ValueError(f"encoder width {hidden} != student encoder_dim {student.config.encoder_dim}")
+            raise InvalidInput(f"encoder width {hidden} != student encoder_dim {student.config.encoder_dim}")
         self.layout = layout
         self.catalog = catalog
         self.student = student
@@ -147,7 +148,7 @@ class AcceleratedRecommender(nn.Module):
         for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask)):
             if isinstance(tensor, torch.Tensor) and tensor.device != expected:
                 owner = "the MLP encoder" if self.encoder is not None else "the teacher's encoder"
-                raise ValueError(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
+                raise InvalidInput(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
         self.layout.check_inputs(input_ids, attention_mask)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
@@ -189,7 +190,7 @@ class AcceleratedRecommender(nn.Module):
     ) -> GenerationOutput:
         """generate() over many users in chunks of batch_size (bounded memory)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise InvalidInput(f"batch_size must be an int >= 1, got {batch_size!r}")
         check_beam_args(beam_size, top_n)
         self.check_inputs(input_ids, attention_mask)  # also refuses an empty batch, before any work
         outs = [
@@ -247,9 +248,9 @@ class AcceleratedRecommender(nn.Module):
         if saved_catalog.fingerprint() != meta["catalog_fingerprint"]:
             raise ArtifactError(directory / "catalog", "does not match the catalog this model was saved with", hint)
         if layout is not None and layout != saved_layout:
-            raise ValueError(f"layout mismatch: {directory} was built for {saved_layout}, got {layout}")
+            raise InvalidInput(f"layout mismatch: {directory} was built for {saved_layout}, got {layout}")
         if catalog is not None and catalog != saved_catalog:
-            raise ValueError(
+            raise InvalidInput(
                 f"catalog mismatch: {directory} was built for {saved_catalog} "
                 f"(fingerprint {meta['catalog_fingerprint']}), got {catalog} "
                 f"(fingerprint {catalog.fingerprint()}); distil again for the new catalog"
@@ -266,17 +267,17 @@ class AcceleratedRecommender(nn.Module):
                 as_adapter(teacher, saved_catalog, saved_layout)  # only validated: SID-MLP++ does not need it
         elif meta["encoder"] == "teacher":
             if teacher is None:
-                raise ValueError(
+                raise InvalidInput(
                     f"{directory} is a SID-MLP model that runs on its teacher's encoder: pass teacher= "
                     "(the HF model or its adapter)"
                 )
             try:
                 adapter = as_adapter(teacher, saved_catalog, saved_layout)
             except ValueError as err:
-                raise ValueError(f"teacher does not match {directory}: {err}") from err
+                raise InvalidInput(f"teacher does not match {directory}: {err}") from err
             got = teacher_fingerprint(adapter)
             if meta.get("teacher_fingerprint") and got != meta["teacher_fingerprint"]:
-                raise ValueError(
+                raise InvalidInput(
                     f"teacher mismatch: {directory} was distilled from teacher {meta['teacher_fingerprint']}, "
                     f"this teacher's code embeddings hash to {got}"
                 )
@@ -400,7 +401,7 @@ def accelerate(
     config.distill.seed inside a forked RNG.
     """
     if config is not None and not isinstance(config, AccelerateConfig):
-        raise TypeError(f"config must be an AccelerateConfig, got {type(config).__name__}")
+        raise InvalidInputType(f"config must be an AccelerateConfig, got {type(config).__name__}")
     cfg = (config or AccelerateConfig()).with_overrides(**overrides)
     dcfg = cfg.distill
     adapter = as_adapter(teacher, catalog, layout)
@@ -436,7 +437,7 @@ def accelerate(
     if init_student is not None:
         if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
             got = init_student.config.to_dict() if isinstance(init_student, SIDMLP) else type(init_student).__name__
-            raise ValueError(f"init_student must be a SIDMLP with this run's student config {scfg.to_dict()}, "
+            raise InvalidInput(f"init_student must be a SIDMLP with this run's student config {scfg.to_dict()}, "
                              f"got {got}")
         student.load_state_dict(init_student.state_dict())
     name = "sidmlp_pp.ckpt" if cfg.replace_encoder else "sidmlp.ckpt"

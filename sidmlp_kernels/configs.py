@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
+from .errors import InvalidInput, InvalidInputType
 
 @dataclass
 class DistillConfig:
@@ -29,14 +30,14 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            raise InvalidInput(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InvalidInput(f"temperature must be > 0, got {self.temperature}")
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_beam", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+            raise InvalidInput(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
 
 
 @dataclass
@@ -59,14 +60,14 @@ def _check_int(config: Any, name: str, low: int, optional: bool = False) -> None
         return
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer ({flag}), got {value!r}")
+        raise InvalidInput(f"{name} must be an integer ({flag}), got {value!r}")
     if value < low:
-        raise ValueError(f"{name} must be >= {low} ({flag}), got {value!r}")
+        raise InvalidInput(f"{name} must be >= {low} ({flag}), got {value!r}")
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {rule} (--{name.replace('_', '-')}), got {value!r}")
+        raise InvalidInput(f"{name} must be {rule} (--{name.replace('_', '-')}), got {value!r}")
 
 
 @dataclass
@@ -170,9 +171,9 @@ class AccelerateConfig:
 
     def __post_init__(self) -> None:
         if self.feature_batch_size < 1:
-            raise ValueError(f"feature_batch_size must be >= 1, got {self.feature_batch_size}")
+            raise InvalidInput(f"feature_batch_size must be >= 1, got {self.feature_batch_size}")
         if self.storage_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"storage_dtype must be float16, bfloat16 or float32, got {self.storage_dtype!r}")
+            raise InvalidInput(f"storage_dtype must be float16, bfloat16 or float32, got {self.storage_dtype!r}")
 
     @staticmethod
     def override_names() -> dict[str, tuple[Optional[str], str]]:
@@ -198,7 +199,7 @@ class AccelerateConfig:
         names = self.override_names()
         unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise TypeError(f"unknown accelerate() options {unknown}; valid: {sorted(names)}")
+            raise InvalidInputType(f"unknown accelerate() options {unknown}; valid: {sorted(names)}")
         parts: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
         for key, value in overrides.items():

@@ -22,6 +22,7 @@ from .data.catalog import SIDCatalog
 from .data.examples import Examples
 from .data.layout import TokenLayout
 from .metrics import evaluate_ranking, top_overlap
+from .errors import InvalidInput
 
 __all__ = ["compare_with_teacher", "evaluate_recommender", "format_comparison", "most_popular_baseline", "most_popular_items"]
 
@@ -40,7 +41,7 @@ def compare_with_teacher(
 ) -> dict[str, dict[str, float]]:
     """{"teacher": metrics, name: metrics + share_of_teacher + top10_overlap_with_teacher, ...}."""
     if not isinstance(examples, Examples) or len(examples) == 0:
-        raise ValueError("examples must be a non-empty Examples (from build_examples)")
+        raise InvalidInput("examples must be a non-empty Examples (from build_examples)")
     teacher.eval()
     ranked, t0 = [], time.perf_counter()
     for lo in range(0, len(examples), batch_size):

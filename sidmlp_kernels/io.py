@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from .errors import InvalidInput
+
 __all__ = [
     "ArtifactError",
     "provenance",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InvalidInput):
     """A saved artifact is missing, corrupt, of another format or version, or incomplete."""
 
     def __init__(self, path: str | Path, problem: str, hint: str = ""):

@@ -4,19 +4,20 @@ and a paired bootstrap for "is A better than B on the same users"."""
 from __future__ import annotations
 
 import torch
+from .errors import InvalidInput, InvalidInputType
 
 
 def _check(ranked: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ranked = torch.as_tensor(ranked)
     targets = torch.as_tensor(targets)
     if ranked.dim() != 2:
-        raise ValueError(f"ranked must be 2-D (instances, list length), got shape {tuple(ranked.shape)}")
+        raise InvalidInput(f"ranked must be 2-D (instances, list length), got shape {tuple(ranked.shape)}")
     if targets.dim() != 1 or targets.shape[0] != ranked.shape[0]:
-        raise ValueError(
+        raise InvalidInput(
             f"targets must be 1-D with {ranked.shape[0]} entries, got shape {tuple(targets.shape)}"
         )
     if ranked.dtype.is_floating_point or targets.dtype.is_floating_point:
-        raise TypeError("ranked and targets must hold integer item ids")
+        raise InvalidInputType("ranked and targets must hold integer item ids")
     return ranked.long(), targets.long()
 
 
@@ -47,7 +48,7 @@ def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+        raise InvalidInput(f"k must be a positive int, got {k!r}")
 
 
 def recall_at_k(ranked, targets, k: int, per_instance: bool = False):
@@ -79,7 +80,7 @@ def evaluate_ranking(ranked, targets, ks: tuple[int, ...] = (5, 10)) -> dict[str
 def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
     """Mean |top-k(a) & top-k(b)| / k over users, two (N, >=k) ranked item lists (-1 slots ignored)."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"a and b must be (N, M) ranked lists for the same N users, got {tuple(a.shape)} and "
+        raise InvalidInput(f"a and b must be (N, M) ranked lists for the same N users, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
     _check_k(k)
     total = 0.0
@@ -99,12 +100,12 @@ def paired_bootstrap(
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     if a.dim() != 1 or a.shape != b.shape or a.numel() == 0:
-        raise ValueError(f"a and b must be non-empty 1-D with the same length, got {tuple(a.shape)} and "
+        raise InvalidInput(f"a and b must be non-empty 1-D with the same length, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InvalidInput(f"confidence must be in (0, 1), got {confidence}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        raise InvalidInput(f"num_samples must be a positive int, got {num_samples!r}")
     diff = a - b
     gen = torch.Generator().manual_seed(seed)
     means = torch.cat([

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .configs import TrainerConfig
 from .io import ArtifactError
+from .errors import InvalidInput
 
 __all__ = [
     "TrainResult",
@@ -260,7 +261,7 @@ def run_training(
     cfg = config
     rank, world = dist_info()
     if num_examples < 1:
-        raise ValueError("training needs at least one example")
+        raise InvalidInput("training needs at least one example")
     per_rank = max(1, cfg.batch_size // world)
     epoch_steps = steps_per_epoch(num_examples, cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * epoch_steps
@@ -280,7 +281,7 @@ def run_training(
     signature = {k: v for k, v in asdict(cfg).items() if k not in _PER_INVOCATION}
     signature.update(num_examples=num_examples, world_size=world)
     if set(run_config or {}) & set(signature):
-        raise ValueError(f"run_config repeats the trainer's own fields {sorted(set(run_config) & set(signature))}")
+        raise InvalidInput(f"run_config repeats the trainer's own fields {sorted(set(run_config) & set(signature))}")
     signature = json.loads(json.dumps({**signature, **(run_config or {})}))
     result = TrainResult()
     # Progress since the last evaluation, and the early-stopping count.
@@ -301,7 +302,7 @@ def run_training(
             state = _read_checkpoint(ckpt, restart_hint)
             diffs = _differences(json.loads(state["signature"]), signature)
             if diffs:
-                raise ValueError(f"cannot resume {ckpt}: {'; '.join(diffs)}; pass the same options, or {restart_hint}")
+                raise InvalidInput(f"cannot resume {ckpt}: {'; '.join(diffs)}; pass the same options, or {restart_hint}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -364,7 +365,7 @@ def run_training(
                     with torch.no_grad():
                         metrics = evaluate(model)
                     if metric not in metrics:
-                        raise ValueError(f"evaluate returned {sorted(metrics)}, without the metric {metric!r}")
+                        raise InvalidInput(f"evaluate returned {sorted(metrics)}, without the metric {metric!r}")
                 metrics = broadcast_object(metrics)
                 wrapped.train()
                 improved = result.best_metric is None or float(metrics[metric]) > result.best_metric

@@ -19,7 +19,7 @@ PACKAGE_DIR = Path(sidmlp_kernels.__file__).parent
 
 # Bottom to top. A module may import modules of its own layer (without cycles) or of lower layers.
 LAYERS = [
-    ("io", "configs", "metrics", "teacher.presets"),
+    ("errors", "io", "configs", "metrics", "teacher.presets"),
     ("data",),
     ("decode",),
     ("training",),

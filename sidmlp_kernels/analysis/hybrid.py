@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from ..errors import InvalidInput
 
 __all__ = [
     "DEFAULT_QS",
@@ -40,9 +41,9 @@ def max_softmax_probability(logits: torch.Tensor) -> torch.Tensor:
     """Max softmax probability over all items per row of (N, num_items) logits."""
     logits = torch.as_tensor(logits)
     if logits.dim() != 2 or logits.shape[1] < 1:
-        raise ValueError(f"logits must be (N, num_items), got shape {tuple(logits.shape)}")
+        raise InvalidInput(f"logits must be (N, num_items), got shape {tuple(logits.shape)}")
     if not logits.dtype.is_floating_point:
-        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+        raise InvalidInput(f"logits must be floating point, got {logits.dtype}")
     return torch.softmax(logits.float(), dim=1).max(dim=1).values
 
 
@@ -51,18 +52,18 @@ def _check_list(items: torch.Tensor, scores: torch.Tensor, name: str) -> tuple[t
     items = torch.as_tensor(items)
     scores = torch.as_tensor(scores)
     if items.dim() != 2:
-        raise ValueError(f"{name}_items must be (N, K), got shape {tuple(items.shape)}")
+        raise InvalidInput(f"{name}_items must be (N, K), got shape {tuple(items.shape)}")
     if items.dtype.is_floating_point or items.dtype == torch.bool:
-        raise ValueError(f"{name}_items must hold integer item ids, got {items.dtype}")
+        raise InvalidInput(f"{name}_items must hold integer item ids, got {items.dtype}")
     if scores.shape != items.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"{name}_scores must have the shape of {name}_items {tuple(items.shape)}, got {tuple(scores.shape)}"
         )
     if not scores.dtype.is_floating_point:
-        raise ValueError(f"{name}_scores must be floating point, got {scores.dtype}")
+        raise InvalidInput(f"{name}_scores must be floating point, got {scores.dtype}")
     scores = scores.double()
     if torch.isnan(scores).any() or (scores == float("inf")).any():
-        raise ValueError(f"{name}_scores must not contain NaN or +inf")
+        raise InvalidInput(f"{name}_scores must not contain NaN or +inf")
     items = items.long()
     valid = (items >= 0) & torch.isfinite(scores)
     k = items.shape[1]
@@ -78,12 +79,12 @@ def minmax_normalize(scores: torch.Tensor, valid: torch.Tensor | None = None) ->
     """Min-max normalise each row over its valid entries to [0, 1] (all 1 if max == min); invalid -> 0."""
     scores = torch.as_tensor(scores).double()
     if scores.dim() != 2:
-        raise ValueError(f"scores must be (N, K), got shape {tuple(scores.shape)}")
+        raise InvalidInput(f"scores must be (N, K), got shape {tuple(scores.shape)}")
     if valid is None:
         valid = torch.isfinite(scores)
     valid = torch.as_tensor(valid, dtype=torch.bool)
     if valid.shape != scores.shape:
-        raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
+        raise InvalidInput(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
     inf = torch.tensor(float("inf"), dtype=scores.dtype)
     lo = torch.where(valid, scores, inf).min(dim=1, keepdim=True).values
     hi = torch.where(valid, scores, -inf).max(dim=1, keepdim=True).values
@@ -98,7 +99,7 @@ def adaptive_alpha(msp: torch.Tensor, q: float, tau: float) -> torch.Tensor:
     """ID-model weight alpha = sigmoid(q * (msp - tau)) per instance."""
     msp = torch.as_tensor(msp).double()
     if msp.dim() != 1:
-        raise ValueError(f"msp must be (N,), got shape {tuple(msp.shape)}")
+        raise InvalidInput(f"msp must be (N,), got shape {tuple(msp.shape)}")
     return torch.sigmoid(q * (msp - tau))
 
 
@@ -117,7 +118,7 @@ def _build_union(id_items, id_scores, gr_items, gr_scores) -> _Union:
     a_items, a_scores, a_valid = _check_list(id_items, id_scores, "id")
     b_items, b_scores, b_valid = _check_list(gr_items, gr_scores, "gr")
     if a_items.shape[0] != b_items.shape[0]:
-        raise ValueError(f"id_items has {a_items.shape[0]} rows but gr_items has {b_items.shape[0]}")
+        raise InvalidInput(f"id_items has {a_items.shape[0]} rows but gr_items has {b_items.shape[0]}")
     na = minmax_normalize(a_scores, a_valid)
     nb = minmax_normalize(b_scores, b_valid)
     eq = (a_items.unsqueeze(2) == b_items.unsqueeze(1)) & a_valid.unsqueeze(2) & b_valid.unsqueeze(1)
@@ -167,9 +168,9 @@ def _alpha_tensor(alpha: float | torch.Tensor, n: int) -> torch.Tensor:
     if a.dim() == 0:
         a = a.expand(n)
     if a.shape != (n,):
-        raise ValueError(f"alpha must be a float or an (N={n},) tensor, got shape {tuple(a.shape)}")
+        raise InvalidInput(f"alpha must be a float or an (N={n},) tensor, got shape {tuple(a.shape)}")
     if torch.isnan(a).any() or (a < 0).any() or (a > 1).any():
-        raise ValueError("alpha must lie in [0, 1]")
+        raise InvalidInput("alpha must lie in [0, 1]")
     return a
 
 
@@ -183,7 +184,7 @@ def fuse_rankings(
 ) -> torch.Tensor:
     """Fused top-k item ids (N, k), -1 padded: alpha * norm(id) + (1 - alpha) * norm(gr) over the union."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+        raise InvalidInput(f"k must be a positive int, got {k!r}")
     u = _build_union(id_items, id_scores, gr_items, gr_scores)
     return _fuse(u, _alpha_tensor(alpha, u.items[0].shape[0]), k)
 
@@ -197,7 +198,7 @@ def _ndcg(ranked: torch.Tensor, targets: torch.Tensor, k: int) -> float:
 def _check_targets(targets, n: int) -> torch.Tensor:
     t = torch.as_tensor(targets)
     if t.dim() != 1 or t.shape[0] != n or t.dtype.is_floating_point:
-        raise ValueError(f"targets must be (N={n},) integer item ids, got shape {tuple(t.shape)}")
+        raise InvalidInput(f"targets must be (N={n},) integer item ids, got shape {tuple(t.shape)}")
     return t.long()
 
 
@@ -218,9 +219,9 @@ def grid_search_adaptive(
     targets = _check_targets(targets, n)
     msp = torch.as_tensor(msp).double()
     if msp.shape != (n,):
-        raise ValueError(f"msp must be (N={n},), got shape {tuple(msp.shape)}")
+        raise InvalidInput(f"msp must be (N={n},), got shape {tuple(msp.shape)}")
     if not qs or not taus:
-        raise ValueError("qs and taus must be non-empty")
+        raise InvalidInput("qs and taus must be non-empty")
     grid: list[dict[str, float]] = []
     best = None
     for q in qs:
@@ -246,7 +247,7 @@ def grid_search_fixed(
     n = u.items[0].shape[0]
     targets = _check_targets(targets, n)
     if not alphas:
-        raise ValueError("alphas must be non-empty")
+        raise InvalidInput("alphas must be non-empty")
     grid: list[dict[str, float]] = []
     best = None
     for a in alphas:

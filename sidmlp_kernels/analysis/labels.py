@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
+from ..errors import InvalidInput
 
 __all__ = [
     "GENERALIZATION_TYPES",
@@ -51,9 +52,9 @@ def check_sequences(sequences: Sequence[Sequence[int]], num_items: int, name: st
             continue
         arr = np.asarray(seq)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name}[{i}] must be a 1-D list of integer item ids")
+            raise InvalidInput(f"{name}[{i}] must be a 1-D list of integer item ids")
         if arr.min() < 0 or arr.max() >= num_items:
-            raise ValueError(
+            raise InvalidInput(
                 f"{name}[{i}] holds item ids outside [0, {num_items}): "
                 f"min {int(arr.min())}, max {int(arr.max())}"
             )
@@ -82,7 +83,7 @@ class TransitionGraph:
     def reach(self, h: int) -> sp.csr_matrix:
         """R_h as a boolean CSR matrix."""
         if not 1 <= h <= self.max_hop:
-            raise ValueError(f"h must be in [1, {self.max_hop}], got {h}")
+            raise InvalidInput(f"h must be in [1, {self.max_hop}], got {h}")
         return self.forward[h - 1]
 
 
@@ -91,9 +92,9 @@ def build_transition_graph(
 ) -> TransitionGraph:
     """Build R_1..R_max_hop (and their transposes) from training sequences pooled over users."""
     if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 1:
-        raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+        raise InvalidInput(f"num_items must be a positive int, got {num_items!r}")
     if isinstance(max_hop, bool) or not isinstance(max_hop, (int, np.integer)) or max_hop < 1:
-        raise ValueError(f"max_hop must be a positive int, got {max_hop!r}")
+        raise InvalidInput(f"max_hop must be a positive int, got {max_hop!r}")
     check_sequences(sequences, num_items, "sequences")
     items, owner = _flatten(sequences)
     forward, backward = [], []
@@ -128,7 +129,7 @@ class InstanceLabels:
     def mask(self, label: str) -> np.ndarray:
         """Boolean (N,) mask of instances with this label."""
         if label not in LABELS:
-            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+            raise InvalidInput(f"label must be one of {LABELS}, got {label!r}")
         return self.label == label
 
     def to_rows(self) -> list[dict[str, object]]:
@@ -173,27 +174,27 @@ def label_instances(
     """Label each (history, target) instance as memorization / generalization / uncategorized."""
     if graph is None:
         if train_sequences is None:
-            raise ValueError("train_sequences must be given when graph is None")
+            raise InvalidInput("train_sequences must be given when graph is None")
         graph = build_transition_graph(train_sequences, num_items, max_hop)
     else:
         if graph.num_items != num_items:
-            raise ValueError(f"graph has {graph.num_items} items but num_items is {num_items}")
+            raise InvalidInput(f"graph has {graph.num_items} items but num_items is {num_items}")
         if graph.max_hop < max_hop:
-            raise ValueError(f"graph covers {graph.max_hop} hops but max_hop is {max_hop}")
+            raise InvalidInput(f"graph covers {graph.max_hop} hops but max_hop is {max_hop}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InvalidInput(f"chunk_size must be >= 1, got {chunk_size}")
     targets_np = np.asarray(torch.as_tensor(targets).cpu() if isinstance(targets, torch.Tensor) else targets)
     if targets_np.ndim != 1 or (targets_np.size and not np.issubdtype(targets_np.dtype, np.integer)):
-        raise ValueError(f"targets must be a 1-D sequence of integer item ids, got shape {targets_np.shape}")
+        raise InvalidInput(f"targets must be a 1-D sequence of integer item ids, got shape {targets_np.shape}")
     targets_np = targets_np.astype(np.int64)
     n = len(histories)
     if targets_np.shape[0] != n:
-        raise ValueError(f"targets has {targets_np.shape[0]} entries but histories has {n}")
+        raise InvalidInput(f"targets has {targets_np.shape[0]} entries but histories has {n}")
     if n and (targets_np.min() < 0 or targets_np.max() >= num_items):
-        raise ValueError(f"targets must be item ids in [0, {num_items})")
+        raise InvalidInput(f"targets must be item ids in [0, {num_items})")
     for i, hist in enumerate(histories):
         if len(hist) == 0:
-            raise ValueError(f"histories[{i}] is empty; every instance needs at least one item")
+            raise InvalidInput(f"histories[{i}] is empty; every instance needs at least one item")
     check_sequences(histories, num_items, "histories")
 
     # last[i, j] = H_i[-(j+1)] for j < min(max_hop, len(H_i)); -1 beyond.
@@ -254,7 +255,7 @@ def label_shares(labels: InstanceLabels) -> dict[str, float]:
     """Fraction of instances per label, plus per generalization type (any hop) as 'type:<name>'."""
     n = len(labels)
     if n == 0:
-        raise ValueError("labels must hold at least one instance")
+        raise InvalidInput("labels must hold at least one instance")
     out = {lab: float((labels.label == lab).mean()) for lab in LABELS}
     for t in GENERALIZATION_TYPES:
         out[f"type:{t}"] = float((labels.hops[t] > 0).mean())
@@ -278,11 +279,11 @@ def metrics_by_label(
     ranked = torch.as_tensor(ranked)
     targets = torch.as_tensor(targets)
     if ranked.dim() != 2 or ranked.shape[0] != len(labels):
-        raise ValueError(
+        raise InvalidInput(
             f"ranked must be (N={len(labels)}, list length), got shape {tuple(ranked.shape)}"
         )
     if targets.dim() != 1 or targets.shape[0] != len(labels):
-        raise ValueError(f"targets must be (N={len(labels)},), got shape {tuple(targets.shape)}")
+        raise InvalidInput(f"targets must be (N={len(labels)},), got shape {tuple(targets.shape)}")
     recall = recall_at_k(ranked, targets, k, per_instance=True).numpy()
     ndcg = ndcg_at_k(ranked, targets, k, per_instance=True).numpy()
     n = len(labels)

@@ -27,6 +27,7 @@ from ..io import provenance, write_json
 from .hybrid import adaptive_alpha, fuse_rankings, grid_search_adaptive, grid_search_fixed
 from .labels import GENERALIZATION_TYPES, LABELS, InstanceLabels, build_transition_graph, label_instances, label_shares, metrics_by_label
 from .token_level import TokenSupport, token_level_table, token_support
+from ..errors import InvalidInput
 
 __all__ = ["analyze", "run_analysis", "msp_bins", "check_rankings"]
 
@@ -38,24 +39,24 @@ def check_rankings(gr_rankings: Mapping[str, Mapping[str, Ranking]] | None, n_va
     if gr_rankings is None:
         return {}
     if not isinstance(gr_rankings, Mapping):
-        raise ValueError("gr_rankings must be a dict {model name: {'valid'|'test': (items, scores)}}")
+        raise InvalidInput("gr_rankings must be a dict {model name: {'valid'|'test': (items, scores)}}")
     out: dict[str, dict[str, Ranking]] = {}
     for name, parts in gr_rankings.items():
         if not isinstance(parts, Mapping) or "test" not in parts or set(parts) - {"valid", "test"}:
-            raise ValueError(f"gr_rankings[{name!r}] must map 'test' (and optionally 'valid') to (items, scores)")
+            raise InvalidInput(f"gr_rankings[{name!r}] must map 'test' (and optionally 'valid') to (items, scores)")
         out[name] = {}
         for part, pair in parts.items():
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"gr_rankings[{name!r}][{part!r}] must be an (items, scores) pair")
+                raise InvalidInput(f"gr_rankings[{name!r}][{part!r}] must be an (items, scores) pair")
             items, scores = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
             want = n_valid if part == "valid" else n_test
             if items.dim() != 2 or items.shape[0] != want or scores.shape != items.shape:
-                raise ValueError(
+                raise InvalidInput(
                     f"gr_rankings[{name!r}][{part!r}] must be items and scores of shape ({want}, K), "
                     f"got {tuple(items.shape)} and {tuple(scores.shape)}"
                 )
             if items.dtype.is_floating_point or not scores.dtype.is_floating_point:
-                raise ValueError(f"gr_rankings[{name!r}][{part!r}]: items must be integer and scores floating point")
+                raise InvalidInput(f"gr_rankings[{name!r}][{part!r}]: items must be integer and scores floating point")
             out[name][part] = (items.long(), scores.float())
     return out
 
@@ -70,9 +71,9 @@ def msp_bins(
     msp_np = torch.as_tensor(msp).double().numpy()
     n = msp_np.shape[0]
     if n != len(labels):
-        raise ValueError(f"msp has {n} entries but labels has {len(labels)}")
+        raise InvalidInput(f"msp has {n} entries but labels has {len(labels)}")
     if num_bins < 1 or num_bins > max(n, 1):
-        raise ValueError(f"num_bins must be in [1, {n}], got {num_bins}")
+        raise InvalidInput(f"num_bins must be in [1, {n}], got {num_bins}")
     order = np.argsort(msp_np, kind="stable")
     rows = []
     for b, idx in enumerate(np.array_split(order, num_bins)):
@@ -281,9 +282,9 @@ def analyze(
     gr = check_rankings(gr_rankings, n_valid, n_test)
     for part, triple, want in (("id_valid", id_valid, n_valid), ("id_test", id_test, n_test)):
         if len(triple) != 3 or torch.as_tensor(triple[0]).shape[0] != want or torch.as_tensor(triple[2]).shape != (want,):
-            raise ValueError(f"{part} must be (items ({want}, K), scores ({want}, K), msp ({want},))")
+            raise InvalidInput(f"{part} must be (items ({want}, K), scores ({want}, K), msp ({want},))")
     if id_name in gr:
-        raise ValueError(f"id_name {id_name!r} clashes with a GR model name")
+        raise InvalidInput(f"id_name {id_name!r} clashes with a GR model name")
     timing: dict[str, float] = {}
     notes: list[str] = []
     valid_t = torch.as_tensor(split.valid_targets, dtype=torch.long)
@@ -397,7 +398,7 @@ def run_analysis(
     num_items = int(prepared.data.num_items)
     codes = catalog.codes
     if codes.shape[0] != num_items or not torch.equal(catalog.item_ids, torch.arange(num_items)):
-        raise ValueError(f"prepared catalog must list items 0..{num_items - 1} in order")
+        raise InvalidInput(f"prepared catalog must list items 0..{num_items - 1} in order")
     check_rankings(gr_rankings, len(split.valid_targets), len(split.test_targets))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

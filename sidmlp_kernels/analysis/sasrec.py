@@ -31,6 +31,7 @@ from torch import nn
 from ..configs import TrainerConfig
 from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
 from ..training import forked_rng, run_training
+from ..errors import InvalidInput
 
 __all__ = ["FORMAT_VERSION", "SASRecConfig", "SASRec", "fit", "sasrec_histories"]
 
@@ -57,11 +58,11 @@ class SASRecConfig:
         for name in ("num_items", "hidden", "layers", "heads", "max_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidInput(f"{name} must be a positive int, got {value!r}")
         if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+            raise InvalidInput(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InvalidInput(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class _Block(nn.Module):
@@ -123,7 +124,7 @@ class SASRec(nn.Module):
         """Hidden states (B, T, hidden) for left-padded tokens (B, T) (item id + 1, 0 = pad)."""
         b, t = tokens.shape
         if t > self.config.max_len:
-            raise ValueError(f"tokens has {t} positions, more than max_len {self.config.max_len}")
+            raise InvalidInput(f"tokens has {t} positions, more than max_len {self.config.max_len}")
         real = tokens > 0
         x = self.item_emb(tokens) + self.pos_emb(torch.arange(t, device=tokens.device))
         x = self.drop(x) * real.unsqueeze(-1)
@@ -143,17 +144,17 @@ class SASRec(nn.Module):
     def encode_histories(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """Left-padded token tensor (N, max_len) of the last max_len items of each history."""
         if isinstance(histories, torch.Tensor):
-            raise ValueError("histories must be a list of lists of item ids (not a tensor)")
+            raise InvalidInput("histories must be a list of lists of item ids (not a tensor)")
         if len(histories) == 0:
-            raise ValueError("histories must hold at least one history")
+            raise InvalidInput("histories must hold at least one history")
         t = self.config.max_len
         out = torch.zeros(len(histories), t, dtype=torch.long)
         for i, hist in enumerate(histories):
             tail = torch.as_tensor(list(hist)[-t:], dtype=torch.long)
             if tail.numel() == 0:
-                raise ValueError(f"histories[{i}] is empty; SASRec needs at least one item")
+                raise InvalidInput(f"histories[{i}] is empty; SASRec needs at least one item")
             if tail.min() < 0 or tail.max() >= self.num_items:
-                raise ValueError(f"histories[{i}] holds item ids outside [0, {self.num_items})")
+                raise InvalidInput(f"histories[{i}] holds item ids outside [0, {self.num_items})")
             out[i, t - tail.numel():] = tail + 1
         return out
 
@@ -161,7 +162,7 @@ class SASRec(nn.Module):
     def score(self, histories: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
         """Next-item logits (N, num_items) for each history (last max_len items used)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
         tokens = self.encode_histories(histories)
         was_training = self.training
         self.eval()
@@ -177,7 +178,7 @@ class SASRec(nn.Module):
     def top_k(self, histories: Sequence[Sequence[int]], k: int = 50, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(items (N, k), logits (N, k), max softmax probability over all items (N,)) per history."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
-            raise ValueError(f"k must be an int in [1, {self.num_items}], got {k!r}")
+            raise InvalidInput(f"k must be an int in [1, {self.num_items}], got {k!r}")
         items, scores, msp = [], [], []
         for start in range(0, len(histories), batch_size):
             logits = self.score(histories[start:start + batch_size], batch_size)
@@ -206,7 +207,7 @@ class SASRec(nn.Module):
         """Load a model written by save(), validating version, config and tensor shapes."""
         directory = Path(directory)
         if not (directory / _CONFIG).is_file() and not (directory / _WEIGHTS).is_file():
-            raise ValueError(f"directory {directory} holds no {_CONFIG} + {_WEIGHTS}")
+            raise InvalidInput(f"directory {directory} holds no {_CONFIG} + {_WEIGHTS}")
         # Files from before the "format" key carry model="sasrec" alone.
         meta = read_meta(directory / _CONFIG, _FORMAT, FORMAT_VERSION, required=("config",),
                          legacy_format_key=("model", "sasrec"))
@@ -217,10 +218,10 @@ class SASRec(nn.Module):
         state = load_tensors(directory / _WEIGHTS, device=str(map_location))
         expected = model.state_dict()
         if set(state) != set(expected):
-            raise ValueError(f"{directory / _WEIGHTS}: tensor names do not match the config")
+            raise InvalidInput(f"{directory / _WEIGHTS}: tensor names do not match the config")
         for name, tensor in state.items():
             if tensor.shape != expected[name].shape:
-                raise ValueError(
+                raise InvalidInput(
                     f"{directory / _WEIGHTS}: {name} has shape {tuple(tensor.shape)}, "
                     f"config implies {tuple(expected[name].shape)}"
                 )
@@ -233,7 +234,7 @@ class SASRec(nn.Module):
 def sasrec_histories(split: Any, max_len: int) -> tuple[list[list[int]], list[list[int]]]:
     """(valid, test) histories of up to max_len items, longer than the split's when train_sequences allow."""
     if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
+        raise InvalidInput(f"max_len must be >= 1, got {max_len}")
     train = getattr(split, "train_sequences", None)
     n = len(split.valid_targets)
     aligned = (
@@ -269,7 +270,7 @@ def _windows(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Te
             targets.append(y)
             end -= max_len
     if not inputs:
-        raise ValueError("train_sequences hold no transition (every sequence has < 2 items)")
+        raise InvalidInput("train_sequences hold no transition (every sequence has < 2 items)")
     return torch.stack(inputs), torch.stack(targets)
 
 
@@ -304,18 +305,18 @@ def fit(
     `seed` in a forked RNG: the caller's global RNG is left as it was.
     """
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
-        raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+        raise InvalidInput(f"num_items must be a positive int, got {num_items!r}")
     config = config or SASRecConfig(num_items=num_items)
     if config.num_items != num_items:
-        raise ValueError(f"config.num_items ({config.num_items}) != num_items ({num_items})")
+        raise InvalidInput(f"config.num_items ({config.num_items}) != num_items ({num_items})")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InvalidInput(f"{name} must be a positive int, got {value!r}")
     if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise InvalidInput(f"lr must be > 0, got {lr}")
     for i, seq in enumerate(split.train_sequences):
         if len(seq) and (min(seq) < 0 or max(seq) >= num_items):
-            raise ValueError(f"split.train_sequences[{i}] holds item ids outside [0, {num_items})")
+            raise InvalidInput(f"split.train_sequences[{i}] holds item ids outside [0, {num_items})")
 
     trainer_config = TrainerConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule="constant",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .labels import LABELS, InstanceLabels, check_sequences, build_transition_graph, lookup_items
+from ..errors import InvalidInput
 
 __all__ = ["TokenSupport", "prefix_ids", "token_support", "token_level_table"]
 
@@ -25,11 +26,11 @@ def _codes_array(codes: torch.Tensor | np.ndarray) -> np.ndarray:
     """codes as an int64 (n_items, L) array, or ValueError."""
     arr = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"codes must be a non-empty (n_items, L) integer array, got shape {arr.shape}")
+        raise InvalidInput(f"codes must be a non-empty (n_items, L) integer array, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"codes must hold integers, got dtype {arr.dtype}")
+        raise InvalidInput(f"codes must hold integers, got dtype {arr.dtype}")
     if arr.min() < 0:
-        raise ValueError(f"codes must be non-negative, got min {int(arr.min())}")
+        raise InvalidInput(f"codes must be non-negative, got min {int(arr.min())}")
     return arr.astype(np.int64)
 
 
@@ -37,7 +38,7 @@ def prefix_ids(codes: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
     """Dense id in [0, #distinct prefixes) of each item's length-n code prefix."""
     arr = _codes_array(codes)
     if not 1 <= n <= arr.shape[1]:
-        raise ValueError(f"n must be in [1, {arr.shape[1]}], got {n}")
+        raise InvalidInput(f"n must be in [1, {arr.shape[1]}], got {n}")
     _, inverse = np.unique(arr[:, :n], axis=0, return_inverse=True)
     return inverse.reshape(-1).astype(np.int64)
 
@@ -57,7 +58,7 @@ class TokenSupport:
     def depth_within(self, max_hop: int) -> np.ndarray:
         """Largest n with prefix support at hop <= max_hop (max_hop=1: strict token-level memorization)."""
         if max_hop < 1:
-            raise ValueError(f"max_hop must be >= 1, got {max_hop}")
+            raise InvalidInput(f"max_hop must be >= 1, got {max_hop}")
         ok = (self.hops > 0) & (self.hops <= max_hop)
         levels = np.arange(1, self.num_levels + 1)
         return np.where(ok, levels, 0).max(axis=1, initial=0).astype(np.int64)
@@ -74,22 +75,22 @@ def token_support(
     arr = _codes_array(codes)
     num_items, num_levels = arr.shape
     if isinstance(max_hop, bool) or not isinstance(max_hop, (int, np.integer)) or max_hop < 1:
-        raise ValueError(f"max_hop must be a positive int, got {max_hop!r}")
+        raise InvalidInput(f"max_hop must be a positive int, got {max_hop!r}")
     check_sequences(train_sequences, num_items, "train_sequences")
     check_sequences(histories, num_items, "histories")
     tgt = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
     if tgt.ndim != 1 or (tgt.size and not np.issubdtype(tgt.dtype, np.integer)):
-        raise ValueError(f"targets must be a 1-D sequence of integer item ids, got shape {tgt.shape}")
+        raise InvalidInput(f"targets must be a 1-D sequence of integer item ids, got shape {tgt.shape}")
     tgt = tgt.astype(np.int64)
     n_inst = len(histories)
     if tgt.shape[0] != n_inst:
-        raise ValueError(f"targets has {tgt.shape[0]} entries but histories has {n_inst}")
+        raise InvalidInput(f"targets has {tgt.shape[0]} entries but histories has {n_inst}")
     if n_inst and (tgt.min() < 0 or tgt.max() >= num_items):
-        raise ValueError(f"targets must be item ids in [0, {num_items})")
+        raise InvalidInput(f"targets must be item ids in [0, {num_items})")
     last = np.full((n_inst, max_hop), -1, dtype=np.int64)
     for i, hist in enumerate(histories):
         if len(hist) == 0:
-            raise ValueError(f"histories[{i}] is empty; every instance needs at least one item")
+            raise InvalidInput(f"histories[{i}] is empty; every instance needs at least one item")
         tail = list(hist[-max_hop:])[::-1]
         last[i, : len(tail)] = tail
 
@@ -122,7 +123,7 @@ def token_level_table(labels: InstanceLabels, support: TokenSupport, max_hop: in
     depth_within(max_hop), e.g. 1 for adjacent prefix transitions only.
     """
     if len(labels) != support.depth.shape[0]:
-        raise ValueError(
+        raise InvalidInput(
             f"labels has {len(labels)} instances but support has {support.depth.shape[0]}"
         )
     depth = support.depth if max_hop is None else support.depth_within(max_hop)

@@ -72,8 +72,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _show_library_logs()
+    from ..errors import SidmlpError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+    except (SidmlpError, FileNotFoundError) as err:
+        # Input the user can fix: one line. Anything else is a bug and keeps its traceback.
         print(f"sidmlp {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sidmlp {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from ..errors import InvalidInput
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -16,7 +17,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         rankings["teacher"] = teacher_rankings(prepared, args.teacher)
     if args.student:
         if not args.teacher:
-            raise ValueError("--student needs --teacher (SID-MLP reuses the teacher's encoder)")
+            raise InvalidInput("--student needs --teacher (SID-MLP reuses the teacher's encoder)")
         rankings["sid-mlp"] = student_rankings(prepared, args.student, args.teacher)
     max_seconds = args.sasrec_minutes * 60 if args.sasrec_minutes else None
     run_analysis(prepared, args.out, rankings, sasrec_epochs=args.sasrec_epochs, seed=args.seed,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.movielens import DATASETS
+from ..errors import InvalidInput
 
 
 def run_quickstart(
@@ -50,7 +51,7 @@ def run_quickstart(
         prepared = None
     if prepared is not None:
         if prepared.config.get("dataset") != dataset:
-            raise ValueError(f"--out {out} holds a quickstart on {prepared.config.get('dataset')}, not --dataset "
+            raise InvalidInput(f"--out {out} holds a quickstart on {prepared.config.get('dataset')}, not --dataset "
                              f"{dataset}; choose another --out")
         print(f"{stamp()} reusing {prepared.config['dataset']} data in {out / 'prepared'}")
     else:

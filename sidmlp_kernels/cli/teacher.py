@@ -11,6 +11,7 @@ from typing import Any
 from ..configs import TrainConfig
 from ..teacher.presets import ARCHS, T5_PRESETS
 from .common import set_threads
+from ..errors import InvalidInput
 
 
 
@@ -56,7 +57,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         start, start_layout = load_teacher(args.init_from)
         shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
         if start_layout != layout or shapes(start) != shapes(model):
-            raise ValueError(f"--init-from {args.init_from}: its layout/architecture differs from --arch "
+            raise InvalidInput(f"--init-from {args.init_from}: its layout/architecture differs from --arch "
                              f"{args.arch} --preset {args.preset} on this catalog")
         model.load_state_dict(start.state_dict())
         print(f"[train-teacher] weights from {args.init_from} (optimizer and schedule start fresh)")

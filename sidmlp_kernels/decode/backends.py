@@ -27,6 +27,7 @@ from .reference import beam_search_reference
 from .search import beam_search
 from .types import GenerationOutput, check_beam_args
 from .folded import FoldedHeads, folded_logits
+from ..errors import InvalidInput, InvalidInputType
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "select_backend", "decode_folded"]
 
@@ -43,19 +44,19 @@ SPARSE_FANOUT_DIVISOR = 8
 def _check_inputs(folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], catalog: SIDCatalog) -> int:
     """Validate heads, projected contexts and catalog against each other; returns the batch size."""
     if not isinstance(folded, FoldedHeads):
-        raise TypeError(f"folded must be a FoldedHeads, got {type(folded).__name__}")
+        raise InvalidInputType(f"folded must be a FoldedHeads, got {type(folded).__name__}")
     if not isinstance(catalog, SIDCatalog):
-        raise TypeError(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
+        raise InvalidInputType(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
     if not isinstance(ctx_proj, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in ctx_proj):
-        raise TypeError("ctx_proj must be a list of (B, H) tensors, one per head (see folded.project_context)")
+        raise InvalidInputType("ctx_proj must be a list of (B, H) tensors, one per head (see folded.project_context)")
     sizes = tuple(catalog.codebook_sizes)
     if folded.codebook_sizes != sizes:
-        raise ValueError(f"folded heads have codebook_sizes {folded.codebook_sizes}, the catalog {sizes}")
+        raise InvalidInput(f"folded heads have codebook_sizes {folded.codebook_sizes}, the catalog {sizes}")
     if len(ctx_proj) != len(sizes):
-        raise ValueError(f"ctx_proj must hold one (B, H) tensor per head ({len(sizes)}), got {len(ctx_proj)}")
+        raise InvalidInput(f"ctx_proj must hold one (B, H) tensor per head ({len(sizes)}), got {len(ctx_proj)}")
     batch = int(ctx_proj[0].shape[0]) if ctx_proj[0].dim() == 2 else -1
     if batch < 1:
-        raise ValueError(f"ctx_proj[0] must have shape (B >= 1, H), got {tuple(ctx_proj[0].shape)}")
+        raise InvalidInput(f"ctx_proj[0] must have shape (B >= 1, H), got {tuple(ctx_proj[0].shape)}")
     device = ctx_proj[0].device
     for level, k in enumerate(sizes):
         h = int(folded.out_weight[level].shape[1])
@@ -67,16 +68,16 @@ def _check_inputs(folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], catalog
             f"folded.ln_bias[{level}]": (folded.ln_bias[level], (h,)),
         }
         if len(folded.prefix_tables[level]) != level:
-            raise ValueError(
+            raise InvalidInput(
                 f"folded.prefix_tables[{level}] must hold {level} tables, got {len(folded.prefix_tables[level])}"
             )
         for j, table in enumerate(folded.prefix_tables[level]):
             expected[f"folded.prefix_tables[{level}][{j}]"] = (table, (sizes[j], h))
         for name, (tensor, shape) in expected.items():
             if tuple(tensor.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+                raise InvalidInput(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
             if tensor.device != device:
-                raise ValueError(f"{name} is on {tensor.device}, ctx_proj[0] on {device}; move both to one device")
+                raise InvalidInput(f"{name} is on {tensor.device}, ctx_proj[0] on {device}; move both to one device")
     return batch
 
 
@@ -229,7 +230,7 @@ class _FusedSteps(_constrained.IndexSteps):
         except ValueError as err:
             # Kept beams' scores come from finite (or -inf) parents plus the head's log-softmax,
             # so a non-finite one means the head produced a non-finite logit at a valid child.
-            raise ValueError(f"non-finite logit: head {level} produced a non-finite logit at a catalog-valid "
+            raise InvalidInput(f"non-finite logit: head {level} produced a non-finite logit at a catalog-valid "
                              f"digit (logits must be finite or -inf); the fused step reported: {err}") from err
         return scores, parents, tokens
 

@@ -28,6 +28,7 @@ from .dispatch import require_extension as _require_extension
 from .reference import beam_search_reference
 from .search import BeamStep, beam_search, step_logits
 from .types import GenerationOutput, StepFn
+from ..errors import InvalidInput, InvalidInputType
 
 # Dense child tables are built for levels < DEFAULT_DENSE_DEPTH whose
 # (nodes x K) table has at most DEFAULT_DENSE_LIMIT entries (int32).
@@ -39,15 +40,15 @@ _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def _check_tensor(value, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise InvalidInputType(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
 
 
 def _check_int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidInputType(f"{name} must be an int, got {type(value).__name__}")
     if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise InvalidInput(f"{name} must be >= {low}, got {value}")
     return value
 
 
@@ -68,7 +69,7 @@ class ConstrainedIndex:
         self._tensors = list(tensors)
         self._meta = [int(m) for m in meta]
         if len(self._meta) < 2:
-            raise ValueError("meta is too short to describe an index")
+            raise InvalidInput("meta is too short to describe an index")
         if validate:
             # O(nodes) consistency check (on CPU) so corrupt arrays fail here, not mid-decode.
             cpu = [t.cpu() for t in self._tensors]
@@ -88,7 +89,7 @@ class ConstrainedIndex:
         """Build the index from a SIDCatalog (on CPU, then moved to `device`)."""
         _require_extension()
         if not isinstance(catalog, SIDCatalog):
-            raise TypeError(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
+            raise InvalidInputType(f"catalog must be a SIDCatalog, got {type(catalog).__name__}")
         _check_int(dense_depth, "dense_depth", 0)
         _check_int(dense_limit, "dense_limit", 0)
         out = torch.ops.sidmlp.build_index(
@@ -134,14 +135,14 @@ class ConstrainedIndex:
     def num_nodes(self, level: int) -> int:
         """Number of distinct catalog prefixes with `level` digits."""
         if not 0 <= level <= self.num_levels:
-            raise ValueError(f"level must be in [0, {self.num_levels}], got {level}")
+            raise InvalidInput(f"level must be in [0, {self.num_levels}], got {level}")
         return self._base[level + 1] - self._base[level]
 
     def to(self, device: Union[str, torch.device]) -> "ConstrainedIndex":
         """A copy of the index on `device` (self if already there)."""
         device = torch.device(device)
         if device.type == "cuda" and not has_cuda_extension():
-            raise ValueError("this build of sidmlp_kernels._C has no CUDA ops; rebuild with CUDA")
+            raise InvalidInput("this build of sidmlp_kernels._C has no CUDA ops; rebuild with CUDA")
         if self.device == device:
             return self
         moved = ConstrainedIndex.__new__(ConstrainedIndex)
@@ -166,7 +167,7 @@ class ConstrainedIndex:
 
     def _check_device(self, tensor: torch.Tensor, name: str) -> None:
         if tensor.device != self.device:
-            raise ValueError(
+            raise InvalidInput(
                 f"{name} is on {tensor.device} but the index is on {self.device}; "
                 "use index.to(device) or move the tensor"
             )
@@ -189,9 +190,9 @@ class ConstrainedIndex:
         nodes, level = self._state_nodes(prefix_state, level)
         _check_int(beam_size, "beam_size", 1)
         if logits.dtype not in _LOGIT_DTYPES:
-            raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+            raise InvalidInputType(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
         if beam_scores.dtype != torch.float32:
-            raise TypeError(f"beam_scores must be float32, got {beam_scores.dtype}")
+            raise InvalidInputType(f"beam_scores must be float32, got {beam_scores.dtype}")
         for tensor, name in ((logits, "logits"), (beam_scores, "beam_scores"), (nodes, "prefix_state")):
             self._check_device(tensor, name)
         scores, parents, tokens, new_nodes = torch.ops.sidmlp.beam_step(
@@ -203,20 +204,20 @@ class ConstrainedIndex:
         """(nodes, level) of a PrefixState or of a plain (B, W) node tensor plus `level`, checked."""
         if isinstance(prefix_state, PrefixState):
             if level is not None and level != prefix_state.level:
-                raise ValueError(f"level={level} contradicts prefix_state.level={prefix_state.level}")
+                raise InvalidInput(f"level={level} contradicts prefix_state.level={prefix_state.level}")
             nodes, level = prefix_state.nodes, prefix_state.level
         else:
             nodes = _check_tensor(prefix_state, "prefix_state")
             if level is None:
-                raise ValueError("level is required when prefix_state is a plain tensor")
+                raise InvalidInput("level is required when prefix_state is a plain tensor")
         _check_int(level, "level", 0)
         if level >= self.num_levels:
-            raise ValueError(f"level must be in [0, {self.num_levels}), got {level}")
+            raise InvalidInput(f"level must be in [0, {self.num_levels}), got {level}")
         nodes = _check_tensor(nodes, "prefix_state")
         if nodes.dtype != torch.int64:
-            raise TypeError(f"prefix_state nodes must be int64, got {nodes.dtype}")
+            raise InvalidInputType(f"prefix_state nodes must be int64, got {nodes.dtype}")
         if nodes.dim() != 2:
-            raise ValueError(f"prefix_state nodes must be (B, W), got shape {tuple(nodes.shape)}")
+            raise InvalidInput(f"prefix_state nodes must be (B, W), got shape {tuple(nodes.shape)}")
         self._check_device(nodes, "prefix_state")
         return nodes, level
 
@@ -248,12 +249,12 @@ class ConstrainedIndex:
         tokens = _check_tensor(tokens, "tokens")
         for tensor, name in ((parents, "parents"), (tokens, "tokens")):
             if tensor.dtype != torch.int64:
-                raise TypeError(f"{name} must be int64, got {tensor.dtype}")
+                raise InvalidInputType(f"{name} must be int64, got {tensor.dtype}")
             self._check_device(tensor, name)
         if scores is not None:
             scores = _check_tensor(scores, "scores")
             if scores.dtype != torch.float32:
-                raise TypeError(f"scores must be float32, got {scores.dtype}")
+                raise InvalidInputType(f"scores must be float32, got {scores.dtype}")
             self._check_device(scores, "scores")
         new_nodes = torch.ops.sidmlp.advance_states(nodes, parents, tokens, self._tensors, self._meta, level, scores)
         return PrefixState(new_nodes, level + 1)
@@ -286,13 +287,13 @@ class ConstrainedIndex:
         """
         prefixes = _check_tensor(prefixes, "prefixes")
         if prefixes.dtype != torch.int64:
-            raise TypeError(f"prefixes must be int64, got {prefixes.dtype}")
+            raise InvalidInputType(f"prefixes must be int64, got {prefixes.dtype}")
         if prefixes.dim() not in (2, 3):
-            raise ValueError(f"prefixes must be (N, l) or (B, W, l), got shape {tuple(prefixes.shape)}")
+            raise InvalidInput(f"prefixes must be (N, l) or (B, W, l), got shape {tuple(prefixes.shape)}")
         self._check_device(prefixes, "prefixes")
         level = prefixes.shape[-1]
         if level > self.num_levels:
-            raise ValueError(f"prefixes must have at most {self.num_levels} digits, got {level}")
+            raise InvalidInput(f"prefixes must have at most {self.num_levels} digits, got {level}")
         flat = prefixes.reshape(prefixes.shape[:-1].numel(), level)
         nodes = torch.ops.sidmlp.prefix_states(flat, self._tensors, self._meta)
         return PrefixState(nodes.reshape(prefixes.shape[:-1]), level)
@@ -301,19 +302,19 @@ class ConstrainedIndex:
         """Item ids of full codes (..., L) or of a level-L PrefixState; -1 where none/dead."""
         if isinstance(codes_or_state, PrefixState):
             if codes_or_state.level != self.num_levels:
-                raise ValueError(
+                raise InvalidInput(
                     f"lookup needs a state at level {self.num_levels}, got level {codes_or_state.level}"
                 )
             nodes = _check_tensor(codes_or_state.nodes, "state.nodes")
             if nodes.dtype != torch.int64:
-                raise TypeError(f"state nodes must be int64, got {nodes.dtype}")
+                raise InvalidInputType(f"state nodes must be int64, got {nodes.dtype}")
             self._check_device(nodes, "state")
             return torch.ops.sidmlp.leaf_items(nodes, self._tensors, self._meta)
         codes = _check_tensor(codes_or_state, "codes")
         if codes.dtype != torch.int64:
-            raise TypeError(f"codes must be int64, got {codes.dtype}")
+            raise InvalidInputType(f"codes must be int64, got {codes.dtype}")
         if codes.dim() < 1 or codes.shape[-1] != self.num_levels:
-            raise ValueError(f"codes must have shape (..., {self.num_levels}), got {tuple(codes.shape)}")
+            raise InvalidInput(f"codes must have shape (..., {self.num_levels}), got {tuple(codes.shape)}")
         self._check_device(codes, "codes")
         nodes = torch.ops.sidmlp.prefix_states(
             codes.reshape(codes.shape[:-1].numel(), self.num_levels), self._tensors, self._meta
@@ -323,13 +324,13 @@ class ConstrainedIndex:
     def finalize(self, state: PrefixState, scores: torch.Tensor, top_n: int) -> GenerationOutput:
         """Final beams -> the top_n distinct catalog items per user (dead beams dropped, padded with -1)."""
         if not isinstance(state, PrefixState):
-            raise TypeError(f"state must be a PrefixState, got {type(state).__name__}")
+            raise InvalidInputType(f"state must be a PrefixState, got {type(state).__name__}")
         if state.level != self.num_levels:
-            raise ValueError(f"finalize needs a state at level {self.num_levels}, got level {state.level}")
+            raise InvalidInput(f"finalize needs a state at level {self.num_levels}, got level {state.level}")
         scores = _check_tensor(scores, "scores")
         _check_int(top_n, "top_n", 1)
         if scores.dtype != torch.float32:
-            raise TypeError(f"scores must be float32, got {scores.dtype}")
+            raise InvalidInputType(f"scores must be float32, got {scores.dtype}")
         self._check_device(state.nodes, "state")
         self._check_device(scores, "scores")
         items, codes, out_scores = torch.ops.sidmlp.finalize(
@@ -460,7 +461,7 @@ def constrained_beam_search(
             return beam_search_reference(step_logits_fn, index, batch_size, beam_size, top_n)
         index = index_for(index, device)
     elif not isinstance(index, ConstrainedIndex):
-        raise TypeError(f"index must be a ConstrainedIndex or SIDCatalog, got {type(index).__name__}")
+        raise InvalidInputType(f"index must be a ConstrainedIndex or SIDCatalog, got {type(index).__name__}")
     elif device is not None:
-        raise ValueError("device is for a SIDCatalog; an index runs on its own device (use index.to(device))")
+        raise InvalidInput("device is for a SIDCatalog; an index runs on its own device (use index.to(device))")
     return beam_search(IndexSteps(index, step_logits_fn), batch_size, beam_size, top_n)

@@ -19,6 +19,7 @@ import os
 from typing import Optional, Union
 
 import torch
+from ..errors import InvalidInput
 
 try:
     from .. import _C  # registers torch.ops.sidmlp.*
@@ -96,7 +97,7 @@ def select_backend(
         source, choice = BACKEND_ENV, os.environ.get(BACKEND_ENV, "").strip() or None
     if choice is not None:
         if not isinstance(choice, str) or choice.strip().lower() not in BACKENDS:
-            raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {choice!r}")
+            raise InvalidInput(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {choice!r}")
         choice = choice.strip().lower()
         runs = "cpu" if step_fn and choice == "triton" else choice
         why = _unavailable(runs, device)

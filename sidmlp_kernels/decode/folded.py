@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from ..errors import InvalidInput
 
 
 __all__ = [
@@ -118,7 +119,7 @@ def fold_student(student) -> FoldedHeads:
         fh.ln_weight.append(ln.weight.detach().clone())
         fh.ln_bias.append(ln.bias.detach().clone())
         if eps is not None and ln.eps != eps:
-            raise ValueError("all heads must share one LayerNorm eps to fold")
+            raise InvalidInput("all heads must share one LayerNorm eps to fold")
         eps = ln.eps
         fh.out_weight.append(out.weight.detach().clone())
         fh.out_bias.append(out.bias.detach().clone())
@@ -140,9 +141,9 @@ def folded_logits(
     """
     b, w = prefixes.shape[:2]
     if prefixes.dim() != 3 or prefixes.shape[2] != level:
-        raise ValueError(f"prefixes must be (B, W, {level}), got {tuple(prefixes.shape)}")
+        raise InvalidInput(f"prefixes must be (B, W, {level}), got {tuple(prefixes.shape)}")
     if ctx_proj_l.shape[0] != b:
-        raise ValueError(f"ctx_proj_l has {ctx_proj_l.shape[0]} rows, prefixes {b}")
+        raise InvalidInput(f"ctx_proj_l has {ctx_proj_l.shape[0]} rows, prefixes {b}")
     # Broadcast the per-user row over beams: no per-beam copy of the context.
     hidden = ctx_proj_l.unsqueeze(1)
     for j, table in enumerate(folded.prefix_tables[level]):

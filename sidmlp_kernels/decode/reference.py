@@ -14,6 +14,7 @@ import torch
 from ..data.catalog import SIDCatalog
 from .search import BeamStep, beam_search, step_logits
 from .types import GenerationOutput, StepFn
+from ..errors import InvalidInput
 
 
 def masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def check_finite_logits(logits: torch.Tensor, valid: torch.Tensor) -> None:
     bad = valid & (torch.isnan(logits) | (logits == float("inf")))
     if bool(bad.any()):
         b, w, c = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"non-finite logit: logits[{b}, {w}, {c}] is {float(logits[b, w, c])} at a "
+        raise InvalidInput(f"non-finite logit: logits[{b}, {w}, {c}] is {float(logits[b, w, c])} at a "
                          "catalog-valid digit (logits must be finite or -inf)")
 
 

@@ -18,6 +18,7 @@ from typing import Optional, Protocol
 import torch
 
 from .types import GenerationOutput, StepFn, check_beam_args
+from ..errors import InvalidInput, InvalidInputType
 
 __all__ = ["BeamStep", "BeamSteps", "beam_search", "extend_prefixes", "step_logits"]
 
@@ -57,7 +58,7 @@ def step_logits(
     expected = (prefixes.shape[0], prefixes.shape[1], k)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"step_fn must return logits of shape {expected}, got {got}")
+        raise InvalidInput(f"step_fn must return logits of shape {expected}, got {got}")
     return logits
 
 
@@ -65,9 +66,9 @@ def beam_search(steps: BeamSteps, batch_size: int, beam_size: int = 50, top_n: i
     """Beam search over `steps`' digits from one empty prefix per user; returns steps.finalize's results."""
     check_beam_args(beam_size, top_n)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+        raise InvalidInputType(f"batch_size must be an int, got {type(batch_size).__name__}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
     prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=steps.device)
     scores = torch.zeros(batch_size, 1, dtype=torch.float32, device=steps.device)
     parents: Optional[torch.Tensor] = None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from ..errors import InvalidInput, InvalidInputType
 
 
 @dataclass
@@ -46,8 +47,8 @@ def check_beam_args(beam_size: int, top_n: int) -> None:
     """Validate beam_size and top_n (ints, 1 <= top_n <= beam_size)."""
     for name, value in (("beam_size", beam_size), ("top_n", top_n)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            raise InvalidInputType(f"{name} must be an int, got {type(value).__name__}")
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise InvalidInput(f"{name} must be >= 1, got {value}")
     if top_n > beam_size:
-        raise ValueError(f"top_n must be <= beam_size ({beam_size}), got {top_n}")
+        raise InvalidInput(f"top_n must be <= beam_size ({beam_size}), got {top_n}")

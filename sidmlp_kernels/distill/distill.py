@@ -29,6 +29,7 @@ from ..metrics import ndcg_at_k, recall_at_k
 from ..configs import DistillConfig
 from ..training import TrainResult, broadcast_object, run_training, split_config, steps_per_epoch
 from .student import SIDMLP
+from ..errors import InvalidInput
 
 __all__ = [
     "DistillConfig",
@@ -127,13 +128,13 @@ def distill(
     """
     cfg = config or DistillConfig()
     if train.num_levels != student.num_levels or train.hidden_size != student.config.encoder_dim:
-        raise ValueError(
+        raise InvalidInput(
             f"features have L={train.num_levels}, D={train.hidden_size}; the student expects "
             f"L={student.num_levels}, D={student.config.encoder_dim}"
         )
     for level, (t, k) in enumerate(zip(train.teacher_logits, student.config.codebook_sizes)):
         if t.shape[1] != k:
-            raise ValueError(f"teacher logits of digit {level} have {t.shape[1]} codes, the student {k}")
+            raise InvalidInput(f"teacher logits of digit {level} have {t.shape[1]} codes, the student {k}")
 
     def batch_loss(model, index):
         b = train.batch(index)

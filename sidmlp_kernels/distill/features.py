@@ -18,6 +18,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_meta
+from ..errors import InvalidInput
 
 __all__ = ["FeatureStore", "extract_features", "load_features", "encode_in_batches", "teacher_fingerprint"]
 
@@ -40,18 +41,18 @@ class FeatureStore:
     def __post_init__(self) -> None:
         n = self.states.shape[0]
         if self.states.dim() != 3 or tuple(self.mask.shape) != tuple(self.states.shape[:2]):
-            raise ValueError(
+            raise InvalidInput(
                 f"states must be (N, T, D) and mask (N, T), got {tuple(self.states.shape)} and {tuple(self.mask.shape)}"
             )
         if tuple(self.input_ids.shape) != tuple(self.mask.shape):
-            raise ValueError(f"input_ids must be {tuple(self.mask.shape)}, got {tuple(self.input_ids.shape)}")
+            raise InvalidInput(f"input_ids must be {tuple(self.mask.shape)}, got {tuple(self.input_ids.shape)}")
         if self.target_codes.dim() != 2 or self.target_codes.shape[0] != n:
-            raise ValueError(f"target_codes must be (N={n}, L), got {tuple(self.target_codes.shape)}")
+            raise InvalidInput(f"target_codes must be (N={n}, L), got {tuple(self.target_codes.shape)}")
         if len(self.teacher_logits) != self.target_codes.shape[1]:
-            raise ValueError(f"need one teacher_logits tensor per digit ({self.target_codes.shape[1]}), got {len(self.teacher_logits)}")
+            raise InvalidInput(f"need one teacher_logits tensor per digit ({self.target_codes.shape[1]}), got {len(self.teacher_logits)}")
         for l, t in enumerate(self.teacher_logits):
             if t.dim() != 2 or t.shape[0] != n:
-                raise ValueError(f"teacher_logits[{l}] must be (N={n}, K_{l}), got {tuple(t.shape)}")
+                raise InvalidInput(f"teacher_logits[{l}] must be (N={n}, K_{l}), got {tuple(t.shape)}")
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
@@ -174,15 +175,15 @@ def extract_features(
 ) -> FeatureStore:
     """Run the frozen teacher over `examples` (an Examples); with out_dir, store shards and resume/reuse them."""
     if storage_dtype not in _DTYPES:
-        raise ValueError(f"storage_dtype must be one of {sorted(_DTYPES)}, got {storage_dtype!r}")
+        raise InvalidInput(f"storage_dtype must be one of {sorted(_DTYPES)}, got {storage_dtype!r}")
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+        raise InvalidInput(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     n = len(examples)
     if n == 0:
-        raise ValueError("examples must hold at least one example")
+        raise InvalidInput("examples must hold at least one example")
     layout = adapter.layout
     if examples.target_codes.shape[1] != layout.num_levels:
-        raise ValueError(
+        raise InvalidInput(
             f"examples have {examples.target_codes.shape[1]}-digit targets, the teacher layout {layout.num_levels}"
         )
     layout.check_inputs(examples.input_ids, examples.attention_mask)
@@ -286,7 +287,7 @@ def load_features(directory: str | Path) -> FeatureStore:
         target_items=targets["target_items"],
     )
     if len(store) != meta["num_examples"] or store.hidden_size != meta["hidden_size"]:
-        raise ValueError(
+        raise InvalidInput(
             f"{directory} holds {len(store)} examples of width {store.hidden_size}, its index says "
             f"{meta['num_examples']} of width {meta['hidden_size']}"
         )

@@ -21,6 +21,7 @@ from ..configs import EncoderTrainConfig
 from ..training import TrainResult, run_training, split_config
 from .features import FeatureStore
 from ..data.layout import TokenLayout
+from ..errors import InvalidInput
 
 __all__ = ["MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
 
@@ -40,9 +41,9 @@ class MLPEncoderConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_levels", "ffn_dim", "num_layers", "max_len"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InvalidInput(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -122,7 +123,7 @@ class MLPEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encode like a teacher adapter: Encoded(states (B, T, D), mask (B, T))."""
         if input_ids.shape[1] > self.config.max_len:
-            raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, this encoder takes at most {self.config.max_len}")
+            raise InvalidInput(f"input_ids has {input_ids.shape[1]} tokens, this encoder takes at most {self.config.max_len}")
         return Encoded(states=self.states(input_ids, attention_mask), mask=attention_mask.bool())
 
 
@@ -142,7 +143,7 @@ def train_mlp_encoder(
     """Stage 1 of SID-MLP++: fit the encoder to the teacher's stored states (DDP-aware, resumable)."""
     cfg = config or EncoderTrainConfig()
     if features.hidden_size != encoder.config.hidden_size:
-        raise ValueError(f"features have width {features.hidden_size}, the encoder {encoder.config.hidden_size}")
+        raise InvalidInput(f"features have width {features.hidden_size}, the encoder {encoder.config.hidden_size}")
 
     def batch_loss(model, index):
         b = features.batch(index)

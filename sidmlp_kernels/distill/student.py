@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..errors import InvalidInput
 
 __all__ = ["SIDMLPConfig", "SIDMLP", "CrossAttentionReadout"]
 
@@ -41,21 +42,21 @@ class SIDMLPConfig:
         if self.attn_dim == 0:
             self.attn_dim = self.context_dim
         if len(self.codebook_sizes) < 1:
-            raise ValueError("codebook_sizes must name at least one digit")
+            raise InvalidInput("codebook_sizes must name at least one digit")
         if len(self.embed_dims) != len(self.codebook_sizes) - 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"embed_dims must have L-1 = {len(self.codebook_sizes) - 1} entries (digits that "
                 f"feed later heads), got {len(self.embed_dims)}"
             )
         for name in ("encoder_dim", "context_dim", "num_heads", "attn_dim", "ffn_dim", "head_hidden"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(k < 1 for k in self.codebook_sizes) or any(d < 1 for d in self.embed_dims):
-            raise ValueError("codebook_sizes and embed_dims must all be >= 1")
+            raise InvalidInput("codebook_sizes and embed_dims must all be >= 1")
         if self.attn_dim % self.num_heads:
-            raise ValueError(f"attn_dim ({self.attn_dim}) must be divisible by num_heads ({self.num_heads})")
+            raise InvalidInput(f"attn_dim ({self.attn_dim}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InvalidInput(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def num_levels(self) -> int:
@@ -126,7 +127,7 @@ class SIDMLP(nn.Module):
             if code_embeddings is not None:
                 table = torch.as_tensor(code_embeddings[j]).detach().float().clone()
                 if tuple(table.shape) != (k, dim):
-                    raise ValueError(
+                    raise InvalidInput(
                         f"code_embeddings[{j}] must have shape ({k}, {dim}), got {tuple(table.shape)}"
                     )
             else:
@@ -153,11 +154,11 @@ class SIDMLP(nn.Module):
     def context(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """User context (B, C) from encoder states (B, T, D) and mask (B, T), True = real token."""
         if states.dim() != 3 or states.shape[-1] != self.config.encoder_dim:
-            raise ValueError(
+            raise InvalidInput(
                 f"states must be (B, T, {self.config.encoder_dim}), got {tuple(states.shape)}"
             )
         if tuple(mask.shape) != tuple(states.shape[:2]):
-            raise ValueError(f"mask must be {tuple(states.shape[:2])}, got {tuple(mask.shape)}")
+            raise InvalidInput(f"mask must be {tuple(states.shape[:2])}, got {tuple(mask.shape)}")
         mask = mask.bool()
         valid = mask.to(states.dtype).unsqueeze(-1)
         pooled = (states * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)

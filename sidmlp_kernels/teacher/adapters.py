@@ -19,6 +19,7 @@ from torch import nn
 from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout, to_left_padding
 from ..decode.types import Encoded
+from ..errors import InvalidInput, InvalidInputType
 
 __all__ = [
     "Encoded",
@@ -57,35 +58,35 @@ def check_model_layout(model: nn.Module, layout: TokenLayout, catalog: Optional[
     cfg = model.config
     vocab = model.get_input_embeddings().weight.shape[0]
     if vocab < layout.vocab_size:
-        raise ValueError(
+        raise InvalidInput(
             f"model has {vocab} token embeddings but the layout needs vocab_size {layout.vocab_size} "
             f"(codebook_sizes {list(layout.codebook_sizes)}, {layout.num_user_tokens} user tokens)"
         )
     out = model.get_output_embeddings()
     if out is None or out.weight.shape[0] < layout.vocab_size:
-        raise ValueError(f"model's output head must have >= {layout.vocab_size} rows")
+        raise InvalidInput(f"model's output head must have >= {layout.vocab_size} rows")
     pad = getattr(cfg, "pad_token_id", None)
     if pad is not None and pad != layout.pad_id:
-        raise ValueError(f"model.config.pad_token_id is {pad} but the layout's pad id is {layout.pad_id}")
+        raise InvalidInput(f"model.config.pad_token_id is {pad} but the layout's pad id is {layout.pad_id}")
     eos = getattr(cfg, "eos_token_id", None)
     if eos is not None and eos != layout.eos_id and not (isinstance(eos, list) and layout.eos_id in eos):
-        raise ValueError(f"model.config.eos_token_id is {eos} but the layout's EOS id is {layout.eos_id}")
+        raise InvalidInput(f"model.config.eos_token_id is {eos} but the layout's EOS id is {layout.eos_id}")
     if getattr(cfg, "is_encoder_decoder", False):
         start = getattr(cfg, "decoder_start_token_id", None)
         if start is None:
-            raise ValueError("model.config.decoder_start_token_id must be set (TIGER layout: the pad id 0)")
+            raise InvalidInput("model.config.decoder_start_token_id must be set (TIGER layout: the pad id 0)")
         if not 0 <= int(start) < vocab:
-            raise ValueError(f"model.config.decoder_start_token_id {start} is outside the vocabulary [0, {vocab})")
+            raise InvalidInput(f"model.config.decoder_start_token_id {start} is outside the vocabulary [0, {vocab})")
 
 
 def _check_prefix_codes(layout: TokenLayout, prefix_codes: torch.Tensor, batch: int) -> torch.Tensor:
     """Validate (B, L) or (B, L-1) teacher-forcing codes; return the (B, L-1) token ids fed back."""
     if not isinstance(prefix_codes, torch.Tensor) or prefix_codes.dim() != 2:
         got = getattr(prefix_codes, "shape", type(prefix_codes))
-        raise ValueError(f"prefix_codes must be a (B, L) tensor, got {got}")
+        raise InvalidInput(f"prefix_codes must be a (B, L) tensor, got {got}")
     num_levels = layout.num_levels
     if prefix_codes.shape[0] != batch or prefix_codes.shape[1] not in (num_levels, num_levels - 1):
-        raise ValueError(
+        raise InvalidInput(
             f"prefix_codes must have shape ({batch}, {num_levels}) (or ({batch}, {num_levels - 1})), "
             f"got {tuple(prefix_codes.shape)}"
         )
@@ -113,7 +114,7 @@ class T5TeacherAdapter:
 
     def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
         if not getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError("T5TeacherAdapter needs an encoder-decoder model; use CausalLMTeacherAdapter")
+            raise InvalidInput("T5TeacherAdapter needs an encoder-decoder model; use CausalLMTeacherAdapter")
         check_model_layout(model, layout, catalog)
         self.model = model
         self.layout = layout
@@ -177,7 +178,7 @@ class CausalLMTeacherAdapter:
 
     def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
         if getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError("CausalLMTeacherAdapter needs a decoder-only model; use T5TeacherAdapter")
+            raise InvalidInput("CausalLMTeacherAdapter needs a decoder-only model; use T5TeacherAdapter")
         check_model_layout(model, layout, catalog)
         self.model = model
         self.layout = layout
@@ -209,7 +210,7 @@ class CausalLMTeacherAdapter:
     def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
         """Run the LM over prompt + tok(c_0..c_{L-2}); digit l's logits come from position T-1+l."""
         if encoded.input_ids is None:
-            raise ValueError("encoded.input_ids is None: CausalLMTeacherAdapter.digit_logits needs encode()'s output")
+            raise InvalidInput("encoded.input_ids is None: CausalLMTeacherAdapter.digit_logits needs encode()'s output")
         batch, t = encoded.input_ids.shape
         fed = _check_prefix_codes(self.layout, prefix_codes.to(encoded.input_ids.device), batch)
         ids = torch.cat([encoded.input_ids, fed], dim=1)
@@ -232,7 +233,7 @@ def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCata
     """The adapter matching a HF model: T5-style encoder-decoder or decoder-only causal LM."""
     if getattr(model.config, "is_encoder_decoder", False):
         if not hasattr(model, "encoder") or not hasattr(model, "lm_head"):
-            raise ValueError(f"unsupported encoder-decoder model {type(model).__name__}: expected a T5-style model")
+            raise InvalidInput(f"unsupported encoder-decoder model {type(model).__name__}: expected a T5-style model")
         return T5TeacherAdapter(model, layout, catalog)
     return CausalLMTeacherAdapter(model, layout, catalog)
 def _is_adapter(obj: Any) -> bool:
@@ -244,15 +245,15 @@ def as_adapter(teacher: Any, catalog: Optional[SIDCatalog] = None, layout: Optio
     if _is_adapter(teacher):
         adapter = teacher
         if layout is not None and adapter.layout != layout:
-            raise ValueError(f"teacher adapter has layout {adapter.layout}, but layout={layout} was given")
+            raise InvalidInput(f"teacher adapter has layout {adapter.layout}, but layout={layout} was given")
     elif isinstance(teacher, torch.nn.Module) and hasattr(teacher, "config"):
         if layout is None:
             if catalog is None:
-                raise ValueError("a HF teacher needs a layout or a catalog to derive one from")
+                raise InvalidInput("a HF teacher needs a layout or a catalog to derive one from")
             layout = TokenLayout.for_catalog(catalog)
         adapter = adapter_for(teacher, layout, catalog)
     else:
-        raise TypeError(
+        raise InvalidInputType(
             f"teacher must be a TeacherAdapter or a HF model, got {type(teacher).__name__}"
         )
     if catalog is not None:

@@ -45,6 +45,7 @@ from ..decode.reference import ReferenceSteps, finalize_beams
 from ..decode.search import beam_search
 from ..decode.types import GenerationOutput, check_beam_args
 from ..data.layout import TokenLayout, to_left_padding
+from ..errors import InvalidInput
 
 __all__ = [
     "DecodeOutput",
@@ -115,7 +116,7 @@ def _check_decode_args(
     layout.check_inputs(input_ids, attention_mask, vocab_size=model.get_input_embeddings().weight.shape[0])
     device = next(model.parameters()).device
     if input_ids.device != device:
-        raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}")
+        raise InvalidInput(f"input_ids are on {input_ids.device} but the model is on {device}")
 
 
 def digit_allowed_tokens_fn(layout: TokenLayout, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
@@ -150,7 +151,7 @@ def hf_generate(
     num_levels = layout.num_levels
     max_new = num_levels + 1 if max_new_tokens is None else int(max_new_tokens)
     if max_new < num_levels:
-        raise ValueError(f"max_new_tokens must be >= L = {num_levels}, got {max_new}")
+        raise InvalidInput(f"max_new_tokens must be >= L = {num_levels}, got {max_new}")
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if not encoder_decoder:
         input_ids, attention_mask = to_left_padding(input_ids, attention_mask)

@@ -13,6 +13,7 @@ from ..data.examples import Examples
 from ..data.layout import TokenLayout
 from ..metrics import evaluate_ranking
 from .attention_decode import DecodeOutput, attention_beam_search, hf_generate
+from ..errors import InvalidInput
 
 
 @torch.no_grad()
@@ -35,7 +36,7 @@ def evaluate_teacher(
     return_items adds "items": the (N, top_n) ranked lists.
     """
     if decode not in ("constrained", "unconstrained", "hf"):
-        raise ValueError(f"decode must be 'constrained', 'unconstrained' or 'hf', got {decode!r}")
+        raise InvalidInput(f"decode must be 'constrained', 'unconstrained' or 'hf', got {decode!r}")
     n = len(examples) if max_users is None else min(len(examples), max_users)
     ranked, targets = [], []
     invalid = duplicate = 0

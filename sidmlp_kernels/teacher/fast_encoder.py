@@ -45,6 +45,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..errors import InvalidInput
 
 __all__ = ["FastT5Encoder", "relative_position_bucket", "mkldnn_linear_available"]
 
@@ -144,9 +145,9 @@ class FastT5Encoder(nn.Module):
         # The environment variable forces a backend (docs/architecture.md, "Backends").
         backend = os.environ.get("SIDMLP_ENCODER_BACKEND", backend)
         if backend not in ("auto", "mkldnn", "mm"):
-            raise ValueError(f"backend must be 'auto', 'mkldnn' or 'mm', got {backend!r}")
+            raise InvalidInput(f"backend must be 'auto', 'mkldnn' or 'mm', got {backend!r}")
         if backend == "mkldnn" and not mkldnn_linear_available():
-            raise ValueError("backend='mkldnn' asked for, but this PyTorch build has no working oneDNN linear")
+            raise InvalidInput("backend='mkldnn' asked for, but this PyTorch build has no working oneDNN linear")
         self.backend = backend
         self.num_heads = int(num_heads)
         self.d_kv = int(d_kv)
@@ -157,14 +158,14 @@ class FastT5Encoder(nn.Module):
         self.max_distance = int(max_distance)
         self.skip_padding = bool(skip_padding)
         if max_rows is not None and (isinstance(max_rows, bool) or int(max_rows) < 0):
-            raise ValueError(f"max_rows must be None (auto) or >= 0 (0 = never split the batch), got {max_rows}")
+            raise InvalidInput(f"max_rows must be None (auto) or >= 0 (0 = never split the batch), got {max_rows}")
         self.max_rows = None if max_rows is None else int(max_rows)
         if act_name in _ACTS:
             self._act_attr, self._act_algo, self._act = _ACTS[act_name]
         elif act_module is not None:
             self._act_attr, self._act_algo, self._act = None, "", act_module
         else:
-            raise ValueError(f"unsupported dense_act_fn {act_name!r}")
+            raise InvalidInput(f"unsupported dense_act_fn {act_name!r}")
         # Copies, never views of the source model's weights: loading or editing one must not touch the other.
         self.register_buffer("embed", _own(embed))
         self.register_buffer("final_norm", _own(final_norm))
@@ -193,16 +194,16 @@ class FastT5Encoder(nn.Module):
         """Build from a HF T5ForConditionalGeneration / T5Model / T5EncoderModel (or its encoder stack)."""
         stack = model.get_encoder() if hasattr(model, "get_encoder") else model
         if not hasattr(stack, "block") or not hasattr(stack, "final_layer_norm") or not hasattr(stack, "config"):
-            raise ValueError(f"model must be a HF T5 model or T5 encoder stack, got {type(model).__name__}")
+            raise InvalidInput(f"model must be a HF T5 model or T5 encoder stack, got {type(model).__name__}")
         cfg = stack.config
         if getattr(cfg, "is_decoder", False):
-            raise ValueError("model's stack is a decoder; pass the T5 model or its encoder")
+            raise InvalidInput("model's stack is a decoder; pass the T5 model or its encoder")
         blocks = list(stack.block)
         if not blocks:
-            raise ValueError("model's encoder has no layers")
+            raise InvalidInput("model's encoder has no layers")
         attn0 = blocks[0].layer[0].SelfAttention
         if not getattr(attn0, "has_relative_attention_bias", False):
-            raise ValueError("layer 0 of the encoder carries no relative_attention_bias")
+            raise InvalidInput("layer 0 of the encoder carries no relative_attention_bias")
 
         def w(lin: nn.Linear) -> torch.Tensor:
             return lin.weight.detach().float()
@@ -325,27 +326,27 @@ class FastT5Encoder(nn.Module):
     def _check(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a (B, T) integer tensor, got {got}")
+            raise InvalidInput(f"input_ids must be a (B, T) integer tensor, got {got}")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+            raise InvalidInput(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
+            raise InvalidInput(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
         if input_ids.device != self.embed.device:
-            raise ValueError(f"input_ids is on {input_ids.device}, the encoder's weights on {self.embed.device}")
+            raise InvalidInput(f"input_ids is on {input_ids.device}, the encoder's weights on {self.embed.device}")
         lo, hi = torch.aminmax(input_ids)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}) (vocab_size), got values in [{lo}, {hi}]")
+            raise InvalidInput(f"input_ids must lie in [0, {self.vocab_size}) (vocab_size), got values in [{lo}, {hi}]")
         if attention_mask is None:
             return
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
             got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+            raise InvalidInput(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
         if attention_mask.device != input_ids.device:
-            raise ValueError(f"attention_mask is on {attention_mask.device}, input_ids on {input_ids.device}")
+            raise InvalidInput(f"attention_mask is on {attention_mask.device}, input_ids on {input_ids.device}")
         if attention_mask.dtype != torch.bool:
             if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+                raise InvalidInput("attention_mask must hold only 0 (padding) and 1 (real token)")
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -361,7 +362,7 @@ class FastT5Encoder(nn.Module):
                 keep = None  # no padding: the bias alone is the mask, no (B, H, T, T) tensor needed
             elif not bool(keep.any(1).all()):
                 bad = int((~keep.any(1)).nonzero()[0, 0])
-                raise ValueError(f"attention_mask row {bad} has no real token (empty history)")
+                raise InvalidInput(f"attention_mask row {bad} has no real token (empty history)")
         max_rows = self.max_rows
         if max_rows is None:
             # Measured on a shared 2-core EPYC: at 1 thread, 4096-token sub-batches cut B=128

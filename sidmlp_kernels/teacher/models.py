@@ -21,6 +21,7 @@ from ..data.layout import TokenLayout
 from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
 from .adapters import check_model_layout, left_positions
 from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
+from ..errors import InvalidInput
 
 __all__ = [
     "build_gpt2_teacher",
@@ -36,7 +37,7 @@ _FORMAT = "sidmlp-teacher"
 
 def _preset(table: dict[str, dict[str, Any]], preset: str) -> dict[str, Any]:
     if preset not in table:
-        raise ValueError(f"preset must be one of {sorted(table)}, got {preset!r}")
+        raise InvalidInput(f"preset must be one of {sorted(table)}, got {preset!r}")
     return dict(table[preset])
 
 
@@ -164,7 +165,7 @@ def load_teacher(
     layout = TokenLayout.load(directory / "layout.json")
     recorded = meta.get("catalog_fingerprint")
     if catalog is not None and recorded is not None and recorded != catalog.fingerprint():
-        raise ValueError(f"the teacher in {directory} was trained on catalog {recorded}, but this data's catalog is "
+        raise InvalidInput(f"the teacher in {directory} was trained on catalog {recorded}, but this data's catalog is "
                          f"{catalog.fingerprint()} ({catalog}); use the teacher trained on this --prepared directory")
     arch = meta["arch"]
     if arch == "t5":
@@ -172,7 +173,7 @@ def load_teacher(
     elif arch == "gpt2":
         from transformers import GPT2LMHeadModel as cls
     else:
-        raise ValueError(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
+        raise InvalidInput(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
     # HF's own errors name neither the file nor the fix: check the two files it reads first.
     hint = "re-create it with `sidmlp train-teacher` (or save_teacher)"
     read_json(directory / "config.json", hint)

@@ -26,6 +26,7 @@ from ..training import run_training, split_config
 from .adapters import check_model_layout
 from .evaluate import evaluate_teacher
 from .models import save_teacher, teacher_loss
+from ..errors import InvalidInput
 
 __all__ = ["TrainConfig", "train_teacher"]
 
@@ -57,7 +58,7 @@ def train_teacher(
     if not resume:
         ckpt.unlink(missing_ok=True)
     elif not ckpt.is_file() and (out / "last" / "trainer_state.json").is_file():
-        raise ValueError(f"{out} holds a checkpoint (last/) of an earlier version of train-teacher, which "
+        raise InvalidInput(f"{out} holds a checkpoint (last/) of an earlier version of train-teacher, which "
                          f"cannot be resumed; {_RESTART}")
     trainer_config, run_config = split_config(config)
     for name in ("progress", "eval_batch_size"):  # display and speed only: a resume may change them

@@ -59,3 +59,39 @@ def test_help_shows_defaults_and_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("sidmlp-kernels ")
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import sidmlp_kernels.cli.prepare as prepare_cli
+    from sidmlp_kernels.errors import InvalidInput
+
+    def user_error(args):
+        raise InvalidInput("--levels must be >= 2, got 1")
+
+    monkeypatch.setattr(prepare_cli, "cmd_prepare", user_error)
+    assert main(["prepare", "--out", "x"]) == 2
+    assert capsys.readouterr().err == "sidmlp prepare: error: --levels must be >= 2, got 1\n"
+
+    def bug(args):
+        return {}["missing"] + int("not a number")  # a programming error, not the user's input
+
+    monkeypatch.setattr(prepare_cli, "cmd_prepare", bug)
+    with pytest.raises(KeyError):
+        main(["prepare", "--out", "x"])
+
+    def plain_value_error(args):
+        raise ValueError("raised by some library deep inside")
+
+    monkeypatch.setattr(prepare_cli, "cmd_prepare", plain_value_error)
+    with pytest.raises(ValueError, match="deep inside"):
+        main(["prepare", "--out", "x"])
+
+
+def test_validated_library_errors_are_sidmlp_errors():
+    from sidmlp_kernels.configs import DistillConfig
+    from sidmlp_kernels.decode.types import check_beam_args
+    from sidmlp_kernels.errors import SidmlpError
+
+    for call in (lambda: check_beam_args(0, 1), lambda: check_beam_args(2.0, 1), lambda: DistillConfig(epochs=0)):
+        with pytest.raises(SidmlpError):
+            call()

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reference import beam_step_reference
+from ...errors import InvalidInput, InvalidInputType
 
 try:  # Triton is optional at import time: the reference below works without it.
     import triton
@@ -290,32 +291,32 @@ def _next_pow2(n: int) -> int:
 
 def _check_tensor(value, name: str, ndim: int) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise InvalidInputType(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
+        raise InvalidInput(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
     if not value.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (call .contiguous()), got strides {value.stride()}")
+        raise InvalidInput(f"{name} must be contiguous (call .contiguous()), got strides {value.stride()}")
     return value
 
 
 def _check_shape(value: torch.Tensor, name: str, expected: tuple) -> None:
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
+        raise InvalidInput(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
 def _validate(
     ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size, check_codes
 ):
     if isinstance(beam_size, bool) or not isinstance(beam_size, int):
-        raise TypeError(f"beam_size must be an int, got {type(beam_size).__name__}")
+        raise InvalidInputType(f"beam_size must be an int, got {type(beam_size).__name__}")
     if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        raise InvalidInput(f"beam_size must be >= 1, got {beam_size}")
     if isinstance(ln_eps, bool) or not isinstance(ln_eps, (int, float)):
-        raise TypeError(f"ln_eps must be a float, got {type(ln_eps).__name__}")
+        raise InvalidInputType(f"ln_eps must be a float, got {type(ln_eps).__name__}")
     if not (math.isfinite(ln_eps) and ln_eps >= 0):
-        raise ValueError(f"ln_eps must be a finite float >= 0, got {ln_eps}")
+        raise InvalidInput(f"ln_eps must be a finite float >= 0, got {ln_eps}")
     if not isinstance(prefix_tables, (list, tuple)):
-        raise TypeError(f"prefix_tables must be a list or tuple of tensors, got {type(prefix_tables).__name__}")
+        raise InvalidInputType(f"prefix_tables must be a list or tuple of tensors, got {type(prefix_tables).__name__}")
 
     out_w = _check_tensor(out_w, "out_w", 2)
     k, h = out_w.shape
@@ -331,55 +332,55 @@ def _validate(
     out_b = _check_tensor(out_b, "out_b", 1)
 
     if k < 1 or h < 1:
-        raise ValueError(f"out_w must have shape (K >= 1, H >= 1), got {tuple(out_w.shape)}")
+        raise InvalidInput(f"out_w must have shape (K >= 1, H >= 1), got {tuple(out_w.shape)}")
     if h > MAX_HIDDEN:
-        raise ValueError(f"out_w hidden size must be <= {MAX_HIDDEN}, got {h}")
+        raise InvalidInput(f"out_w hidden size must be <= {MAX_HIDDEN}, got {h}")
     if batch < 1:
-        raise ValueError(f"ctx_proj must have at least one user row, got shape {tuple(ctx_proj.shape)}")
+        raise InvalidInput(f"ctx_proj must have at least one user row, got shape {tuple(ctx_proj.shape)}")
     _check_shape(ctx_proj, "ctx_proj", (batch, h))
     if width < 1:
-        raise ValueError(f"prefixes must have at least one beam, got shape {tuple(prefixes.shape)}")
+        raise InvalidInput(f"prefixes must have at least one beam, got shape {tuple(prefixes.shape)}")
     _check_shape(prefixes, "prefixes", (batch, width, level))
     if len(tables) != level:
-        raise ValueError(f"prefix_tables must hold one table per prefix digit ({level}), got {len(tables)}")
+        raise InvalidInput(f"prefix_tables must hold one table per prefix digit ({level}), got {len(tables)}")
     if level > MAX_PREFIX:
-        raise ValueError(f"prefixes may have at most {MAX_PREFIX} digits, got {level}")
+        raise InvalidInput(f"prefixes may have at most {MAX_PREFIX} digits, got {level}")
     for j, t in enumerate(tables):
         if t.shape[0] < 1 or t.shape[1] != h:
-            raise ValueError(f"prefix_tables[{j}] must have shape (K_{j} >= 1, {h}), got {tuple(t.shape)}")
+            raise InvalidInput(f"prefix_tables[{j}] must have shape (K_{j} >= 1, {h}), got {tuple(t.shape)}")
     _check_shape(ln_w, "ln_w", (h,))
     _check_shape(ln_b, "ln_b", (h,))
     _check_shape(out_b, "out_b", (k,))
     _check_shape(beam_scores, "beam_scores", (batch, width))
     _check_shape(valid, "valid", (batch, width, k))
     if width * k >= 2**32:
-        raise ValueError(f"beams x children must be < 2**32 per user, got {width} x {k}")
+        raise InvalidInput(f"beams x children must be < 2**32 per user, got {width} x {k}")
 
     # dtypes: tables and out_w set the model dtype; the small vectors may also be fp32.
     model_dtype = out_w.dtype
     if model_dtype not in _MODEL_DTYPES:
-        raise TypeError(f"out_w must be float32, bfloat16 or float16, got {model_dtype}")
+        raise InvalidInputType(f"out_w must be float32, bfloat16 or float16, got {model_dtype}")
     for j, t in enumerate(tables):
         if t.dtype != model_dtype:
-            raise TypeError(f"prefix_tables[{j}] must have out_w's dtype {model_dtype}, got {t.dtype}")
+            raise InvalidInputType(f"prefix_tables[{j}] must have out_w's dtype {model_dtype}, got {t.dtype}")
     for name, t in (("ctx_proj", ctx_proj), ("ln_w", ln_w), ("ln_b", ln_b), ("out_b", out_b)):
         if t.dtype not in (model_dtype, torch.float32):
-            raise TypeError(f"{name} must be {model_dtype} or float32, got {t.dtype}")
+            raise InvalidInputType(f"{name} must be {model_dtype} or float32, got {t.dtype}")
     if beam_scores.dtype != torch.float32:
-        raise TypeError(f"beam_scores must be float32, got {beam_scores.dtype}")
+        raise InvalidInputType(f"beam_scores must be float32, got {beam_scores.dtype}")
     if prefixes.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"prefixes must be int32 or int64, got {prefixes.dtype}")
+        raise InvalidInputType(f"prefixes must be int32 or int64, got {prefixes.dtype}")
     if valid.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"valid must be bool or uint8, got {valid.dtype}")
+        raise InvalidInputType(f"valid must be bool or uint8, got {valid.dtype}")
 
     device = out_w.device
     named = [("ctx_proj", ctx_proj), ("prefixes", prefixes), ("ln_w", ln_w), ("ln_b", ln_b), ("out_b", out_b),
              ("beam_scores", beam_scores), ("valid", valid)] + [(f"prefix_tables[{j}]", t) for j, t in enumerate(tables)]
     for name, t in named:
         if t.device != device:
-            raise ValueError(f"{name} must be on out_w's device {device}, got {t.device}")
+            raise InvalidInput(f"{name} must be on out_w's device {device}, got {t.device}")
     if device.type != "cuda" and not _interpreting():
-        raise ValueError(
+        raise InvalidInput(
             f"fused_step needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported); got device {device}"
         )
 
@@ -390,7 +391,7 @@ def _validate(
         bad = (prefixes < 0) | (prefixes >= sizes)
         if bool(bad.any()):
             idx = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(
+            raise InvalidInput(
                 f"prefixes{list(idx)} = {int(prefixes[idx])} is outside the codebook of digit {idx[2]} "
                 f"(size {tables[idx[2]].shape[0]})"
             )
