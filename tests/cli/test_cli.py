@@ -95,3 +95,20 @@ def test_validated_library_errors_are_sidmlp_errors():
     for call in (lambda: check_beam_args(0, 1), lambda: check_beam_args(2.0, 1), lambda: DistillConfig(epochs=0)):
         with pytest.raises(SidmlpError):
             call()
+
+
+def test_quickstart_refuses_another_datasets_directory(tmp_path, monkeypatch, capsys):
+    import types
+
+    import sidmlp_kernels.data.prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "load_prepared", lambda d: types.SimpleNamespace(config={"dataset": "ml-100k"}))
+    assert main(["quickstart", "--dataset", "ml-1m", "--out", str(tmp_path), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} holds a quickstart on ml-100k, not --dataset ml-1m" in err
+
+
+def test_train_teacher_help_says_what_the_paper_preset_costs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-teacher", "--help"])
+    assert "hours on a 2-core CPU" in " ".join(capsys.readouterr().out.split())

@@ -211,6 +211,15 @@ def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
     assert boot["mean_difference"] == pytest.approx(blob["constrained"]["ndcg@10"] - blob["most_popular"]["ndcg@10"])
     assert boot["ci_low"] <= boot["mean_difference"] <= boot["ci_high"] and "paired bootstrap" in out
     assert blob["constrained"]["invalid_beams"] == 0
+    # A teacher is tied to the catalog it was trained on: eval on another catalog names both.
+    other, other_split = synthetic_data((8, 6, 5), num_items=80, num_users=80, seq_len=8, seed=2)
+    assert other.fingerprint() != catalog.fingerprint()
+    monkeypatch.setattr(prepare_mod, "load_prepared",
+                        lambda d: types.SimpleNamespace(catalog=other, split=other_split))
+    with pytest.raises(ValueError, match=f"trained on catalog {catalog.fingerprint()}.*{other.fingerprint()}"):
+        args.func(args)
+    recorded = json.loads((tmp_path / "run" / "best" / "teacher.json").read_text())
+    assert recorded["catalog_fingerprint"] == catalog.fingerprint() and recorded["provenance"]["inputs"]
 
 
 def test_cli_rejects_a_bad_option_before_loading_data(tmp_path, capsys):
