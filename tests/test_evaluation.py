@@ -7,7 +7,13 @@ import torch
 from sidmlp_kernels.accelerated import accelerate
 from sidmlp_kernels.teacher.attention_decode import attention_beam_search
 from sidmlp_kernels.cli import main
-from sidmlp_kernels.evaluation import compare_with_teacher, evaluate_recommender, format_comparison
+from sidmlp_kernels.evaluation import (
+    compare_with_teacher,
+    evaluate_recommender,
+    format_comparison,
+    most_popular_for,
+    quality_report,
+)
 from sidmlp_kernels.data.examples import build_examples, synthetic_data
 from sidmlp_kernels.data.layout import TokenLayout
 from sidmlp_kernels.metrics import evaluate_ranking, top_overlap
@@ -42,21 +48,52 @@ def setup(tmp_path_factory):
 
 
 def test_compare_matches_the_separate_evaluations(setup):
-    catalog, _, layout, teacher, test, rec, _ = setup
-    results = compare_with_teacher(teacher, layout, catalog, test, {"fast": rec}, beam_size=12, batch_size=16)
+    catalog, split, layout, teacher, test, rec, _ = setup
+    popular = most_popular_for(split, "test")
+    results = compare_with_teacher(teacher, layout, catalog, test, {"fast": rec}, popular, beam_size=12, batch_size=16)
+    models = results["models"]
+    assert list(models) == ["most_popular", "teacher", "fast"] and results["users"] == len(test)
     t_items = attention_beam_search(teacher, layout, catalog, test.input_ids, test.attention_mask, 12, 10).items
-    t_metrics = evaluate_ranking(t_items, test.target_items, ks=(5, 10))
+    t_metrics = evaluate_ranking(t_items, test.target_items, ks=(10,))
     s = evaluate_recommender(rec, test, beam_size=12, top_n=10)
-    for k in ("recall@10", "ndcg@10", "recall@5", "ndcg@5"):
-        assert results["teacher"][k] == pytest.approx(t_metrics[k])
-        assert results["fast"][k] == pytest.approx(s[k])
+    p_metrics = evaluate_ranking(popular.expand(len(test), -1), test.target_items, ks=(10,))
+    for k in ("recall@10", "ndcg@10"):
+        assert models["teacher"][k] == pytest.approx(t_metrics[k])
+        assert models["fast"][k] == pytest.approx(s[k])
+        assert models["most_popular"][k] == pytest.approx(p_metrics[k])
+        assert models["fast"]["vs_teacher"][k][0] == pytest.approx(s[k] - t_metrics[k])
         if t_metrics[k] > 0:
-            assert results["fast"][f"{k}_share_of_teacher"] == pytest.approx(s[k] / t_metrics[k])
-    assert results["fast"]["top10_overlap_with_teacher"] == pytest.approx(top_overlap(s["items"], t_items, 10))
+            assert models["fast"]["share_of_teacher"][k] == pytest.approx(s[k] / t_metrics[k])
+    assert models["fast"]["top10_overlap"] == pytest.approx(top_overlap(s["items"], t_items, 10))
+    assert "vs_teacher" not in models["teacher"] and "vs_most_popular" not in models["most_popular"]
     table = format_comparison(results)
-    assert table.count("\n") == 3 and "| fast |" in table and "%" in table
+    assert table.count("\n") == 4 and "| most-popular |" in table and "| fast |" in table and "%" in table
     with pytest.raises(ValueError, match="non-empty Examples"):
-        compare_with_teacher(teacher, layout, catalog, test.subset(torch.arange(0)), {"fast": rec})
+        compare_with_teacher(teacher, layout, catalog, test.subset(torch.arange(0)), {"fast": rec}, popular)
+
+
+def test_quality_report_by_hand():
+    targets = torch.tensor([1, 2, 3, 4])
+    popular = torch.tensor([1, 9])
+    ranked = {
+        "teacher": torch.tensor([[1, 9], [2, 8], [7, 6], [5, 4]]),  # hits users 0, 1, 3 (rank 1, 1, 2)
+        "student": torch.tensor([[1, 9], [1, 9], [1, 9], [1, 9]]),  # copies most-popular exactly
+    }
+    report = quality_report(ranked, targets, popular, k=2, num_samples=200)
+    assert report["most_popular"]["recall@10"] == pytest.approx(0.25)
+    assert report["teacher"]["recall@10"] == pytest.approx(0.75)
+    assert report["teacher"]["distinct_items"] == 8 and report["student"]["distinct_items"] == 2
+    assert report["teacher"]["most_popular_share"] == pytest.approx((2 + 0 + 0 + 0) / 4 / 2)
+    assert report["student"]["most_popular_share"] == 1.0
+    assert report["student"]["vs_most_popular"]["ndcg@10"] == [0.0, 0.0, 0.0]
+    assert report["student"]["share_of_teacher"]["recall@10"] == pytest.approx(0.25 / 0.75)
+    mean, lo, hi = report["student"]["vs_teacher"]["recall@10"]
+    assert mean == pytest.approx(-0.5) and lo <= mean <= hi <= 0.0
+    assert report["student"]["top10_overlap"] == pytest.approx((1.0 + 0 + 0 + 0) / 4)
+    with pytest.raises(ValueError, match="teacher='nobody'"):
+        quality_report(ranked, targets, popular, teacher="nobody")
+    with pytest.raises(ValueError, match=r"ranked\['student'\] must be \(N=4"):
+        quality_report({"teacher": ranked["teacher"], "student": ranked["student"][:3]}, targets, popular)
 
 
 def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
@@ -80,5 +117,7 @@ def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| teacher |" in out and all(f"| {d} |" in out for d in dirs)
     blob = json.loads((tmp_path / "c.json").read_text())
-    assert set(blob) == {"teacher", "provenance", *dirs} and blob["provenance"]["command"]
-    assert all(0.0 <= blob[d]["top10_overlap_with_teacher"] <= 1.0 for d in dirs)
+    assert set(blob) == {"dataset", "split", "users", "beam", "models", "provenance"} and blob["provenance"]["command"]
+    assert set(blob["models"]) == {"most_popular", "teacher", *dirs} and blob["split"] == "test"
+    assert all(0.0 <= blob["models"][d]["top10_overlap"] <= 1.0 for d in dirs)
+    assert all(len(blob["models"][d]["vs_teacher"]["ndcg@10"]) == 3 for d in dirs)

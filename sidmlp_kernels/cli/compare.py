@@ -16,6 +16,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--split", choices=("valid", "test"), default="test", help="users to evaluate")
     parser.add_argument("--beam", type=int, default=50, help="beam size of every decode")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstraps")
     parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
     parser.set_defaults(func=cmd_compare)
     return parser
@@ -27,7 +28,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..accelerated import AcceleratedRecommender
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
-    from ..evaluation import compare_with_teacher, format_comparison
+    from ..evaluation import compare_with_teacher, format_comparison, most_popular_for
     from ..io import provenance, write_json
     from ..teacher.models import load_teacher
 
@@ -40,7 +41,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         str(d): AcceleratedRecommender.from_pretrained(d, teacher=teacher, catalog=prepared.catalog, layout=layout)
         for d in args.accelerated
     }
-    results = compare_with_teacher(teacher, layout, prepared.catalog, examples, models, beam_size=args.beam)
+    popular = most_popular_for(prepared.split, args.split)
+    results = compare_with_teacher(teacher, layout, prepared.catalog, examples, models, popular, beam_size=args.beam,
+                                   seed=args.seed)
+    results = {"dataset": getattr(prepared, "config", {}).get("dataset"), "split": args.split, **results}
     print(f"{args.split}, {len(examples)} users, beam {args.beam}\n")
     print(format_comparison(results))
     if args.json_out:

@@ -35,7 +35,7 @@ def run_quickstart(
     from ..data.examples import build_examples
     from ..data.layout import TokenLayout
     from ..data.prepare import load_prepared, prepare
-    from ..evaluation import compare_with_teacher, format_comparison
+    from ..evaluation import compare_with_teacher, format_comparison, most_popular_for
     from ..io import provenance, write_json
     from ..teacher.models import build_t5_teacher, load_teacher
     from ..teacher.train import TrainConfig, train_teacher
@@ -96,7 +96,8 @@ def run_quickstart(
         models[name] = rec
 
     print(f"{stamp()} evaluating on {len(test)} test users, beam {beam_size}, top 10")
-    results: dict[str, Any] = compare_with_teacher(teacher, layout, catalog, test, models, beam_size=beam_size)
+    results: dict[str, Any] = {"dataset": dataset, "split": "test", **compare_with_teacher(
+        teacher, layout, catalog, test, models, most_popular_for(split, "test"), beam_size=beam_size)}
     print("\n" + format_comparison(results) + "\n")
     results["total_seconds"] = time.perf_counter() - t_all
     results["provenance"] = provenance({"dataset": dataset, "catalog": catalog.fingerprint()})

@@ -87,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
-    from ..evaluation import most_popular_items
+    from ..evaluation import most_popular_for
     from ..metrics import evaluate_ranking, ndcg_at_k, paired_bootstrap, recall_at_k
     from ..teacher.adapters import check_model_layout
     from ..teacher.evaluate import evaluate_teacher
@@ -116,9 +116,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra = (f"  invalid beams {m['invalid_beams']} of {n * args.top_n} returned "
                  f"({m['invalid_per_user']:.2f}/user)" if decode != "constrained" else "")
         print(f"  {decode:<13} {_fmt(m)}{extra}  [{m['seconds']:.1f}s]")
-    extra_items = list(split.valid_targets) if args.split == "test" else None
     users = examples.subset(torch.arange(n))
-    popular = most_popular_items(split.train_sequences, 10, extra_items).unsqueeze(0).expand(n, -1)
+    popular = most_popular_for(split, args.split).unsqueeze(0).expand(n, -1)
     pop = evaluate_ranking(popular, users.target_items, ks=(5, 10))
     results["most_popular"] = pop
     print(f"  {'most-popular':<13} {_fmt(pop)}")
