@@ -81,14 +81,18 @@ def _fmt(m: dict[str, float]) -> str:
 
 
 
+# `sidmlp eval`'s decodes under their names in the report (the constrained decode is "the teacher").
+_EVAL_NAMES = {"constrained": "teacher", "hf": "teacher_hf_generate", "unconstrained": "teacher_unconstrained"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """`sidmlp eval`: Recall/NDCG@5/10 of a teacher's decodes and a most-popular baseline."""
     import torch
 
     from ..data.examples import build_examples
     from ..data.prepare import load_prepared
-    from ..evaluation import most_popular_for
-    from ..metrics import evaluate_ranking, ndcg_at_k, paired_bootstrap, recall_at_k
+    from ..evaluation import most_popular_for, quality_report
+    from ..metrics import evaluate_ranking
     from ..teacher.adapters import check_model_layout
     from ..teacher.evaluate import evaluate_teacher
     from ..io import provenance, write_json
@@ -103,37 +107,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     decodes = {"both": ["hf", "constrained"], "all": ["hf", "unconstrained", "constrained"]}.get(
         args.decode, [args.decode]
     )
-    results: dict[str, Any] = {"split": args.split, "beam": args.beam, "top_n": args.top_n}
     n = len(examples) if args.max_users is None else min(args.max_users, len(examples))
     print(f"[eval] {args.teacher} on {args.split} ({n} users), beam {args.beam}, top {args.top_n}")
-    rankings = {}
+    rankings, per_decode = {}, {}
     for decode in decodes:
         m = evaluate_teacher(model, layout, catalog, examples, decode=decode, beam_size=args.beam,
                              top_n=args.top_n, batch_size=args.batch_size, max_users=args.max_users,
                              progress=not args.no_progress, return_items=True)
-        rankings[decode] = m.pop("items")
-        results[decode] = m
+        rankings[_EVAL_NAMES[decode]] = m.pop("items")
+        per_decode[decode] = m
         extra = (f"  invalid beams {m['invalid_beams']} of {n * args.top_n} returned "
                  f"({m['invalid_per_user']:.2f}/user)" if decode != "constrained" else "")
         print(f"  {decode:<13} {_fmt(m)}{extra}  [{m['seconds']:.1f}s]")
     users = examples.subset(torch.arange(n))
-    popular = most_popular_for(split, args.split).unsqueeze(0).expand(n, -1)
-    pop = evaluate_ranking(popular, users.target_items, ks=(5, 10))
-    results["most_popular"] = pop
-    print(f"  {'most-popular':<13} {_fmt(pop)}")
+    popular = most_popular_for(split, args.split)
+    print(f"  {'most-popular':<13} {_fmt(evaluate_ranking(popular.expand(n, -1), users.target_items, ks=(5, 10)))}")
     # Is the teacher better than most-popular on these users? Paired bootstrap over users.
-    results["vs_most_popular"] = {}
-    for decode, ranked in rankings.items():
-        boot = {
-            name: paired_bootstrap(fn(ranked, users.target_items, 10, per_instance=True),
-                                   fn(popular, users.target_items, 10, per_instance=True), seed=args.seed)
-            for name, fn in (("recall@10", recall_at_k), ("ndcg@10", ndcg_at_k))
-        }
-        results["vs_most_popular"][decode] = boot
-        print(f"  {decode} - most-popular, paired bootstrap over {n} users (95% interval, share of resamples "
-              "with no gain): " + "; ".join(
-                  f"{name} {b['mean_difference']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] "
-                  f"p={b['share_not_better']:.4f}" for name, b in boot.items()))
+    report = quality_report(rankings, users.target_items, popular, teacher=None, seed=args.seed)
+    for decode in decodes:
+        vs = report[_EVAL_NAMES[decode]]["vs_most_popular"]
+        print(f"  {decode} - most-popular, paired bootstrap over {n} users (95% interval): " + "; ".join(
+            f"{metric} {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" for metric, (mean, lo, hi) in vs.items()))
+    results: dict[str, Any] = {"dataset": getattr(prepared, "config", {}).get("dataset"), "split": args.split,
+                               "users": n, "beam": args.beam, "top_n": args.top_n, "models": report,
+                               "decodes": per_decode}
     if args.json_out:
         results["provenance"] = provenance({"catalog": catalog.fingerprint()})
         write_json(args.json_out, results)

@@ -206,11 +206,14 @@ def test_cli_train_and_eval(tmp_path, data, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "hf" in out and "constrained" in out and "most-popular" in out and "invalid beams" in out
     blob = json.loads((tmp_path / "m.json").read_text())
-    assert set(blob) >= {"hf", "constrained", "most_popular", "vs_most_popular"}
-    boot = blob["vs_most_popular"]["constrained"]["ndcg@10"]
-    assert boot["mean_difference"] == pytest.approx(blob["constrained"]["ndcg@10"] - blob["most_popular"]["ndcg@10"])
-    assert boot["ci_low"] <= boot["mean_difference"] <= boot["ci_high"] and "paired bootstrap" in out
-    assert blob["constrained"]["invalid_beams"] == 0
+    assert set(blob) >= {"dataset", "split", "users", "beam", "models", "decodes", "provenance"}
+    models = blob["models"]
+    assert set(models) == {"most_popular", "teacher", "teacher_hf_generate"}
+    mean, lo, hi = models["teacher"]["vs_most_popular"]["ndcg@10"]
+    assert mean == pytest.approx(models["teacher"]["ndcg@10"] - models["most_popular"]["ndcg@10"])
+    assert models["teacher"]["ndcg@10"] == pytest.approx(blob["decodes"]["constrained"]["ndcg@10"])
+    assert lo <= mean <= hi and "paired bootstrap" in out and models["teacher"]["distinct_items"] >= 1
+    assert blob["decodes"]["constrained"]["invalid_beams"] == 0
     # A teacher is tied to the catalog it was trained on: eval on another catalog names both.
     other, other_split = synthetic_data((8, 6, 5), num_items=80, num_users=80, seq_len=8, seed=2)
     assert other.fingerprint() != catalog.fingerprint()
