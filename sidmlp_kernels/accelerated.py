@@ -33,7 +33,7 @@ from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
 from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
 from .teacher.adapters import as_adapter
-from .training import TrainResult, barrier, dist_info
+from .training import TrainResult, barrier, dist_info, forked_rng
 from .errors import InvalidInput, InvalidInputType
 
 __all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "new_mlp_encoder", "new_student", "FORMAT_VERSION"]
@@ -123,10 +123,13 @@ class AcceleratedRecommender(nn.Module):
         """True for SID-MLP (teacher encoder), False for SID-MLP++ (MLP encoder)."""
         return self.encoder is None
 
-    def _inference(self) -> contextlib.ExitStack:
-        """inference_mode with the heads, the encoder and the teacher in eval mode (modes restored after)."""
+    def _inference(self, with_teacher: bool = False) -> contextlib.ExitStack:
+        """inference_mode with this model (and, for encoding, the teacher) in eval mode; modes restored after.
+
+        Only encoding runs the teacher, so the per-digit decode does not walk the teacher's modules.
+        """
         stack = contextlib.ExitStack()
-        teacher_model = getattr(self.teacher, "model", None)
+        teacher_model = getattr(self.teacher, "model", None) if with_teacher else None
         stack.enter_context(_eval_mode(self, teacher_model))
         stack.enter_context(torch.inference_mode())
         return stack
@@ -154,7 +157,7 @@ class AcceleratedRecommender(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encoder states once per user (teacher encoder or MLP encoder)."""
         self.check_inputs(input_ids, attention_mask)
-        with self._inference():
+        with self._inference(with_teacher=True):
             if self.encoder is not None:
                 return self.encoder(input_ids, attention_mask)
             return self.teacher.encode(input_ids, attention_mask)
@@ -180,7 +183,7 @@ class AcceleratedRecommender(nn.Module):
         mode the caller left the teacher or this model in (their modes are restored afterwards).
         """
         check_beam_args(beam_size, top_n)
-        with self._inference():
+        with self._inference(with_teacher=True):
             encoded = self.encode(input_ids, attention_mask)
             return self.decode(self.context_projection(encoded), beam_size, top_n)
 
@@ -354,8 +357,7 @@ def new_student(adapter, config: Optional[AccelerateConfig] = None, seed: Option
         embed_dims=tuple(int(e.shape[1]) for e in code_embs),
         **asdict(cfg.student),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.distill.seed if seed is None else seed)
+    with forked_rng(cfg.distill.seed if seed is None else seed):
         return SIDMLP(scfg, code_embs)
 
 
@@ -368,8 +370,7 @@ def new_mlp_encoder(adapter, config: Optional[AccelerateConfig] = None, max_inpu
     """
     cfg = config or AccelerateConfig()
     sizes = cfg.encoder
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.distill.seed if seed is None else seed)
+    with forked_rng(cfg.distill.seed if seed is None else seed):
         return MLPEncoder.for_layout(
             adapter.layout, adapter.hidden_size, adapter, ffn_dim=sizes.ffn_dim or 2 * adapter.hidden_size,
             num_layers=sizes.layers, dropout=sizes.dropout, max_len=sizes.max_len or max(512, max_input_len),

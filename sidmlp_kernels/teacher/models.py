@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
+from ..training import forked_rng
 from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
 from .adapters import check_model_layout, left_positions
 from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
@@ -46,8 +47,7 @@ def _seeded(build: Callable[[], nn.Module], seed: Optional[int]) -> nn.Module:
     from that seed in a forked RNG, so the caller's global RNG state is left as it was."""
     if seed is None:
         return build().eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with forked_rng(seed):
         return build().eval()
 
 
