@@ -25,13 +25,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codebook_size(text: str):
+    """--codebook-size: an int or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def register(sub) -> None:
     """Add `sidmlp prepare` to the subcommands."""
     p = sub.add_parser("prepare", help="load a packaged dataset, split it, build Semantic IDs and the catalog")
     p.add_argument("--dataset", default="ml-100k", choices=sorted(DATASETS), help="packaged dataset")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--levels", type=int, default=4, help="SID digits L incl. the dedup digit")
-    p.add_argument("--codebook-size", type=int, default=256, help="codes per digit K")
+    p.add_argument("--codebook-size", type=_codebook_size, default=256,
+                   help="codes per digit K, or auto: the smallest power of two >= 2 x items**(1/(L-1))")
     p.add_argument("--max-history", type=int, default=20, help="history items kept per instance")
     p.add_argument("--k-core", type=int, default=None, help="optional k-core filter")
     p.add_argument("--pca-dim", type=int, default=None, help="optional whitened PCA before quantisation")

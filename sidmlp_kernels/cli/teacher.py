@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configs import TrainConfig
-from ..teacher.presets import ARCHS, T5_PRESETS
+from ..teacher.presets import ARCHS, GPT2_PRESETS, T5_PRESETS
 from .common import set_threads
 from ..errors import InvalidInput
 
@@ -18,14 +18,22 @@ from ..errors import InvalidInput
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     """`sidmlp train-teacher`: train a TIGER (T5) or GPT-2 teacher on a prepared dataset."""
+    objective = args.objective or ("sequence" if args.arch == "gpt2" else "prefix")
+    if objective == "sequence" and args.arch != "gpt2":
+        raise InvalidInput("--objective sequence needs --arch gpt2 (a decoder-only teacher); T5 trains per prefix")
+    if args.window is not None and objective != "sequence":
+        raise InvalidInput("--window sets the full-sequence objective's windows; it needs --objective sequence")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise InvalidInput(f"--dropout must be in [0, 1), got {args.dropout}")
     extra = dict(prepared=str(Path(args.prepared).resolve()), arch=args.arch, preset=args.preset,
-                 max_prefixes_per_user=args.max_prefixes_per_user)
+                 objective=objective, dropout=args.dropout, max_prefixes_per_user=args.max_prefixes_per_user, window=args.window)
     if args.init_from:
         extra["init_from"] = str(Path(args.init_from).resolve())
     # Built first: a bad option fails in one line before any data is loaded.
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
+        warmup_steps=args.warmup_steps, max_steps=args.max_steps, max_minutes=args.max_minutes,
+        eval_every=args.eval_every,
         eval_beam=args.eval_beam, eval_users=args.eval_users, patience=args.patience, seed=args.seed,
         checkpoint_every=args.checkpoint_every, bf16=args.bf16, progress=not args.no_progress, extra=extra,
     )
@@ -35,6 +43,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     from ..data.layout import TokenLayout
     from ..data.prepare import load_prepared
     from ..teacher.models import build_gpt2_teacher, build_t5_teacher, load_teacher
+    from ..teacher.sequence import build_windows
     from ..teacher.train import train_teacher
     from ..training import TrainingInterrupted
     set_threads(args.threads)
@@ -43,16 +52,26 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     layout = TokenLayout.for_catalog(catalog)
     padding = "right" if args.arch == "t5" else "left"
     t0 = time.perf_counter()
-    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=args.max_prefixes_per_user,
-                           seed=args.seed, padding_side=padding)
-    valid = build_examples(split, catalog, layout, "valid", padding_side=padding)
-    print(f"[train-teacher] {len(train)} train examples, {len(valid)} valid users "
-          f"(built in {time.perf_counter() - t0:.1f}s); arch {args.arch}, preset {args.preset}")
-    if args.arch == "t5":
-        model = build_t5_teacher(layout, args.preset, seed=args.seed)
+    if objective == "sequence":
+        train = build_windows(split, catalog, layout, window=args.window)
+        what = f"{len(train)} train windows ({train.num_items} items)"
     else:
-        max_pos = 2 + split.max_history * layout.num_levels + layout.num_levels + 1
-        model = build_gpt2_teacher(layout, args.preset, max_positions=max_pos, seed=args.seed)
+        train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=args.max_prefixes_per_user,
+                               seed=args.seed, padding_side=padding)
+        what = f"{len(train)} train examples"
+    valid = build_examples(split, catalog, layout, "valid", padding_side=padding)
+    print(f"[train-teacher] {what}, {len(valid)} valid users (built in {time.perf_counter() - t0:.1f}s); "
+          f"arch {args.arch}, preset {args.preset}, objective {objective}")
+    sizes = {} if args.dropout is None else (dict(dropout_rate=args.dropout) if args.arch == "t5" else
+                                             dict(resid_pdrop=args.dropout, embd_pdrop=args.dropout,
+                                                  attn_pdrop=args.dropout))
+    if args.arch == "t5":
+        model = build_t5_teacher(layout, args.preset, seed=args.seed, **sizes)
+    else:
+        window = train.tokens.shape[1] if objective == "sequence" else 0
+        max_pos = max(window, 2 + split.max_history * layout.num_levels + layout.num_levels + 1)
+        model = build_gpt2_teacher(layout, args.preset, max_positions=max_pos, seed=args.seed,
+                                   prompt="items" if objective == "sequence" else "eos", **sizes)
     if args.init_from:
         start, start_layout = load_teacher(args.init_from)
         shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
@@ -144,10 +163,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prepared", required=True, help="directory written by `sidmlp prepare`")
     p.add_argument("--out", required=True, help="run directory (best/, checkpoint.pt, history.jsonl)")
     p.add_argument("--arch", choices=ARCHS, default="t5", help="t5 (TIGER, default) or gpt2 (decoder-only)")
-    p.add_argument("--preset", choices=sorted(T5_PRESETS), default="paper",
-                   help="model size: paper = the TIGER paper's (4+4 layers, d128; hours on a 2-core CPU), "
-                        "small (2+2, d64; minutes) or tiny (tests)")
+    p.add_argument("--preset", choices=sorted(set(T5_PRESETS) | set(GPT2_PRESETS)), default="paper",
+                   help="model size: paper = the TIGER paper's (t5: 4+4 layers, d128; hours on a 2-core CPU), "
+                        "base (gpt2 only: 2 layers, d128), small (t5 2+2, gpt2 2 layers, d64; minutes) "
+                        "or tiny (tests)")
+    p.add_argument("--objective", choices=("prefix", "sequence"), default=None,
+                   help="prefix: one pass per (history, next item) pair, as TIGER trains (t5 default); "
+                        "sequence: one causal pass per window of a user's items, a loss at every SID token "
+                        "(gpt2 default; about 100x less compute per epoch)")
+    p.add_argument("--window", type=int, default=None,
+                   help="items per training window of --objective sequence (default: the split's "
+                        "history length + 1)")
+    p.add_argument("--dropout", type=float, default=None, help="dropout of the model (default: the preset's)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--max-steps", type=int, default=TrainConfig.max_steps,
+                   help="optimizer steps to run (the schedule is sized to them); default: --epochs")
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes,
                    help="wall-clock budget of this run (it stops, checkpoints, and a rerun resumes)")
     p.add_argument("--max-prefixes-per-user", type=int, default=None,

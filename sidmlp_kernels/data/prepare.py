@@ -15,7 +15,7 @@ from ..io import ArtifactError, provenance, read_json, read_meta, write_json, wr
 from .catalog import SIDCatalog
 from .movielens import DATASETS, InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
-from .semantic_ids import build_semantic_ids
+from .semantic_ids import CodebookTooSmall, auto_codebook_size, build_semantic_ids
 from ..errors import InvalidInput, InvalidInputType
 
 __all__ = ["FORMAT_VERSION", "Prepared", "load_prepared", "prepare"]
@@ -41,7 +41,7 @@ def prepare(
     dataset: str,
     out_dir: str | Path,
     num_levels: int = 4,
-    codebook_size: int = 256,
+    codebook_size: int | str = 256,
     max_history: int = 20,
     k_core: int | None = None,
     pca_dim: int | None = None,
@@ -54,6 +54,8 @@ def prepare(
 
     Every argument is checked before anything on disk changes. A non-empty out_dir is refused
     unless overwrite=True (`--overwrite`); its embedding cache is then reused.
+    codebook_size="auto" picks K from the catalog size (semantic_ids.auto_codebook_size), doubled
+    until the dedup digit fits; config.json records the K used and codebook_rule "auto".
     """
     t0 = time.perf_counter()
     _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed)
@@ -77,8 +79,20 @@ def prepare(
     cache = Path(embedding_cache_dir) if embedding_cache_dir is not None else out / "embeddings"
     emb = embed_texts(data.item_text, cache, DEFAULT_MODEL, show_progress=show_progress)
     train_items = np.unique(np.fromiter((i for s in split.train_sequences for i in s), dtype=np.int64))
-    sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
-                              pca_dim=pca_dim, seed=seed)
+    if codebook_size == "auto":
+        config["codebook_rule"] = "auto"
+        codebook_size = auto_codebook_size(data.num_items, num_levels)
+        while True:
+            try:
+                sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
+                                          pca_dim=pca_dim, seed=seed)
+                break
+            except CodebookTooSmall:
+                codebook_size *= 2
+        config["codebook_size"] = codebook_size
+    else:
+        sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
+                                  pca_dim=pca_dim, seed=seed)
     catalog = SIDCatalog.from_codes(np.arange(data.num_items), sids.codes, (codebook_size,) * num_levels)
 
     # data.json is written last: its presence marks a complete directory.
@@ -111,6 +125,8 @@ def _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core,
     """ValueError/TypeError naming the argument (and its flag) for any bad prepare() option."""
     if dataset not in DATASETS:
         raise InvalidInput(f"dataset (--dataset) must be one of {', '.join(sorted(DATASETS))}, got {dataset!r}")
+    if codebook_size == "auto":
+        codebook_size = 2  # checked: any catalog gets a valid K
     checks = (("num_levels", "--levels", num_levels, 2, False), ("codebook_size", "--codebook-size", codebook_size, 2, False),
               ("max_history", "--max-history", max_history, 1, False), ("k_core", "--k-core", k_core, 1, True),
               ("pca_dim", "--pca-dim", pca_dim, 1, True), ("seed", "--seed", seed, 0, False))

@@ -45,6 +45,26 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
     return np.asarray(km.centroids, dtype=np.float32)
 
 
+class CodebookTooSmall(InvalidInput):
+    """More items share one (L-1)-digit prefix than the dedup digit has codes."""
+
+
+def auto_codebook_size(num_items: int, num_levels: int) -> int:
+    """K for `codebook_size="auto"`: the smallest power of two >= 2 * num_items ** (1 / (L - 1)), at least 8.
+
+    With K**(L-1) about 8x the catalog, the residual levels split the items into groups that share
+    a prefix (ML-100K, K = 32: 1,682 items over 32 first digits) instead of nearly one item per
+    2-digit prefix, as K = 256 gives.
+    """
+    if num_items < 1 or num_levels < 2:
+        raise InvalidInput(f"need num_items >= 1 and num_levels >= 2, got {num_items}, {num_levels}")
+    target = 2.0 * num_items ** (1.0 / (num_levels - 1))
+    k = 8
+    while k < target:
+        k *= 2
+    return k
+
+
 def build_semantic_ids(
     embeddings: np.ndarray,
     train_items: np.ndarray,
@@ -108,7 +128,7 @@ def build_semantic_ids(
     rank[order] = np.arange(n) - starts[inverse[order]]
     max_group = int(counts.max())
     if max_group > codebook_size:
-        raise InvalidInput(
+        raise CodebookTooSmall(
             f"{max_group} items share one {num_levels - 1}-digit prefix, more than codebook_size="
             f"{codebook_size} dedup codes; use a bigger codebook_size (>= {max_group}) or more num_levels"
         )

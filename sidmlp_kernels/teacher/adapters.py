@@ -26,9 +26,18 @@ __all__ = [
     "TeacherAdapter",
     "T5TeacherAdapter",
     "CausalLMTeacherAdapter",
+    "PROMPT_FORMATS",
     "adapter_for",
+    "causal_prompt",
     "check_model_layout",
+    "prompt_format",
 ]
+
+# How a decoder-only teacher reads a history (model.config.sid_prompt, saved in its config.json):
+# "eos"   [user, SIDs..., EOS], then the target SID: TIGER's prompt, trained per prefix;
+# "items" [user, SIDs...], the next item's first digit follows the last history item: the
+#         full-sequence teacher (teacher/sequence.py), trained with a loss at every position.
+PROMPT_FORMATS = ("eos", "items")
 
 
 @runtime_checkable
@@ -167,6 +176,26 @@ def decoder_output_scale(model: nn.Module) -> float:
     return float(cfg.d_model) ** -0.5 if scale else 1.0
 
 
+def prompt_format(model: nn.Module) -> str:
+    """model.config.sid_prompt of a decoder-only teacher ("eos" when unset); ValueError if unknown."""
+    fmt = getattr(model.config, "sid_prompt", None) or "eos"
+    if fmt not in PROMPT_FORMATS:
+        raise InvalidInput(f"model.config.sid_prompt must be one of {PROMPT_FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def causal_prompt(
+    model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder inputs ([user, SIDs..., EOS], any padding) as the decoder-only model's left-padded prompt."""
+    ids, mask = to_left_padding(input_ids, attention_mask)
+    if prompt_format(model) == "items":
+        if ids.shape[0] and not bool((ids[:, -1] == layout.eos_id).all()):
+            raise InvalidInput("input_ids rows must end with the layout's EOS token ([user, SIDs..., EOS])")
+        ids, mask = ids[:, :-1], mask[:, :-1]
+    return ids, mask
+
+
 def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of a (left-)padded mask: 0 at each row's first real token (pads get 0)."""
     mask = attention_mask.long()
@@ -174,7 +203,8 @@ def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class CausalLMTeacherAdapter:
-    """Adapter for a decoder-only HF causal LM (GPT-2 style): prompt = [user, history SIDs..., EOS]."""
+    """Adapter for a decoder-only HF causal LM (GPT-2 style): prompt = [user, history SIDs..., EOS], or
+    [user, history SIDs...] for a full-sequence teacher (prompt_format "items")."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
         if getattr(model.config, "is_encoder_decoder", False):
@@ -203,7 +233,7 @@ class CausalLMTeacherAdapter:
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Run the LM over the prompt (re-padded on the left); states are its last-layer hidden states."""
         self.layout.check_inputs(input_ids, attention_mask, vocab_size=self.model.config.vocab_size)
-        input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+        input_ids, attention_mask = causal_prompt(self.model, self.layout, input_ids, attention_mask)
         states = self._hidden(input_ids, attention_mask)
         return Encoded(states=states, mask=attention_mask.bool(), input_ids=input_ids)
 

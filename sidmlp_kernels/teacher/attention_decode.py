@@ -38,13 +38,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adapters import cache_kwarg, output_cache, check_model_layout, decoder_output_scale, left_positions
+from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, left_positions,
+                       output_cache, prompt_format)
 from ..data.catalog import SIDCatalog
 from ..decode.constrained import constrained_beam_search
 from ..decode.reference import ReferenceSteps, finalize_beams
 from ..decode.search import beam_search
 from ..decode.types import GenerationOutput, check_beam_args
-from ..data.layout import TokenLayout, to_left_padding
+from ..data.layout import TokenLayout
 from ..errors import InvalidInput
 
 __all__ = [
@@ -154,7 +155,9 @@ def hf_generate(
         raise InvalidInput(f"max_new_tokens must be >= L = {num_levels}, got {max_new}")
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if not encoder_decoder:
-        input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+        input_ids, attention_mask = causal_prompt(model, layout, input_ids, attention_mask)
+        if max_new_tokens is None and prompt_format(model) == "items":
+            max_new = num_levels  # a full-sequence teacher ends no item with EOS: the L digits are the item
     kwargs = dict(
         num_beams=beam_size,
         num_return_sequences=top_n,
@@ -306,7 +309,7 @@ class _CausalStepper:
         self.base = model.base_model
         self.layout = layout
         self.cache_kw = cache_kwarg(self.base)
-        ids, mask = to_left_padding(input_ids, attention_mask)
+        ids, mask = causal_prompt(model, layout, input_ids, attention_mask)
         self.batch = ids.shape[0]
         self.mask = mask.long()
         self.last_pos = left_positions(self.mask)[:, -1]

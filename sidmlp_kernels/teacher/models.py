@@ -20,7 +20,7 @@ from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
 from ..training import forked_rng
 from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
-from .adapters import check_model_layout, left_positions
+from .adapters import PROMPT_FORMATS, causal_prompt, check_model_layout, left_positions, prompt_format
 from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
 from ..errors import InvalidInput
 
@@ -69,17 +69,30 @@ def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[
 
 
 def build_gpt2_teacher(
-    layout: TokenLayout, preset: str = "small", max_positions: int = 1024, seed: Optional[int] = None, **overrides
+    layout: TokenLayout,
+    preset: str = "small",
+    max_positions: int = 1024,
+    seed: Optional[int] = None,
+    prompt: str = "eos",
+    **overrides,
 ) -> nn.Module:
-    """A fresh GPT2LMHeadModel over the layout's tokens (prompt = [user, SIDs..., EOS], then the target SID), in eval mode."""
+    """A fresh GPT2LMHeadModel over the layout's tokens, in eval mode.
+
+    prompt="eos": [user, SIDs..., EOS], then the target SID (TIGER's prompt, per-prefix training);
+    prompt="items": [user, SIDs...], then the next item's SID (the full-sequence teacher,
+    teacher/sequence.py). Recorded as config.sid_prompt.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if prompt not in PROMPT_FORMATS:
+        raise InvalidInput(f"prompt must be one of {PROMPT_FORMATS}, got {prompt!r}")
     kwargs = dict(
         vocab_size=layout.vocab_size,
         n_positions=max_positions,
         bos_token_id=layout.user_base,
         eos_token_id=layout.eos_id,
         pad_token_id=layout.pad_id,
+        sid_prompt=prompt,
     )
     kwargs.update(_preset(GPT2_PRESETS, preset))
     kwargs.update(overrides)
@@ -97,7 +110,8 @@ def teacher_loss(
     attention_mask: torch.Tensor,
     target_codes: torch.Tensor,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy over the L target SID tokens + EOS (full vocabulary, as TIGER trains)."""
+    """Mean next-token cross-entropy over the L target SID tokens + EOS (full vocabulary, as TIGER trains;
+    no EOS for a decoder-only teacher with prompt format "items")."""
     batch = input_ids.shape[0]
     labels = torch.cat(
         [layout.codes_to_tokens(target_codes), torch.full((batch, 1), layout.eos_id, dtype=torch.long)], dim=1
@@ -105,9 +119,10 @@ def teacher_loss(
     if getattr(model.config, "is_encoder_decoder", False):
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     # Causal LM: [prompt (left padded), t_0 .. t_{L-1}] predicts t_0 .. t_{L-1}, EOS from position T-1 on.
-    from ..data.layout import to_left_padding
-
-    ids, mask = to_left_padding(input_ids, attention_mask)
+    # A full-sequence teacher (prompt "items") ends no item with EOS: only the L digits are labels.
+    ids, mask = causal_prompt(model, layout, input_ids, attention_mask)
+    if prompt_format(model) == "items":
+        labels = labels[:, :-1]
     t = ids.shape[1]
     full_ids = torch.cat([ids, labels[:, :-1]], dim=1)
     full_mask = torch.cat([mask.long(), torch.ones_like(labels[:, :-1])], dim=1)

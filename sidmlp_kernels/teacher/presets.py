@@ -13,8 +13,10 @@ T5_PRESETS: dict[str, dict[str, Any]] = {
 
 
 
+# "base": the full-sequence teacher of the ML-1M benchmark (docs/results/ml-1m-quality.md).
 GPT2_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(n_layer=8, n_embd=128, n_inner=1024, n_head=4),
+    "base": dict(n_layer=2, n_embd=128, n_inner=512, n_head=4),
     "small": dict(n_layer=2, n_embd=64, n_inner=256, n_head=4),
     "tiny": dict(n_layer=1, n_embd=32, n_inner=64, n_head=2),
 }

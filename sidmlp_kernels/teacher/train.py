@@ -26,6 +26,7 @@ from ..training import run_training, split_config
 from .adapters import check_model_layout
 from .evaluate import evaluate_teacher
 from .models import save_teacher, teacher_loss
+from .sequence import SequenceWindows, sequence_loss
 from ..errors import InvalidInput
 
 __all__ = ["TrainConfig", "train_teacher"]
@@ -37,7 +38,7 @@ def train_teacher(
     model: nn.Module,
     layout: TokenLayout,
     catalog: SIDCatalog,
-    train: Examples,
+    train: Examples | SequenceWindows,
     valid: Examples,
     out_dir: str | Path,
     config: Optional[TrainConfig] = None,
@@ -45,6 +46,10 @@ def train_teacher(
     info: Optional[dict] = None,
 ) -> dict[str, Any]:
     """Train with early stopping on constrained-decode valid NDCG@10 in out_dir; returns a summary.
+
+    `train` is per-prefix Examples (teacher_loss: one pass per (history, target) pair) or, for a
+    decoder-only teacher with prompt format "items", SequenceWindows (sequence_loss: one pass per
+    window, a loss at every SID token).
 
     With resume=True and out_dir/checkpoint.pt present, training continues from it (the passed
     model's weights are replaced); resume=False starts over. Ctrl-C checkpoints and raises
@@ -68,9 +73,13 @@ def train_teacher(
                                               "valid_users": len(valid)}))
     device = next(model.parameters()).device
 
-    def batch_loss(m: nn.Module, index):
-        ids, mask, codes, _ = train.batch(index)
-        return teacher_loss(m, layout, ids.to(device), mask.to(device), codes)
+    if isinstance(train, SequenceWindows):
+        def batch_loss(m: nn.Module, index):
+            return sequence_loss(m, layout, *train.batch(index))
+    else:
+        def batch_loss(m: nn.Module, index):
+            ids, mask, codes, _ = train.batch(index)
+            return teacher_loss(m, layout, ids.to(device), mask.to(device), codes)
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
         return evaluate_teacher(m, layout, catalog, valid, decode="constrained", beam_size=config.eval_beam,

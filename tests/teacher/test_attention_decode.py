@@ -3,7 +3,7 @@ import torch
 
 from sidmlp_kernels import SIDCatalog
 from sidmlp_kernels.decode.types import Encoded
-from sidmlp_kernels.teacher.adapters import adapter_for
+from sidmlp_kernels.teacher.adapters import adapter_for, prompt_format
 from sidmlp_kernels.teacher.attention_decode import (
     T5CachedDecoder,
     attention_beam_search,
@@ -30,7 +30,8 @@ def data():
 def make_model(arch, layout, seed=0):
     if arch == "t5":
         return build_t5_teacher(layout, "tiny", seed=seed).eval()
-    return build_gpt2_teacher(layout, "tiny", max_positions=64, seed=seed).eval()
+    prompt = "items" if arch == "gpt2-items" else "eos"  # gpt2-items: the full-sequence teacher's prompt
+    return build_gpt2_teacher(layout, "tiny", max_positions=64, seed=seed, prompt=prompt).eval()
 
 
 def inputs(data, n=6, part="test"):
@@ -120,7 +121,7 @@ def assert_same_beams(ours, theirs):
 
 
 def exact_hf(model, layout, catalog, ids, mask, beam, top_n):
-    prompt = 1 if model.config.is_encoder_decoder else ids.shape[1]
+    prompt = 1 if model.config.is_encoder_decoder else ids.shape[1] - (prompt_format(model) == "items")
     return hf_generate(
         model, layout, catalog, ids, mask, beam, top_n,
         length_penalty=0.0, renormalize_logits=True,
@@ -128,7 +129,7 @@ def exact_hf(model, layout, catalog, ids, mask, beam, top_n):
     )
 
 
-@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "gpt2-items"])
 @pytest.mark.parametrize("beam, top_n", [(1, 1), (5, 3), (12, 12)])
 def test_unconstrained_reproduces_hf_random_weights(data, arch, beam, top_n):
     catalog, _, layout = data
@@ -155,7 +156,7 @@ def test_unconstrained_reproduces_hf_trained(data, trained_t5):
 # ---- constrained mode == reference search over an uncached oracle -------------------------
 
 
-@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "gpt2-items"])
 def test_constrained_matches_uncached_reference(data, arch):
     catalog, _, layout = data
     model = make_model(arch, layout, seed=5)
@@ -184,7 +185,7 @@ def test_constrained_full_beam_equals_exhaustive(data, trained_t5):
     assert sorted(ours.items[0].tolist()) == sorted(catalog.item_ids.tolist())
 
 
-@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "gpt2-items"])
 def test_constrained_results_valid_sorted_and_batch_independent(data, arch):
     catalog, _, layout = data
     model = make_model(arch, layout, seed=7)
@@ -206,7 +207,7 @@ def test_constrained_results_valid_sorted_and_batch_independent(data, arch):
 # ---- HF generate as TIGER code bases run it -----------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "gpt2-items"])
 def test_hf_generate_counts_dropped_beams(data, arch):
     catalog, _, layout = data
     model = make_model(arch, layout, seed=11)
