@@ -103,10 +103,12 @@ def compare_with_teacher(
     beam_size: int = 50,
     batch_size: int = 64,
     seed: int = 0,
+    baselines: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> dict[str, Any]:
     """The teacher's constrained attention decode and each accelerated model on `examples`, with
     most-popular (`popular`, its top-10 list) beside them: {"users", "beam", "models": quality_report
-    (each model also with "seconds")}."""
+    (each model also with "seconds")}. `baselines` adds already ranked (N, >= 10) lists of other
+    recommenders (e.g. {"sasrec": ...}) as baseline rows: against most-popular, not the teacher."""
     if not isinstance(examples, Examples) or len(examples) == 0:
         raise InvalidInput("examples must be a non-empty Examples (from build_examples)")
     ranked, seconds, t0 = [], {}, time.perf_counter()
@@ -118,7 +120,13 @@ def compare_with_teacher(
     for name, rec in models.items():
         m = evaluate_recommender(rec, examples, beam_size=beam_size, top_n=10)
         lists[name], seconds[name] = m["items"], m["seconds"]
-    report = quality_report(lists, examples.target_items, popular, teacher="teacher", seed=seed)
+    baselines = dict(baselines or {})
+    clash = sorted(set(baselines) & set(lists))
+    if clash:
+        raise InvalidInput(f"baselines and models share the names {clash}")
+    lists.update(baselines)
+    report = quality_report(lists, examples.target_items, popular, teacher="teacher", baselines=tuple(baselines),
+                            seed=seed)
     for name, value in seconds.items():
         report[name]["seconds"] = value
     return {"users": len(examples), "beam": beam_size, "models": report}

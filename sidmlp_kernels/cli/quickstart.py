@@ -13,7 +13,7 @@ def run_quickstart(
     out_dir: str | Path,
     dataset: str = "ml-100k",
     teacher_preset: str = "small",
-    teacher_minutes: float = 5.0,
+    teacher_epochs: int = 9,
     max_prefixes_per_user: int = 10,
     distill_epochs: int = 12,
     encoder_epochs: int = 4,
@@ -21,11 +21,14 @@ def run_quickstart(
     eval_users: Optional[int] = None,
     beam_size: int = 50,
     threads: int = 2,
+    seed: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Prepare a dataset, train a small teacher, distil SID-MLP and SID-MLP++, print test metrics side by side.
 
-    Every stage reuses what an earlier run left in out_dir (rerun = resume).
+    The teacher is the full-sequence decoder-only one (teacher/sequence.py) on a step schedule
+    sized to `teacher_epochs`, validated on all validation users: the same seed and thread count
+    give the same numbers. Every stage reuses what an earlier run left in out_dir (rerun = resume).
     """
     import time
 
@@ -37,9 +40,12 @@ def run_quickstart(
     from ..data.prepare import load_prepared, prepare
     from ..evaluation import compare_with_teacher, format_comparison, most_popular_for
     from ..io import provenance, write_json
-    from ..teacher.models import build_t5_teacher, load_teacher
+    from ..teacher.models import build_gpt2_teacher, load_teacher
+    from ..teacher.sequence import build_windows, positions_needed
     from ..teacher.train import TrainConfig, train_teacher
 
+    if isinstance(teacher_epochs, bool) or not isinstance(teacher_epochs, int) or teacher_epochs < 1:
+        raise InvalidInput(f"teacher_epochs (--teacher-epochs) must be an int >= 1, got {teacher_epochs!r}")
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,30 +61,36 @@ def run_quickstart(
                              f"{dataset}; choose another --out")
         print(f"{stamp()} reusing {prepared.config['dataset']} data in {out / 'prepared'}")
     else:
-        print(f"{stamp()} preparing {dataset} (MiniLM embeddings + residual-quantised Semantic IDs)")
+        print(f"{stamp()} preparing {dataset} (MiniLM embeddings + residual-quantised Semantic IDs, K auto)")
         # The quickstart owns out/prepared: a half-written one (a crash) is rebuilt, reusing its embedding cache.
-        prepared = prepare(dataset, out / "prepared", show_progress=show_progress, overwrite=True)
+        prepared = prepare(dataset, out / "prepared", codebook_size="auto", show_progress=show_progress,
+                           overwrite=True)
     catalog, split = prepared.catalog, prepared.split
     layout = TokenLayout.for_catalog(catalog)
-    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=max_prefixes_per_user, seed=0)
-    valid = build_examples(split, catalog, layout, "valid")
-    test = build_examples(split, catalog, layout, "test")
+    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=max_prefixes_per_user, seed=seed,
+                           padding_side="left")
+    valid = build_examples(split, catalog, layout, "valid", padding_side="left")
+    test = build_examples(split, catalog, layout, "test", padding_side="left")
     valid_small = valid if eval_users is None else valid.subset(torch.arange(min(eval_users, len(valid))))
-    print(f"{stamp()} {catalog}, {len(train)} train examples, {len(test)} test users")
+    print(f"{stamp()} {catalog}, {len(train)} distillation prefixes, {len(test)} test users")
 
     teacher_dir = out / "teacher"
-    if not (teacher_dir / "best" / "teacher.json").is_file():
-        print(f"{stamp()} training a TIGER teacher (T5 preset {teacher_preset!r}, <= {teacher_minutes} min)")
-        model = build_t5_teacher(layout, teacher_preset, seed=0)
-        cfg = TrainConfig(epochs=20, batch_size=256, lr=2e-3, max_minutes=teacher_minutes, eval_beam=20,
-                          eval_users=eval_users or 300, patience=2, progress=show_progress,
-                          extra={"dataset": dataset, "max_prefixes_per_user": max_prefixes_per_user})
-        train_teacher(model, layout, catalog, train, valid, teacher_dir, cfg)
+    if not (teacher_dir / "best" / "teacher.json").is_file() or (teacher_dir / "checkpoint.pt").is_file():
+        windows = build_windows(split, catalog, layout)
+        print(f"{stamp()} training a decoder-only GR teacher (GPT-2 preset {teacher_preset!r}, full-sequence "
+              f"objective, {teacher_epochs} epochs over {len(windows)} windows)")
+        model = build_gpt2_teacher(layout, teacher_preset, seed=seed,
+                                   max_positions=positions_needed(layout, split.max_history, windows),
+                                   prompt="items", resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2)
+        cfg = TrainConfig(epochs=teacher_epochs, batch_size=32, lr=3e-3, eval_beam=20, patience=teacher_epochs,
+                          seed=seed, progress=show_progress, extra={"dataset": dataset, "objective": "sequence"})
+        train_teacher(model, layout, catalog, windows, valid, teacher_dir, cfg)
+        (teacher_dir / "checkpoint.pt").unlink(missing_ok=True)  # done: a rerun reuses best/
     else:
         print(f"{stamp()} reusing the teacher in {teacher_dir} (delete it to train a new one)")
     teacher, layout = load_teacher(teacher_dir, catalog=catalog)
 
-    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, show_progress=show_progress)
+    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, seed=seed, show_progress=show_progress)
     models: dict[str, AcceleratedRecommender] = {}
     for name, replace in (("sidmlp", False), ("sidmlp++", True)):
         path = out / name
@@ -111,7 +123,9 @@ def add_quickstart_arguments(parser) -> Any:
     """Add the `sidmlp quickstart` options to a (sub)parser and return it."""
     parser.add_argument("--out", default="runs/quickstart", help="run directory (rerun = reuse/resume)")
     parser.add_argument("--dataset", default="ml-100k", choices=sorted(DATASETS), help="packaged dataset")
-    parser.add_argument("--teacher-minutes", type=float, default=5.0, help="wall-clock budget of teacher training")
+    parser.add_argument("--teacher-epochs", type=int, default=9,
+                        help="teacher training epochs (the learning-rate schedule is sized to them)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_quickstart)
@@ -121,8 +135,8 @@ def add_quickstart_arguments(parser) -> Any:
 
 def cmd_quickstart(args) -> int:
     """`sidmlp quickstart`: prepare ML-100K, train a small teacher, distil, compare teacher vs SID-MLP(++)."""
-    run_quickstart(args.out, dataset=args.dataset, teacher_minutes=args.teacher_minutes, threads=args.threads,
-                   show_progress=not args.no_progress)
+    run_quickstart(args.out, dataset=args.dataset, teacher_epochs=args.teacher_epochs, threads=args.threads,
+                   seed=args.seed, show_progress=not args.no_progress)
     return 0
 
 

@@ -43,7 +43,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     from ..data.layout import TokenLayout
     from ..data.prepare import load_prepared
     from ..teacher.models import build_gpt2_teacher, build_t5_teacher, load_teacher
-    from ..teacher.sequence import build_windows
+    from ..teacher.sequence import build_windows, positions_needed
     from ..teacher.train import train_teacher
     from ..training import TrainingInterrupted
     set_threads(args.threads)
@@ -68,8 +68,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     if args.arch == "t5":
         model = build_t5_teacher(layout, args.preset, seed=args.seed, **sizes)
     else:
-        window = train.tokens.shape[1] if objective == "sequence" else 0
-        max_pos = max(window, 2 + split.max_history * layout.num_levels + layout.num_levels + 1)
+        max_pos = positions_needed(layout, split.max_history, train if objective == "sequence" else None)
         model = build_gpt2_teacher(layout, args.preset, max_positions=max_pos, seed=args.seed,
                                    prompt="items" if objective == "sequence" else "eos", **sizes)
     if args.init_from:

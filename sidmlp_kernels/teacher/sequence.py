@@ -29,7 +29,7 @@ from ..data.movielens import Split
 from ..errors import InvalidInput
 from .adapters import prompt_format
 
-__all__ = ["SequenceWindows", "build_windows", "sequence_loss"]
+__all__ = ["SequenceWindows", "build_windows", "positions_needed", "sequence_loss"]
 
 
 @dataclass
@@ -92,6 +92,13 @@ def build_windows(
     mask[rows, eos_col] = 0
     ids, mask = ids[:, :-1], mask[:, :-1]
     return SequenceWindows(tokens=ids, mask=mask, num_items=int(lengths.sum()))
+
+
+def positions_needed(layout: TokenLayout, max_history: int, windows: Optional[SequenceWindows] = None) -> int:
+    """Positions a decoder-only teacher needs: its longest training window, or the longest prompt
+    ([user, max_history items, EOS]) plus the L digits decoded after it."""
+    prompt = 2 + max_history * layout.num_levels + layout.num_levels
+    return max(prompt, 0 if windows is None else int(windows.tokens.shape[1]))
 
 
 def sequence_loss(model: nn.Module, layout: TokenLayout, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
