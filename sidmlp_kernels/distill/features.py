@@ -148,8 +148,11 @@ def _extract_shard(adapter, examples, lo: int, hi: int, batch_size: int, dtype: 
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
             ids, am, codes, _ = examples.batch(torch.arange(start, stop))
-            enc = adapter.encode(ids, am)
-            per_digit = adapter.digit_logits(enc, codes)
+            if hasattr(adapter, "encode_and_digit_logits"):  # decoder-only: one pass instead of two
+                enc, per_digit = adapter.encode_and_digit_logits(ids, am, codes)
+            else:
+                enc = adapter.encode(ids, am)
+                per_digit = adapter.digit_logits(enc, codes)
             # Causal-LM adapters re-pad on the left: keep the ids aligned with their states.
             enc_ids = getattr(enc, "input_ids", None)
             parts["states"].append(_pad_to(enc.states.float().cpu().to(dtype), t))

@@ -237,21 +237,32 @@ class CausalLMTeacherAdapter:
         states = self._hidden(input_ids, attention_mask)
         return Encoded(states=states, mask=attention_mask.bool(), input_ids=input_ids)
 
-    def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
-        """Run the LM over prompt + tok(c_0..c_{L-2}); digit l's logits come from position T-1+l."""
-        if encoded.input_ids is None:
-            raise InvalidInput("encoded.input_ids is None: CausalLMTeacherAdapter.digit_logits needs encode()'s output")
-        batch, t = encoded.input_ids.shape
-        fed = _check_prefix_codes(self.layout, prefix_codes.to(encoded.input_ids.device), batch)
-        ids = torch.cat([encoded.input_ids, fed], dim=1)
-        mask = torch.cat([encoded.mask.long(), torch.ones_like(fed)], dim=1)
-        hidden = self._hidden(ids, mask)
+    def _prompt_and_digits(self, ids: torch.Tensor, mask: torch.Tensor, prefix_codes: torch.Tensor):
+        """Hidden states of prompt + tok(c_0..c_{L-2}) (one pass) and digit l's logits from position T-1+l."""
+        batch, t = ids.shape
+        fed = _check_prefix_codes(self.layout, prefix_codes.to(ids.device), batch)
+        hidden = self._hidden(torch.cat([ids, fed], dim=1), torch.cat([mask.long(), torch.ones_like(fed)], dim=1))
         out = []
         for level in range(self.layout.num_levels):
             weight, bias = self.digit_head(level)
             logits = hidden[:, t - 1 + level] @ weight.T
             out.append(logits if bias is None else logits + bias)
-        return out
+        return hidden, out
+
+    def digit_logits(self, encoded: Encoded, prefix_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Run the LM over prompt + tok(c_0..c_{L-2}); digit l's logits come from position T-1+l."""
+        if encoded.input_ids is None:
+            raise InvalidInput("encoded.input_ids is None: CausalLMTeacherAdapter.digit_logits needs encode()'s output")
+        return self._prompt_and_digits(encoded.input_ids, encoded.mask, prefix_codes)[1]
+
+    def encode_and_digit_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_codes: torch.Tensor
+    ) -> tuple[Encoded, list[torch.Tensor]]:
+        """encode() and digit_logits() in one pass: causal, so the prompt's states ignore the digits fed after it."""
+        self.layout.check_inputs(input_ids, attention_mask, vocab_size=self.model.config.vocab_size)
+        ids, mask = causal_prompt(self.model, self.layout, input_ids, attention_mask)
+        hidden, logits = self._prompt_and_digits(ids, mask, prefix_codes)
+        return Encoded(states=hidden[:, : ids.shape[1]], mask=mask.bool(), input_ids=ids), logits
 
     def code_embeddings(self, level: int) -> torch.Tensor:
         """(K_l, D) rows of the input token embedding for digit `level`."""

@@ -96,8 +96,9 @@ def build_windows(
 
 def positions_needed(layout: TokenLayout, max_history: int, windows: Optional[SequenceWindows] = None) -> int:
     """Positions a decoder-only teacher needs: its longest training window, or the longest prompt
-    ([user, max_history items, EOS]) plus the L digits decoded after it."""
-    prompt = 2 + max_history * layout.num_levels + layout.num_levels
+    ([user, max_history items, EOS]) plus the L digits decoded after it, with one to spare (the
+    size train-teacher has always given GPT-2 teachers, so --init-from keeps working)."""
+    prompt = 2 + max_history * layout.num_levels + layout.num_levels + 1
     return max(prompt, 0 if windows is None else int(windows.tokens.shape[1]))
 
 

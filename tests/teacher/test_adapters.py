@@ -73,6 +73,12 @@ def test_causal_digit_logits_equal_full_forward(setup):
     for level, logits in enumerate(adapter.digit_logits(enc, codes)):
         start, stop = layout.digit_token_range(level)
         torch.testing.assert_close(logits, full[:, t - 1 + level, start:stop], atol=1e-5, rtol=1e-5)
+    # One pass (encode_and_digit_logits) gives the same states and logits as encode + digit_logits.
+    enc1, logits1 = adapter.encode_and_digit_logits(ids, mask, codes)
+    torch.testing.assert_close(enc1.states, enc.states, atol=1e-5, rtol=1e-5)
+    assert torch.equal(enc1.mask, enc.mask) and torch.equal(enc1.input_ids, enc.input_ids)
+    for a, b in zip(logits1, adapter.digit_logits(enc, codes)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # Encoding already left-padded inputs gives the same states.
     again = adapter.encode(left_ids, left_mask)
     torch.testing.assert_close(again.states, enc.states)
