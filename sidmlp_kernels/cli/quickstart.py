@@ -14,7 +14,7 @@ def run_quickstart(
     dataset: str = "ml-100k",
     teacher_preset: str = "small",
     teacher_epochs: int = 9,
-    max_prefixes_per_user: int = 10,
+    max_prefixes_per_user: int = 20,
     distill_epochs: int = 12,
     encoder_epochs: int = 4,
     stage2_epochs: int = 6,
@@ -90,7 +90,9 @@ def run_quickstart(
         print(f"{stamp()} reusing the teacher in {teacher_dir} (delete it to train a new one)")
     teacher, layout = load_teacher(teacher_dir, catalog=catalog)
 
-    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, seed=seed, show_progress=show_progress)
+    # alpha=1: the students learn the teacher's distributions only (no ground-truth CE term), which kept
+    # them closest to it on ML-100K (docs/results/ml-1m-quality.md, "Distillation fidelity").
+    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, alpha=1.0, seed=seed, show_progress=show_progress)
     models: dict[str, AcceleratedRecommender] = {}
     for name, replace in (("sidmlp", False), ("sidmlp++", True)):
         path = out / name

@@ -198,7 +198,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="steps between checkpoints (there is one at every validation too)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast in training (about 1.4x faster on AVX512-BF16 CPUs; weights stay fp32)")
+                   help="bf16 autocast in training; weights stay fp32. T5: about 1.4x faster per step on "
+                        "AVX512-BF16 CPUs; GPT-2: about 8x slower there (measured), leave it off")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--fresh", action="store_true", help="start over, replacing the checkpoint in --out")
     p.add_argument("--init-from", default=None, metavar="DIR",
