@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sidmlp_kernels.accelerated import accelerate
+from sidmlp_kernels.analysis.sasrec import SASRec, SASRecConfig
 from sidmlp_kernels.teacher.attention_decode import attention_beam_search
 from sidmlp_kernels.cli import main
 from sidmlp_kernels.evaluation import (
@@ -111,13 +112,25 @@ def test_cli_compare(setup, tmp_path, monkeypatch, capsys):
     assert "init_student must be a SIDMLP with this run's student config" in capsys.readouterr().err
     assert main(distill + ["--out", str(tmp_path / "pp"), "--head-hidden", "16"]) == 0
     dirs = [str(tmp_path / "fast"), str(tmp_path / "pp")]
-    code = main(["compare", "--prepared", "X", "--teacher", str(tmp_path / "teacher"), "--accelerated", *dirs,
-                 "--beam", "12", "--threads", "1", "--json-out", str(tmp_path / "c.json")])
+    SASRec(SASRecConfig(num_items=catalog.num_items, hidden=8, layers=1, heads=1, max_len=5)).save(tmp_path / "sas")
+    compare = ["compare", "--prepared", "X", "--teacher", str(tmp_path / "teacher"), "--accelerated", *dirs,
+               "--beam", "12", "--threads", "1", "--json-out", str(tmp_path / "c.json")]
+    code = main(compare + ["--sasrec", str(tmp_path / "sas")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| teacher |" in out and all(f"| {d} |" in out for d in dirs)
+    names = ["sidmlp", "sidmlp++"]  # named by kind: the teacher's encoder, or an MLP encoder
+    assert "| teacher |" in out and "| sasrec |" in out and all(f"| {n} |" in out for n in names)
     blob = json.loads((tmp_path / "c.json").read_text())
     assert set(blob) == {"dataset", "split", "users", "beam", "models", "provenance"} and blob["provenance"]["command"]
-    assert set(blob["models"]) == {"most_popular", "teacher", *dirs} and blob["split"] == "test"
-    assert all(0.0 <= blob["models"][d]["top10_overlap"] <= 1.0 for d in dirs)
-    assert all(len(blob["models"][d]["vs_teacher"]["ndcg@10"]) == 3 for d in dirs)
+    assert list(blob["models"]) == ["most_popular", "teacher", *names, "sasrec"] and blob["split"] == "test"
+    assert all(0.0 <= blob["models"][n]["top10_overlap"] <= 1.0 for n in names)
+    assert all(len(blob["models"][n]["vs_teacher"]["ndcg@10"]) == 3 for n in names)
+    # SASRec is a baseline: against most-popular, not a student of the teacher.
+    assert "vs_most_popular" in blob["models"]["sasrec"] and "vs_teacher" not in blob["models"]["sasrec"]
+    # Two of one kind keep both, the second named with its directory.
+    assert main(compare[:6] + [dirs[0], dirs[0]] + compare[8:]) == 0
+    assert set(json.loads((tmp_path / "c.json").read_text())["models"]) == {
+        "most_popular", "teacher", "sidmlp", f"sidmlp ({dirs[0]})"}
+    SASRec(SASRecConfig(num_items=catalog.num_items + 1, hidden=8, layers=1, heads=1, max_len=5)).save(tmp_path / "s2")
+    assert main(compare + ["--sasrec", str(tmp_path / "s2")]) == 2
+    assert "use the SASRec trained on this --prepared directory" in capsys.readouterr().err

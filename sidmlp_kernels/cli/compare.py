@@ -49,9 +49,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from ..analysis.sasrec import SASRec, sasrec_histories
 
         sasrec = SASRec.load(args.sasrec)
-        if sasrec.num_items != prepared.data.num_items:
+        if sasrec.num_items != prepared.catalog.num_items:
             raise InvalidInput(f"--sasrec {args.sasrec} scores {sasrec.num_items} items, but --prepared has "
-                               f"{prepared.data.num_items}; use the SASRec trained on this --prepared directory")
+                               f"{prepared.catalog.num_items}; use the SASRec trained on this --prepared directory")
         valid_h, test_h = sasrec_histories(prepared.split, sasrec.config.max_len)
         baselines["sasrec"] = sasrec.recommend(test_h if args.split == "test" else valid_h, k=10)
     popular = most_popular_for(prepared.split, args.split)
