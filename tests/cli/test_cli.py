@@ -112,3 +112,19 @@ def test_train_teacher_help_says_what_the_paper_preset_costs(capsys):
     with pytest.raises(SystemExit):
         main(["train-teacher", "--help"])
     assert "hours on a 2-core CPU" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "t5", "--objective", "sequence"], "--objective sequence needs --arch gpt2"),
+    (["--arch", "gpt2", "--objective", "prefix", "--window", "5"], "--window sets the full-sequence objective"),
+    (["--arch", "gpt2", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+])
+def test_train_teacher_objective_errors(tmp_path, capsys, argv, message):
+    assert main(["train-teacher", "--prepared", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prepare_codebook_size_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--out", str(tmp_path), "--codebook-size", "big"])
+    assert "expected an integer or 'auto', got 'big'" in capsys.readouterr().err

@@ -138,3 +138,14 @@ def test_bad_arguments_leave_an_existing_directory_untouched(tmp_path, fake_data
         prepare(args.pop("dataset"), out, **args)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     load_prepared(out)
+
+
+def test_prepare_auto_codebook_size(tmp_path, fake_dataset, fake_encoder):
+    from sidmlp_kernels.data.semantic_ids import auto_codebook_size
+
+    assert [auto_codebook_size(n, 4) for n in (40, 1682, 3883, 100_000)] == [8, 32, 32, 128]
+    assert auto_codebook_size(1682, 3) == 128  # two residual levels need bigger codebooks
+    prepared = prepare("ml-100k", tmp_path / "p", codebook_size="auto")
+    assert prepared.config["codebook_rule"] == "auto" and prepared.config["codebook_size"] == 8
+    assert prepared.catalog.codebook_sizes == (8, 8, 8, 8)
+    assert load_prepared(tmp_path / "p").config["codebook_size"] == 8
