@@ -5,7 +5,8 @@ format "items", see adapters.PROMPT_FORMATS). Every SID token of every item afte
 token is predicted in the same pass (next-token cross-entropy over the full vocabulary, as
 TIGER trains), so all n items and all their digit prefixes cost one forward pass. The
 per-prefix objective (teacher/models.teacher_loss) runs one pass per (history, target) pair:
-on ML-100K about 100x the compute per epoch for the same transitions.
+on ML-100K 97,171 passes of about the same length against 5,299 windows, about 18x the
+compute per epoch for the same transitions.
 
 Windows cover every transition of every training sequence once, like SASRec's: each sequence
 is cut from its end into windows of `window` items that overlap by one item, so an item that
