@@ -81,7 +81,7 @@ def run_quickstart(
               f"objective, {teacher_epochs} epochs over {len(windows)} windows)")
         model = build_gpt2_teacher(layout, teacher_preset, seed=seed,
                                    max_positions=positions_needed(layout, split.max_history, windows),
-                                   prompt="items", resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2)
+                                   prompt="items", dropout=0.2)
         cfg = TrainConfig(epochs=teacher_epochs, batch_size=32, lr=3e-3, eval_beam=20, patience=teacher_epochs,
                           seed=seed, progress=show_progress, extra={"dataset": dataset, "objective": "sequence"})
         train_teacher(model, layout, catalog, windows, valid, teacher_dir, cfg)

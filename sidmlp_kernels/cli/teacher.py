@@ -62,15 +62,13 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     valid = build_examples(split, catalog, layout, "valid", padding_side=padding)
     print(f"[train-teacher] {what}, {len(valid)} valid users (built in {time.perf_counter() - t0:.1f}s); "
           f"arch {args.arch}, preset {args.preset}, objective {objective}")
-    sizes = {} if args.dropout is None else (dict(dropout_rate=args.dropout) if args.arch == "t5" else
-                                             dict(resid_pdrop=args.dropout, embd_pdrop=args.dropout,
-                                                  attn_pdrop=args.dropout))
     if args.arch == "t5":
+        sizes = {} if args.dropout is None else dict(dropout_rate=args.dropout)
         model = build_t5_teacher(layout, args.preset, seed=args.seed, **sizes)
     else:
         max_pos = positions_needed(layout, split.max_history, train if objective == "sequence" else None)
         model = build_gpt2_teacher(layout, args.preset, max_positions=max_pos, seed=args.seed,
-                                   prompt="items" if objective == "sequence" else "eos", **sizes)
+                                   prompt="items" if objective == "sequence" else "eos", dropout=args.dropout)
     if args.init_from:
         start, start_layout = load_teacher(args.init_from)
         shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731

@@ -74,13 +74,14 @@ def build_gpt2_teacher(
     max_positions: int = 1024,
     seed: Optional[int] = None,
     prompt: str = "eos",
+    dropout: Optional[float] = None,
     **overrides,
 ) -> nn.Module:
     """A fresh GPT2LMHeadModel over the layout's tokens, in eval mode.
 
     prompt="eos": [user, SIDs..., EOS], then the target SID (TIGER's prompt, per-prefix training);
     prompt="items": [user, SIDs...], then the next item's SID (the full-sequence teacher,
-    teacher/sequence.py). Recorded as config.sid_prompt.
+    teacher/sequence.py). Recorded as config.sid_prompt. `dropout` sets GPT-2's three dropout rates.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -95,6 +96,8 @@ def build_gpt2_teacher(
         sid_prompt=prompt,
     )
     kwargs.update(_preset(GPT2_PRESETS, preset))
+    if dropout is not None:
+        kwargs.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     kwargs.update(overrides)
     return _seeded(lambda: GPT2LMHeadModel(GPT2Config(**kwargs)), seed)
 

@@ -109,7 +109,8 @@ def test_train_full_sequence_teacher_learns_and_reloads(tmp_path, data):
     catalog, split, layout = data
     windows = build_windows(split, catalog, layout)
     valid = build_examples(split, catalog, layout, "valid", padding_side="left")
-    model = items_model(layout, seed=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).train()
+    model = items_model(layout, seed=0, dropout=0.0).train()
+    assert (model.config.resid_pdrop, model.config.embd_pdrop, model.config.attn_pdrop) == (0.0, 0.0, 0.0)
     config = TrainConfig(epochs=40, batch_size=16, lr=1e-2, eval_every=60, patience=20, eval_beam=10)
     summary = train_teacher(model, layout, catalog, windows, valid, tmp_path / "run", config)
     # Synthetic users step item -> successor(item) 80% of the time: a learnt teacher finds it
