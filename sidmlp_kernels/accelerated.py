@@ -318,13 +318,13 @@ def _load_state(module: nn.Module, path: Path, hint: str) -> None:
 # ---------------------------------------------------------------- accelerate()
 
 
-def _features_for(adapter, train_data, work_dir: Optional[Path], config: AccelerateConfig,
+def _features_for(adapter, catalog: SIDCatalog, train_data, work_dir: Optional[Path], config: AccelerateConfig,
                   show_progress: bool) -> FeatureStore:
     """Teacher features: rank 0 extracts (or reuses) them under work_dir, other ranks then load them."""
     if isinstance(train_data, FeatureStore):
         return train_data
     kwargs = {"batch_size": config.feature_batch_size, "storage_dtype": config.storage_dtype,
-              "show_progress": show_progress}
+              "show_progress": show_progress, "catalog": catalog, "teacher_beam": config.teacher_beam}
     rank, _ = dist_info()
     if work_dir is None:
         return extract_features(adapter, train_data, None, **kwargs)
@@ -410,7 +410,7 @@ def accelerate(
     work = Path(work_dir) if work_dir is not None else None
     rank, _ = dist_info()
     with _eval_mode(getattr(adapter, "model", None)):  # a frozen teacher: no dropout in its features
-        feats = _features_for(adapter, train_data, work, cfg, show_progress)
+        feats = _features_for(adapter, catalog, train_data, work, cfg, show_progress)
         valid = None
         if valid_data is not None and rank == 0:
             states, mask, _ = encode_in_batches(adapter.encode, valid_data, desc="encode valid",

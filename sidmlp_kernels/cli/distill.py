@@ -21,6 +21,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                    help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
                    help="random cap on training prefixes per user")
+    p.add_argument("--teacher-beam", type=int, default=AccelerateConfig.teacher_beam, metavar="W",
+                   help="also distil at every prefix of the teacher's own constrained beam of width W on each "
+                        "training example (one teacher beam search per example at extraction; 0 = off)")
     d, sizes, enc, enc_train = DistillConfig, StudentSizes, MLPEncoderSizes, EncoderTrainConfig
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -60,6 +63,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         eval_beam=args.eval_beam, seed=args.seed, dropout=args.dropout, head_hidden=args.head_hidden,
         num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
+        teacher_beam=args.teacher_beam,
     )
     import torch
     import torch.distributed as dist

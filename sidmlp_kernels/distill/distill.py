@@ -1,7 +1,9 @@
 """Distil a SID-MLP student from stored teacher features.
 
 Per digit: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(ground truth),
-teacher-forced prefixes, summed over digits, trained on the one trainer (training.py):
+teacher-forced prefixes, summed over digits; when the features hold the teacher's
+beam tree, plus alpha * T^2 * KL at the tree's prefixes (mean over its W prefixes,
+summed over digits 1..L-1). Trained on the one trainer (training.py):
 AdamW, linear warm-up + cosine, gradient clipping, early stopping on validation
 NDCG@10 of the constrained generate, resumable checkpoints.
 
@@ -50,20 +52,35 @@ def distill_loss(
     target_codes: torch.Tensor,
     alpha: float = 0.7,
     temperature: float = 1.0,
+    beam: Optional[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over digits of alpha*T^2*KL(teacher||student) + (1-alpha)*CE; returns (loss, parts)."""
+    """Sum over digits of alpha*T^2*KL(teacher||student) + (1-alpha)*CE; returns (loss, parts).
+
+    beam = (student, teacher) logits at the teacher's beam prefixes, each a list over digits 1..L-1 of
+    (B, W, K_l): adds alpha*T^2*KL averaged over the B*W prefixes, per digit.
+    """
     total = student_logits[0].new_zeros(())
-    kl_sum, ce_sum = 0.0, 0.0
-    t = temperature
+    kl_sum, ce_sum, beam_sum = 0.0, 0.0, 0.0
     for level, (s, te) in enumerate(zip(student_logits, teacher_logits)):
-        kl = F.kl_div(
-            F.log_softmax(s / t, dim=-1), F.log_softmax(te / t, dim=-1), reduction="batchmean", log_target=True
-        ) * (t * t)
+        kl = _kl(s, te, temperature)
         ce = F.cross_entropy(s, target_codes[:, level])
         total = total + alpha * kl + (1.0 - alpha) * ce
         kl_sum += float(kl.detach())
         ce_sum += float(ce.detach())
-    return total, {"kl": kl_sum, "ce": ce_sum}
+    parts = {"kl": kl_sum, "ce": ce_sum}
+    if beam is not None:
+        for s, te in zip(*beam):
+            kl = _kl(s.flatten(0, 1), te.flatten(0, 1), temperature)
+            total = total + alpha * kl
+            beam_sum += float(kl.detach())
+        parts["beam_kl"] = beam_sum
+    return total, parts
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) of (N, K) logits at temperature t, averaged over the N rows."""
+    return F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), reduction="batchmean",
+                    log_target=True) * (t * t)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -138,8 +155,12 @@ def distill(
 
     def batch_loss(model, index):
         b = train.batch(index)
-        logits = model(b["states"], b["mask"], b["target_codes"])
-        return distill_loss(logits, b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature)
+        if "beam_prefixes" not in b:
+            logits = model(b["states"], b["mask"], b["target_codes"])
+            return distill_loss(logits, b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature)
+        logits, beam_logits = model(b["states"], b["mask"], b["target_codes"], b["beam_prefixes"])
+        return distill_loss(logits, b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature,
+                            beam=(beam_logits, b["beam_logits"]))
 
     evaluate = None
     # Only rank 0 holds (and evaluates) the validation set, but every rank must agree that evaluation

@@ -174,11 +174,19 @@ class SIDMLP(nn.Module):
             parts.append(self.code_embedding(j)[prefixes[:, :, j]])
         return self.heads[level](torch.cat(parts, dim=-1))
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher-forced logits per digit, each (B, K_l), prefixes taken from target_codes (B, L)."""
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor,
+                beam_prefixes: Optional[Sequence[torch.Tensor]] = None):
+        """Teacher-forced logits per digit, each (B, K_l), prefixes taken from target_codes (B, L).
+
+        With beam_prefixes (digits 1..L-1, each (B, W, l)) it returns (those logits, the logits at the
+        beam prefixes, each (B, W, K_l)): one context readout serves both.
+        """
         ctx = self.context(states, mask)
         prefixes = target_codes.long().unsqueeze(1)  # (B, 1, L)
-        return [self.head_logits(l, ctx, prefixes[:, :, :l]).squeeze(1) for l in range(self.num_levels)]
+        on_path = [self.head_logits(l, ctx, prefixes[:, :, :l]).squeeze(1) for l in range(self.num_levels)]
+        if beam_prefixes is None:
+            return on_path
+        return on_path, [self.head_logits(l, ctx, p.long()) for l, p in enumerate(beam_prefixes, start=1)]
 
     def fold(self):
         """Folded heads (docs/architecture.md, "Fast paths"), equal to the unfolded heads up to float rounding."""

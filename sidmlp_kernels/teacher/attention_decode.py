@@ -380,6 +380,17 @@ def _t5_step_fn(model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, 
     return step_fn
 
 
+def _observed(step_fn, observe):
+    """step_fn that also hands each step's prefixes and logits to observe."""
+
+    def fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        logits = step_fn(level, prefixes, parents)
+        observe(level, prefixes, logits)
+        return logits
+
+    return fn
+
+
 @torch.no_grad()
 def attention_beam_search(
     model: nn.Module,
@@ -390,8 +401,13 @@ def attention_beam_search(
     beam_size: int,
     top_n: int,
     constrained: bool = True,
+    observe: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
 ) -> DecodeOutput:
-    """Cached attention-decoder beam search over digit-restricted logits; catalog-constrained by default."""
+    """Cached attention-decoder beam search over digit-restricted logits; catalog-constrained by default.
+
+    observe(level, prefixes (B, W, level), logits (B, W, K_level)), if given, sees the digit logits of
+    every beam at every step (distillation records the teacher's beam tree with it).
+    """
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
     was_training = model.training
     model.eval()
@@ -400,6 +416,8 @@ def attention_beam_search(
             step_fn = _t5_step_fn(model, layout, input_ids, attention_mask)
         else:
             step_fn = _CausalStepper(model, layout, input_ids, attention_mask)
+        if observe is not None:
+            step_fn = _observed(step_fn, observe)
         batch = input_ids.shape[0]
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
