@@ -429,11 +429,12 @@ def accelerate(
         res = train_mlp_encoder(encoder, feats, ecfg, checkpoint=work / "mlp_encoder.ckpt" if work else None,
                                 show_progress=show_progress)
         info["encoder_history"] = res.history
-        feats = feats.with_states(_mlp_states(encoder, feats))
+        if not cfg.joint_encoder:  # stage 2 reads fixed MLP-encoder states
+            feats = feats.with_states(_mlp_states(encoder, feats))
         if valid is not None:
-            states, mask, _ = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)",
-                                                show_progress=show_progress)
-            valid = ValidSet(states, mask, valid_data.target_items)
+            states, mask, ids = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)",
+                                                  show_progress=show_progress)
+            valid = ValidSet(states, mask, valid_data.target_items, input_ids=ids)
     scfg = student.config
     if init_student is not None:
         if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
@@ -444,7 +445,8 @@ def accelerate(
     name = "sidmlp_pp.ckpt" if cfg.replace_encoder else "sidmlp.ckpt"
     logger.info("distilling %s from %d teacher examples", "SID-MLP++" if cfg.replace_encoder else "SID-MLP", len(feats))
     result: TrainResult = distill(student, feats, catalog, valid, dcfg, checkpoint=work / name if work else None,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress,
+                                  encoder=encoder if cfg.replace_encoder and cfg.joint_encoder else None)
     info.update({"config": asdict(cfg), "distill": asdict(dcfg), "history": result.history,
                  "best_valid_ndcg@10": result.best_metric, "best_epoch": result.best_epoch})
     return AcceleratedRecommender(layout, catalog, student, teacher=None if cfg.replace_encoder else adapter,

@@ -166,6 +166,7 @@ class AccelerateConfig:
     encoder: MLPEncoderSizes = field(default_factory=MLPEncoderSizes)
     encoder_training: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
     replace_encoder: bool = False  # SID-MLP++: distil an MLP encoder too
+    joint_encoder: bool = False  # SID-MLP++ stage 2 trains the MLP encoder with the heads (else heads only)
     feature_batch_size: int = 128
     storage_dtype: str = "float16"  # teacher features on disk: float16, bfloat16 or float32
     teacher_beam: int = 0  # also distil at every prefix of the teacher's own beam of this width (0 = off)
@@ -174,6 +175,9 @@ class AccelerateConfig:
         if self.feature_batch_size < 1:
             raise InvalidInput(f"feature_batch_size must be >= 1, got {self.feature_batch_size}")
         _check_int(self, "teacher_beam", 0)
+        if self.joint_encoder and not self.replace_encoder:
+            raise InvalidInput("joint_encoder (--joint-encoder) trains SID-MLP++'s MLP encoder: it needs "
+                               "replace_encoder=True (--replace-encoder)")
         if self.storage_dtype not in ("float16", "bfloat16", "float32"):
             raise InvalidInput(f"storage_dtype must be float16, bfloat16 or float32, got {self.storage_dtype!r}")
 
@@ -192,7 +196,7 @@ class AccelerateConfig:
                 if key in names:
                     raise AssertionError(f"override name {key!r} is ambiguous")  # a bug in this module
                 names[key] = (part, f.name)
-        for name in ("replace_encoder", "feature_batch_size", "storage_dtype", "teacher_beam"):
+        for name in ("replace_encoder", "joint_encoder", "feature_batch_size", "storage_dtype", "teacher_beam"):
             names[name] = (None, name)
         return names
 

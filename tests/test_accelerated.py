@@ -279,3 +279,36 @@ def test_bad_batches_are_clear_errors(trained):
             model.generate(ids.to("meta"), mask.to("meta"))
     out = rec.generate_batched(ids, mask, beam_size=6, top_n=3, batch_size=3)
     assert torch.equal(out.items, rec.generate(ids, mask, 6, 3).items)
+
+
+def test_joint_encoder_trains_the_encoder_with_the_heads():
+    """SID-MLP++ with joint_encoder: stage 2 moves the MLP encoder too, and fits the teacher better than
+    heads trained on the fixed stage-1 states (same seed, same epochs)."""
+    sizes = (4, 5, 3)
+    cat = random_catalog(0, 40, sizes)
+    ad = FakeAdapter(sizes)
+    ex = random_examples(cat, ad.layout, 192)
+    common = dict(replace_encoder=True, epochs=6, encoder_epochs=1, encoder_ffn_dim=16, patience=6, lr=5e-3,
+                  alpha=1.0, dropout=0.0, **TINY)
+    stage1 = accelerate(ad, cat, ex, None, **{**common, "epochs": 1, "lr": 1e-12})  # heads barely move
+    # No validation set: both keep their last weights, so the comparison is not an early-stopping draw.
+    fixed = accelerate(ad, cat, ex, None, **common)
+    joint = accelerate(ad, cat, ex, None, joint_encoder=True, **common)
+    enc0, enc_fixed, enc_joint = (r.encoder.state_dict() for r in (stage1, fixed, joint))
+    assert all(torch.equal(enc0[k], enc_fixed[k]) for k in enc0)  # stage 2 alone leaves the encoder as stage 1 did
+    assert not all(torch.equal(enc0[k], enc_joint[k]) for k in enc0)
+
+    ids, mask, codes, _ = ex.batch(torch.arange(len(ex)))
+    teacher = ad.digit_logits(ad.encode(ids, mask), codes)
+
+    def kd(rec):
+        with torch.no_grad():
+            enc = rec.encode(ids, mask)
+            student = rec.student(enc.states, enc.mask, codes)
+        return sum(float(torch.nn.functional.kl_div(torch.log_softmax(s, -1), torch.log_softmax(t, -1),
+                                                    reduction="batchmean", log_target=True))
+                   for s, t in zip(student, teacher))
+
+    assert kd(joint) < kd(fixed)
+    with pytest.raises(ValueError, match="needs replace_encoder=True"):
+        accelerate(ad, cat, ex, None, joint_encoder=True, **TINY)

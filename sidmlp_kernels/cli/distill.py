@@ -17,6 +17,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--out", required=True, help="where the accelerated recommender is saved")
     p.add_argument("--work-dir", default=None, help="features + resumable checkpoints")
     p.add_argument("--replace-encoder", action="store_true", help="SID-MLP++: also distil an MLP encoder")
+    p.add_argument("--joint-encoder", action="store_true",
+                   help="SID-MLP++: after fitting the teacher's states (stage 1), train the MLP encoder together "
+                        "with the heads on the distillation loss (default: the heads alone, on fixed states)")
     p.add_argument("--init-student", default=None, metavar="DIR",
                    help="start the heads from this saved SID-MLP (e.g. SID-MLP++ heads from SID-MLP's)")
     p.add_argument("--max-prefixes-per-user", type=int, default=20,
@@ -63,7 +66,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         eval_beam=args.eval_beam, seed=args.seed, dropout=args.dropout, head_hidden=args.head_hidden,
         num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
-        teacher_beam=args.teacher_beam,
+        teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder,
     )
     import torch
     import torch.distributed as dist

@@ -35,6 +35,7 @@ from ..errors import InvalidInput
 
 __all__ = [
     "DistillConfig",
+    "EncoderAndHeads",
     "ValidSet",
     "distill",
     "distill_loss",
@@ -88,14 +89,41 @@ def _kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
 
 @dataclass
 class ValidSet:
-    """Evaluation users as encoder states: states (N, T, D), mask (N, T), target_items (N,)."""
+    """Evaluation users as encoder states: states (N, T, D), mask (N, T), target_items (N,); and the
+    inputs (N, T) the states came from, which a distillation that trains the encoder too re-encodes."""
 
     states: torch.Tensor
     mask: torch.Tensor
     target_items: torch.Tensor
+    input_ids: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
+
+
+class EncoderAndHeads(torch.nn.Module):
+    """SID-MLP++ trained end to end: the MLP encoder's states feed the SID-MLP heads (one module, one optimizer)."""
+
+    def __init__(self, encoder: torch.nn.Module, student: SIDMLP):
+        super().__init__()
+        self.encoder = encoder
+        self.student = student
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor,
+                beam_prefixes: Optional[Sequence[torch.Tensor]] = None):
+        """SIDMLP.forward on the encoder's states of input_ids."""
+        return self.student(self.encoder.states(input_ids, mask), mask, target_codes, beam_prefixes)
+
+
+@torch.no_grad()
+def _reencoded(encoder: torch.nn.Module, valid: ValidSet, batch_size: int = 512) -> ValidSet:
+    """valid with its states recomputed by `encoder` (in eval mode) from its input_ids."""
+    was_training = encoder.training
+    encoder.eval()
+    states = torch.cat([encoder.states(valid.input_ids[s:s + batch_size], valid.mask[s:s + batch_size])
+                        for s in range(0, len(valid), batch_size)])
+    encoder.train(was_training)
+    return ValidSet(states, valid.mask, valid.target_items, valid.input_ids)
 
 
 @torch.no_grad()
@@ -138,12 +166,17 @@ def distill(
     config: Optional[DistillConfig] = None,
     checkpoint: Optional[str | Path] = None,
     show_progress: bool = False,
+    encoder: Optional[torch.nn.Module] = None,
 ) -> TrainResult:
     """Distil `student` in place from stored teacher features; keeps the best valid NDCG@10 weights.
 
+    With `encoder` (an MLPEncoder), it is trained together with the heads, end to end from the stored
+    input_ids, against the same targets (SID-MLP++); `valid` must then carry its input_ids.
     With `checkpoint`, a rerun resumes from that file; Ctrl-C saves it and raises TrainingInterrupted.
     """
     cfg = config or DistillConfig()
+    if encoder is not None and valid is not None and valid.input_ids is None:
+        raise InvalidInput("valid must carry input_ids when the encoder is trained too (ValidSet(input_ids=))")
     if train.num_levels != student.num_levels or train.hidden_size != student.config.encoder_dim:
         raise InvalidInput(
             f"features have L={train.num_levels}, D={train.hidden_size}; the student expects "
@@ -153,12 +186,14 @@ def distill(
         if t.shape[1] != k:
             raise InvalidInput(f"teacher logits of digit {level} have {t.shape[1]} codes, the student {k}")
 
+    module = student if encoder is None else EncoderAndHeads(encoder, student)
+
     def batch_loss(model, index):
         b = train.batch(index)
+        inputs = (b["states"] if encoder is None else b["input_ids"], b["mask"], b["target_codes"])
         if "beam_prefixes" not in b:
-            logits = model(b["states"], b["mask"], b["target_codes"])
-            return distill_loss(logits, b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature)
-        logits, beam_logits = model(b["states"], b["mask"], b["target_codes"], b["beam_prefixes"])
+            return distill_loss(model(*inputs), b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature)
+        logits, beam_logits = model(*inputs, b["beam_prefixes"])
         return distill_loss(logits, b["teacher_logits"], b["target_codes"], cfg.alpha, cfg.temperature,
                             beam=(beam_logits, b["beam_logits"]))
 
@@ -167,14 +202,19 @@ def distill(
     # happens, since the metric is broadcast from rank 0.
     if broadcast_object(valid is not None):
         def evaluate(model):
-            return evaluate_student(model, catalog, valid, cfg.eval_beam, cfg.eval_batch_size)
+            if encoder is None:
+                return evaluate_student(model, catalog, valid, cfg.eval_beam, cfg.eval_batch_size)
+            return evaluate_student(student, catalog, _reencoded(encoder, valid), cfg.eval_beam, cfg.eval_batch_size)
 
     # DistillConfig counts evaluations in epochs, the trainer in steps.
     trainer_config, run_config = split_config(
         cfg, eval_every=cfg.eval_every * steps_per_epoch(len(train), cfg.batch_size)
     )
     del run_config["eval_batch_size"]  # speed only: a resume may change it
+    run_config = dict(run_config, student=student.config.to_dict())
+    if encoder is not None:
+        run_config["encoder"] = encoder.config.to_dict()
     return run_training(
-        student, batch_loss, len(train), trainer_config, evaluate=evaluate, metric="ndcg@10", checkpoint=checkpoint,
-        run_config=dict(run_config, student=student.config.to_dict()), desc="distill", show_progress=show_progress,
+        module, batch_loss, len(train), trainer_config, evaluate=evaluate, metric="ndcg@10", checkpoint=checkpoint,
+        run_config=run_config, desc="distill", show_progress=show_progress,
     )
