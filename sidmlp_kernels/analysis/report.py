@@ -104,6 +104,11 @@ def _by_depth(support: TokenSupport, ndcg: torch.Tensor, recall: torch.Tensor, l
     return out
 
 
+def _interval(boot: dict[str, float]) -> list[float]:
+    """[mean difference, lo95, hi95] of a paired_bootstrap result."""
+    return [boot["mean_difference"], boot["ci_low"], boot["ci_high"]]
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars -> Python, NaN -> None."""
     if isinstance(obj, dict):
@@ -115,6 +120,11 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return None if math.isnan(obj) else float(obj)
     return obj
+
+
+def _ci(interval: Any) -> str:
+    """'+0.0123 [+0.0030, +0.0215]' of a [mean, lo, hi] list; '-' when absent."""
+    return "-" if not interval else f"{interval[0]:+.4f} [{interval[1]:+.4f}, {interval[2]:+.4f}]"
 
 
 def _fmt(x: Any) -> str:
@@ -244,13 +254,17 @@ def _markdown(results: dict[str, Any], k: int) -> str:
 
     if results["hybrid"]:
         lines += ["", "## Hybrid (ID weight alpha = sigmoid(q * (MSP - tau)))", ""]
-        lines.append(f"| GR model | q | tau | valid NDCG@{k} | test NDCG@{k} | test Recall@{k} | fixed alpha | fixed valid NDCG | fixed test NDCG |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append(f"| GR model | q | tau | valid NDCG@{k} | test NDCG@{k} | test Recall@{k} | "
+                     f"test NDCG@{k} minus {results['id_model']} (95%) | minus the GR model (95%) | "
+                     "fixed alpha | fixed valid NDCG | fixed test NDCG |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, h in results["hybrid"].items():
             a, f = h["adaptive"], h["fixed"]
+            vs = a["test"].get("vs", {})
             lines.append(
                 f"| {name} | {a['q']:g} | {a['tau']:g} | {_fmt(a['valid_ndcg'])} | {_fmt(a['test'][f'ndcg@{k}'])} | "
-                f"{_fmt(a['test'][f'recall@{k}'])} | {f['alpha']:g} | {_fmt(f['valid_ndcg'])} | {_fmt(f['test'][f'ndcg@{k}'])} |"
+                f"{_fmt(a['test'][f'recall@{k}'])} | {_ci(vs.get(results['id_model']))} | {_ci(vs.get(name))} | "
+                f"{f['alpha']:g} | {_fmt(f['valid_ndcg'])} | {_fmt(f['test'][f'ndcg@{k}'])} |"
             )
     for note in results.get("notes", []):
         lines += ["", f"Note: {note}"]
@@ -299,7 +313,7 @@ def analyze(
     support = token_support(split.train_sequences, split.test_histories, test_t, codes)
     timing["token_level_s"] = time.perf_counter() - t0
 
-    from ..metrics import ndcg_at_k, recall_at_k
+    from ..metrics import ndcg_at_k, paired_bootstrap, recall_at_k
 
     rankings_test: dict[str, torch.Tensor] = {id_name: torch.as_tensor(id_test[0]).long()}
     rankings_test.update({name: parts["test"][0] for name, parts in gr.items()})
@@ -326,6 +340,12 @@ def analyze(
             },
         }
         rankings_test[f"hybrid({id_name}+{name})"] = ranked_ada
+        # Paired over test users: does the hybrid beat each of its two parts?
+        hybrid_nd = ndcg_at_k(ranked_ada, test_t, k, per_instance=True)
+        hybrid[name]["adaptive"]["test"]["vs"] = {
+            part: _interval(paired_bootstrap(hybrid_nd, ndcg_at_k(ranked, test_t, k, per_instance=True)))
+            for part, ranked in ((id_name, rankings_test[id_name]), (name, ti))
+        }
 
     models: dict[str, Any] = {}
     ndcg_per: dict[str, torch.Tensor] = {}

@@ -168,6 +168,17 @@ def test_run_analysis_end_to_end(tmp_path):
     assert res["sasrec"]["trained"]
     text = (tmp_path / "report.md").read_text()
     assert "Label shares" in text and "Hybrid" in text and "SID-MLP" in text
+    # The hybrid's test NDCG against each of its parts, paired over users.
+    from sidmlp_kernels.metrics import ndcg_at_k
+
+    targets = torch.as_tensor(prep.split.test_targets)
+    hyb = res["hybrid"]["TIGER"]["adaptive"]["test"]
+    assert set(hyb["vs"]) == {"SASRec", "TIGER"}
+    tiger = ndcg_at_k(gr["TIGER"]["test"][0], targets, 10, per_instance=True)
+    hybrid_mean = hyb["ndcg@10"]
+    mean, lo, hi = hyb["vs"]["TIGER"]
+    assert mean == pytest.approx(hybrid_mean - float(tiger.mean()), abs=1e-6) and lo <= mean <= hi
+    assert "minus SASRec (95%)" in text
     # A rerun reloads the saved SASRec instead of training again.
     again = run_analysis(prep, tmp_path, None, sasrec_epochs=2, sasrec_config=cfg, progress=False, num_bins=3)
     assert not again["sasrec"]["trained"]
