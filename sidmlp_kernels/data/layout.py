@@ -1,26 +1,43 @@
 """TokenLayout: how Semantic-ID digits map to token ids of a generative recommender.
 
-TIGER layout (the only one defined so far, ``kind="tiger"``)::
+A layout names, for each digit l, the token id of its code 0 (``offsets[l]``; code c of digit l
+is token ``offsets[l] + c``, so each digit's K_l codes are contiguous), the pad id, the EOS id,
+the decoder-start id (encoder-decoders), a range of U user tokens ``[user_base, user_base + U)``
+anywhere in the vocabulary (U = 0: no user token), and whether encoder inputs end with EOS.
+Digit ranges and the user range must not overlap; pad and EOS lie outside them (they may be
+the same id). Presets (``kind``), K_l the codebook sizes:
+
+``"tiger"`` (this package's own teachers; the default)::
 
     id 0                                   pad (also the T5 decoder start token)
-    ids offset_l .. offset_l + K_l - 1     digit l's codes, offset_0 = 1,
-                                           offset_l = 1 + K_0 + ... + K_{l-1}
+    ids offset_l .. offset_l + K_l - 1     digit l's codes, offset_l = 1 + K_0 + ... + K_{l-1}
     id eos_id = 1 + sum(K)                 end of sequence (ends every input and every label)
     ids user_base .. user_base + U - 1     user/bos tokens (user_base = eos_id + 1),
                                            U = num_user_tokens (TIGER hashes user ids
                                            into U buckets; U = 1 is a plain bos token)
     vocab_size = user_base + U
 
-An encoder input (history) is ``[user token, SID tokens of history items (oldest
-first)..., EOS]``. Padding is on the right by default (T5's relative positions
-make both sides equivalent for the encoder); causal LMs use left padding so the
-prompt's last token sits in the last column for every row.
+``"sidmlp-official"`` (ztguo715/SID-MLP, genrec/models/TIGER/tokenizer.py): pad 0, the same
+digit offsets, user tokens from ``1 + sum(K)``, EOS = ``1 + sum(K) + U`` (after the user
+tokens), decoder start 0, vocab_size = EOS + 1.
+
+``"tiger-xlt"`` (XiaoLongtaoo/TIGER, model/dataset.py): offsets ``1 + 256 l`` (a fixed stride of
+256, so K_l <= 256), pad = EOS = decoder start = 0, no user token, and inputs carry no EOS
+(a history is just its SID tokens).
+
+``"custom"``: every id given explicitly (offsets, pad_id, eos_id, user_base when U > 0,
+decoder_start_id defaults to pad_id, input_eos to True).
+
+An encoder input (history) is ``[user token (if U > 0), SID tokens of history items (oldest
+first)..., EOS (if input_eos)]``. Padding is on the right by default (T5's relative positions
+make both sides equivalent for the encoder); causal LMs use left padding so the prompt's last
+token sits in the last column for every row.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,49 +50,141 @@ from ..errors import InvalidInput, InvalidInputType
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-token-layout"
-_KINDS = ("tiger",)
+_KINDS = ("tiger", "sidmlp-official", "tiger-xlt", "custom")
 PADDING_SIDES = ("right", "left")
+# The ids a layout can be given explicitly (kind "custom") and that presets derive.
+_ID_FIELDS = ("offsets", "pad_id", "eos_id", "user_base", "decoder_start_id", "input_eos")
+_XLT_STRIDE = 256  # XiaoLongtaoo/TIGER: token = c + 256 l + 1 whatever the codebook sizes
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _preset_ids(kind: str, sizes: tuple[int, ...], users: int) -> dict:
+    """The ids a preset kind derives from codebook sizes and the number of user tokens."""
+    cum = [1]
+    for k in sizes[:-1]:
+        cum.append(cum[-1] + k)
+    total = sum(sizes)
+    if kind == "tiger":
+        return dict(offsets=tuple(cum), pad_id=0, eos_id=1 + total, user_base=2 + total,
+                    decoder_start_id=0, input_eos=True)
+    if kind == "sidmlp-official":
+        return dict(offsets=tuple(cum), pad_id=0, eos_id=1 + total + users, user_base=1 + total,
+                    decoder_start_id=0, input_eos=True)
+    # tiger-xlt
+    return dict(offsets=tuple(1 + _XLT_STRIDE * level for level in range(len(sizes))), pad_id=0, eos_id=0,
+                user_base=None, decoder_start_id=0, input_eos=False)
+
+
+_MIN_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
+_DEFAULT_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
 
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Token ids of a TIGER-style vocabulary: pad 0, digit codes, EOS, user tokens."""
+    """Token ids of a SID vocabulary: per-digit code ranges, pad, EOS, decoder start, user tokens.
+
+    ``TokenLayout(codebook_sizes)`` is the TIGER layout; ``kind`` picks another preset, and
+    ``kind="custom"`` takes every id explicitly (see the module docstring).
+    """
 
     codebook_sizes: tuple[int, ...]
-    num_user_tokens: int = 1
+    num_user_tokens: Optional[int] = None
     kind: str = "tiger"
-    _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    offsets: Optional[tuple[int, ...]] = None
+    pad_id: Optional[int] = None
+    eos_id: Optional[int] = None
+    user_base: Optional[int] = None
+    decoder_start_id: Optional[int] = None
+    input_eos: Optional[bool] = None
 
     def __post_init__(self) -> None:
         sizes = tuple(self.codebook_sizes) if not isinstance(self.codebook_sizes, int) else None
         if sizes is None or len(sizes) == 0:
             raise InvalidInput(f"codebook_sizes must be a non-empty sequence of ints, got {self.codebook_sizes!r}")
         for k in sizes:
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
+            if not _is_int(k) or int(k) < 1:
                 raise InvalidInput(f"codebook_sizes must all be ints >= 1, got {sizes}")
         sizes = tuple(int(k) for k in sizes)
-        users = self.num_user_tokens
-        if isinstance(users, bool) or not isinstance(users, int) or users < 1:
-            raise InvalidInput(f"num_user_tokens must be an int >= 1, got {self.num_user_tokens!r}")
         if self.kind not in _KINDS:
             raise InvalidInput(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        users = _DEFAULT_USERS[self.kind] if self.num_user_tokens is None else self.num_user_tokens
+        least = _MIN_USERS[self.kind]
+        if not _is_int(users) or users < least or (self.kind == "tiger-xlt" and users != 0):
+            need = "0 (it has no user tokens)" if self.kind == "tiger-xlt" else f"an int >= {least}"
+            raise InvalidInput(f"num_user_tokens must be {need} for kind {self.kind!r}, got {self.num_user_tokens!r}")
+        users = int(users)
+        if self.kind == "tiger-xlt" and max(sizes) > _XLT_STRIDE:
+            raise InvalidInput(f"kind 'tiger-xlt' puts digits {_XLT_STRIDE} ids apart: codebook_sizes must be "
+                               f"<= {_XLT_STRIDE}, got {list(sizes)}")
+        given = {name: getattr(self, name) for name in _ID_FIELDS if getattr(self, name) is not None}
+        ids = self._custom_ids(sizes, users, given) if self.kind == "custom" else _preset_ids(self.kind, sizes, users)
+        for name, value in given.items():
+            value = tuple(int(v) for v in value) if name == "offsets" else value
+            if value != ids[name]:
+                raise InvalidInput(f"kind {self.kind!r} has {name}={ids[name]!r} for these sizes, got {name}="
+                                   f"{value!r}; pass kind='custom' to give other ids")
+        if users == 0:
+            ids["user_base"] = None
         object.__setattr__(self, "codebook_sizes", sizes)
-        offsets = [1]
-        for k in sizes[:-1]:
-            offsets.append(offsets[-1] + k)
-        object.__setattr__(self, "_offsets", tuple(offsets))
+        object.__setattr__(self, "num_user_tokens", users)
+        for name, value in ids.items():
+            object.__setattr__(self, name, value)
+        self._check_ranges()
+
+    @staticmethod
+    def _custom_ids(sizes: tuple[int, ...], users: int, given: dict) -> dict:
+        """Validated explicit ids of a custom layout (decoder start defaults to pad, input_eos to True)."""
+        needed = ["offsets", "pad_id", "eos_id"] + (["user_base"] if users else [])
+        missing = [name for name in needed if name not in given]
+        if missing:
+            raise InvalidInput(f"kind 'custom' needs {', '.join(missing)} (the layout's explicit token ids)")
+        offsets = given["offsets"]
+        if isinstance(offsets, (int, str)) or len(offsets) != len(sizes) or not all(_is_int(o) for o in offsets):
+            raise InvalidInput(f"offsets must hold one int per digit ({len(sizes)}), got {offsets!r}")
+        ids = dict(offsets=tuple(int(o) for o in offsets), input_eos=given.get("input_eos", True),
+                   user_base=given.get("user_base"))
+        for name in ("pad_id", "eos_id", "decoder_start_id", "user_base"):
+            value = given.get(name, given["pad_id"] if name == "decoder_start_id" else None)
+            if value is None and name == "user_base":
+                continue
+            if not _is_int(value):
+                raise InvalidInput(f"{name} must be an int token id, got {value!r}")
+            ids[name] = int(value)
+        if not isinstance(ids["input_eos"], bool):
+            raise InvalidInputType(f"input_eos must be a bool, got {ids['input_eos']!r}")
+        return ids
+
+    def _check_ranges(self) -> None:
+        """ValueError for negative ids or overlapping digit / user / special-token ranges."""
+        ranges = [(f"digit {level}'s codes", *self.digit_token_range(level)) for level in range(self.num_levels)]
+        if self.num_user_tokens:
+            ranges.append(("the user tokens", self.user_base, self.user_base + self.num_user_tokens))
+        specials = [("pad_id", self.pad_id), ("eos_id", self.eos_id), ("decoder_start_id", self.decoder_start_id)]
+        for name, start, _ in ranges:
+            if start < 0:
+                raise InvalidInput(f"token layout: {name} start at {start}; token ids must be >= 0")
+        for name, value in specials:
+            if value < 0:
+                raise InvalidInput(f"token layout: {name} is {value}; token ids must be >= 0")
+        for i, (name_a, lo_a, hi_a) in enumerate(ranges):
+            for name_b, lo_b, hi_b in ranges[i + 1:]:
+                if lo_a < hi_b and lo_b < hi_a:
+                    raise InvalidInput(f"token layout: {name_a} [{lo_a}, {hi_a}) overlap {name_b} [{lo_b}, {hi_b})")
+        for name, value in specials[:2]:
+            for range_name, lo, hi in ranges:
+                if lo <= value < hi:
+                    raise InvalidInput(f"token layout: {name} {value} lies inside {range_name} [{lo}, {hi})")
 
     @classmethod
-    def for_catalog(cls, catalog: SIDCatalog, num_user_tokens: int = 1) -> "TokenLayout":
-        """The TIGER layout matching a catalog's codebook sizes."""
-        return cls(tuple(catalog.codebook_sizes), num_user_tokens=num_user_tokens)
+    def for_catalog(cls, catalog: SIDCatalog, num_user_tokens: Optional[int] = None,
+                    kind: str = "tiger") -> "TokenLayout":
+        """The `kind` preset layout (TIGER by default) matching a catalog's codebook sizes."""
+        return cls(tuple(catalog.codebook_sizes), num_user_tokens=num_user_tokens, kind=kind)
 
-    # ---- token ids ---------------------------------------------------------------
-
-    @property
-    def pad_id(self) -> int:
-        """Padding token id (0); T5 also starts decoding with it."""
-        return 0
+    # ---- token ids (offsets, pad_id, eos_id, user_base, decoder_start_id are fields) ----
 
     @property
     def num_levels(self) -> int:
@@ -83,39 +192,44 @@ class TokenLayout:
         return len(self.codebook_sizes)
 
     @property
-    def offsets(self) -> tuple[int, ...]:
-        """Token id of code 0 of each digit."""
-        return self._offsets
-
-    @property
     def num_code_tokens(self) -> int:
         """sum(K_l): tokens that name a code."""
         return sum(self.codebook_sizes)
 
     @property
-    def eos_id(self) -> int:
-        """End-of-sequence token id."""
-        return 1 + self.num_code_tokens
-
-    @property
-    def user_base(self) -> int:
-        """Token id of user bucket 0 (the bos token when num_user_tokens == 1)."""
-        return self.eos_id + 1
-
-    @property
     def vocab_size(self) -> int:
-        """Number of token ids the layout uses (a model may have more rows)."""
-        return self.user_base + self.num_user_tokens
+        """Number of token ids the layout uses: 1 + its largest id (a model may have more rows)."""
+        tops = [self.pad_id, self.eos_id, self.decoder_start_id]
+        tops += [off + k - 1 for off, k in zip(self.offsets, self.codebook_sizes)]
+        if self.num_user_tokens:
+            tops.append(self.user_base + self.num_user_tokens - 1)
+        return 1 + max(tops)
+
+    @property
+    def input_length_extra(self) -> int:
+        """Tokens an encoder input holds besides its SIDs: the user token (if any) and EOS (if input_eos)."""
+        return int(self.num_user_tokens > 0) + int(self.input_eos)
 
     def digit_token_range(self, level: int) -> tuple[int, int]:
         """[start, stop) token ids of digit `level`'s codes."""
         if not 0 <= level < self.num_levels:
             raise InvalidInput(f"level must be in [0, {self.num_levels}), got {level}")
-        start = self._offsets[level]
+        start = self.offsets[level]
         return start, start + self.codebook_sizes[level]
+
+    def is_code_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bool mask of `tokens` that name a code of some digit (inside a digit's range)."""
+        tokens = torch.as_tensor(tokens)
+        out = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        for level in range(self.num_levels):
+            start, stop = self.digit_token_range(level)
+            out |= (tokens >= start) & (tokens < stop)
+        return out
 
     def user_token(self, user: Optional[int] = None) -> int:
         """Token of a user (hashed into num_user_tokens buckets); None -> bucket 0."""
+        if not self.num_user_tokens:
+            raise InvalidInput(f"token layout kind {self.kind!r} has no user tokens (num_user_tokens=0)")
         if user is None:
             return self.user_base
         if int(user) < 0:
@@ -137,14 +251,14 @@ class TokenLayout:
                 f"codes[{', '.join(map(str, pos))}] = {int(codes[tuple(pos)])} is outside digit "
                 f"{pos[-1]}'s codebook [0, {self.codebook_sizes[pos[-1]]})"
             )
-        return codes.long() + torch.tensor(self._offsets, device=codes.device)
+        return codes.long() + torch.tensor(self.offsets, device=codes.device)
 
     def tokens_to_codes(self, tokens: torch.Tensor) -> torch.Tensor:
         """Codes (..., L) of token ids (..., L); -1 where a token is not a code of its digit."""
         tokens = torch.as_tensor(tokens).long()
         if tokens.dim() == 0 or tokens.shape[-1] != self.num_levels:
             raise InvalidInput(f"tokens must have shape (..., {self.num_levels}), got {tuple(tokens.shape)}")
-        codes = tokens - torch.tensor(self._offsets, device=tokens.device)
+        codes = tokens - torch.tensor(self.offsets, device=tokens.device)
         sizes = torch.tensor(self.codebook_sizes, device=tokens.device)
         ok = (codes >= 0) & (codes < sizes)
         return torch.where(ok, codes, torch.full_like(codes, -1))
@@ -188,15 +302,18 @@ class TokenLayout:
             raise InvalidInput(f"input_ids must be in [0, {top}), got values in [{lo}, {hi}]")
         mask = attention_mask.bool()
         real = mask.sum(dim=1)
-        # A non-empty history has at least user + one item's L tokens + EOS.
-        short = (real < self.num_levels + 2).nonzero().flatten()
+        # A non-empty history has at least [user] + one item's L tokens + [EOS].
+        need = self.num_levels + self.input_length_extra
+        short = (real < need).nonzero().flatten()
         if short.numel():
             row = int(short[0])
+            parts = (["user token"] if self.num_user_tokens else []) + [f"one item's {self.num_levels} SID tokens"]
+            parts += ["EOS"] if self.input_eos else []
             raise InvalidInput(
                 f"input_ids row {row} is an empty history: {int(real[row])} real tokens, need at least "
-                f"{self.num_levels + 2} (user token, one item's {self.num_levels} SID tokens, EOS)"
+                f"{need} ({', '.join(parts)})"
             )
-        is_code = (input_ids >= 1) & (input_ids < self.eos_id)
+        is_code = self.is_code_token(input_ids)
         if not (is_code & mask).any(dim=1).all():
             row = int((~(is_code & mask).any(dim=1)).nonzero()[0])
             raise InvalidInput(f"input_ids row {row} is an empty history: it holds no SID code tokens")
@@ -223,7 +340,7 @@ class TokenLayout:
         padding_side: str = "right",
         max_history: Optional[int] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode item histories as [user, SIDs..., EOS] -> input_ids (B, T), attention_mask (B, T)."""
+        """Encode item histories as [user, SIDs..., EOS] (user / EOS as the layout has them) -> input_ids, attention_mask (B, T)."""
         if padding_side not in PADDING_SIDES:
             raise InvalidInput(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
         if max_history is not None and max_history < 1:
@@ -248,18 +365,21 @@ class TokenLayout:
         grid[row_of, col_of] = rows
         grid_t = torch.from_numpy(grid)
         tokens = table[grid_t.clamp(min=0)]  # (n, width, L)
-        tokens = torch.where((grid_t >= 0).unsqueeze(-1), tokens, torch.zeros_like(tokens)).reshape(n, -1)
+        tokens = torch.where((grid_t >= 0).unsqueeze(-1), tokens, torch.full_like(tokens, self.pad_id)).reshape(n, -1)
         num_levels = self.num_levels
-        total = 2 + width * num_levels
-        ids = torch.zeros(n, total, dtype=torch.long)
-        ids[:, 1 : 1 + width * num_levels] = tokens
-        if users is None:
-            ids[:, 0] = self.user_token(None)
-        else:
-            ids[:, 0] = torch.tensor([self.user_token(u) for u in users], dtype=torch.long)
+        first = int(self.num_user_tokens > 0)  # column of the first SID token
+        total = self.input_length_extra + width * num_levels
+        ids = torch.full((n, total), self.pad_id, dtype=torch.long)
+        ids[:, first : first + width * num_levels] = tokens
+        if first:
+            users_col = [self.user_token(None)] * n if users is None else [self.user_token(u) for u in users]
+            ids[:, 0] = torch.tensor(users_col, dtype=torch.long)
+        elif users is not None:
+            raise InvalidInput(f"users were given but token layout kind {self.kind!r} has no user tokens")
         lens_t = torch.from_numpy(lengths)
-        ids[torch.arange(n), 1 + lens_t * num_levels] = self.eos_id
-        real = 2 + lens_t * num_levels
+        if self.input_eos:
+            ids[torch.arange(n), first + lens_t * num_levels] = self.eos_id
+        real = self.input_length_extra + lens_t * num_levels
         mask = torch.arange(total).unsqueeze(0) < real.unsqueeze(1)
         if padding_side == "left":
             ids, mask = to_left_padding(ids, mask)
@@ -336,20 +456,27 @@ def layout_to_json(layout: TokenLayout) -> str:
 
 
 def layout_to_dict(layout: TokenLayout) -> dict:
-    """The layout as a JSON-ready dict (format version, sizes, and derived ids checked on load)."""
-    return {
+    """The layout as a JSON-ready dict (format version, sizes, and derived ids checked on load).
+
+    A "tiger" layout writes exactly the fields every version wrote; other kinds add
+    decoder_start_id and input_eos (user_base is null without user tokens).
+    """
+    blob = {
         "format": _FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": layout.kind,
         "codebook_sizes": list(layout.codebook_sizes),
         "num_user_tokens": layout.num_user_tokens,
-        # Derived, written for humans and other tools; checked on load.
+        # Derived for the presets, written for humans and other tools; checked on load.
         "pad_id": layout.pad_id,
         "offsets": list(layout.offsets),
         "eos_id": layout.eos_id,
         "user_base": layout.user_base,
         "vocab_size": layout.vocab_size,
     }
+    if layout.kind != "tiger":
+        blob.update(decoder_start_id=layout.decoder_start_id, input_eos=layout.input_eos)
+    return blob
 
 
 def layout_from_json(text: str) -> TokenLayout:
@@ -371,12 +498,14 @@ def layout_from_dict(blob: dict) -> TokenLayout:
             f"token layout has format_version {blob.get('format_version')!r}, this version reads {FORMAT_VERSION}"
         )
     try:
-        layout = TokenLayout(
-            tuple(blob["codebook_sizes"]), num_user_tokens=int(blob["num_user_tokens"]), kind=blob["kind"]
-        )
+        sizes, users, kind = tuple(blob["codebook_sizes"]), int(blob["num_user_tokens"]), blob["kind"]
     except KeyError as err:
         raise InvalidInput(f"token layout JSON lacks field {err}") from err
-    for name in ("pad_id", "eos_id", "user_base", "vocab_size"):
+    explicit = {}
+    if kind == "custom":  # the ids are the layout; the presets derive theirs (checked below)
+        explicit = {name: blob[name] for name in _ID_FIELDS if blob.get(name) is not None}
+    layout = TokenLayout(sizes, num_user_tokens=users, kind=kind, **explicit)
+    for name in ("pad_id", "eos_id", "user_base", "vocab_size", "decoder_start_id", "input_eos"):
         if name in blob and blob[name] != getattr(layout, name):
             raise InvalidInput(f"token layout JSON says {name}={blob[name]} but its sizes give {getattr(layout, name)}")
     if "offsets" in blob and list(blob["offsets"]) != list(layout.offsets):

@@ -83,7 +83,11 @@ def check_model_layout(model: nn.Module, layout: TokenLayout, catalog: Optional[
     if getattr(cfg, "is_encoder_decoder", False):
         start = getattr(cfg, "decoder_start_token_id", None)
         if start is None:
-            raise InvalidInput("model.config.decoder_start_token_id must be set (TIGER layout: the pad id 0)")
+            raise InvalidInput(f"model.config.decoder_start_token_id must be set (the layout's is "
+                               f"{layout.decoder_start_id})")
+        if int(start) != layout.decoder_start_id:
+            raise InvalidInput(f"model.config.decoder_start_token_id is {start} but the layout's decoder start id is "
+                               f"{layout.decoder_start_id}")
         if not 0 <= int(start) < vocab:
             raise InvalidInput(f"model.config.decoder_start_token_id {start} is outside the vocabulary [0, {vocab})")
 
@@ -119,7 +123,7 @@ def output_cache(outputs):
 
 
 class T5TeacherAdapter:
-    """Adapter for a HuggingFace T5 encoder-decoder in TIGER layout (decoder starts with the pad id)."""
+    """Adapter for a HuggingFace T5 encoder-decoder in a TokenLayout (decoder starts with its decoder start id)."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None):
         if not getattr(model.config, "is_encoder_decoder", False):

@@ -52,7 +52,7 @@ def _seeded(build: Callable[[], nn.Module], seed: Optional[int]) -> nn.Module:
 
 
 def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[int] = None, **overrides) -> nn.Module:
-    """A fresh T5ForConditionalGeneration in TIGER layout (pad 0 starts decoding, EOS = layout.eos_id), in eval mode."""
+    """A fresh T5ForConditionalGeneration over the layout's tokens (pad, EOS, decoder start from it), in eval mode."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     kwargs = dict(
@@ -61,7 +61,7 @@ def build_t5_teacher(layout: TokenLayout, preset: str = "paper", seed: Optional[
         feed_forward_proj="relu",
         pad_token_id=layout.pad_id,
         eos_token_id=layout.eos_id,
-        decoder_start_token_id=layout.pad_id,
+        decoder_start_token_id=layout.decoder_start_id,
     )
     kwargs.update(_preset(T5_PRESETS, preset))
     kwargs.update(overrides)

@@ -205,3 +205,121 @@ def test_build_examples_cap_valid_test_and_batches():
         build_examples(split, cat, TokenLayout((4, 5)), "test")
     with pytest.raises(ValueError):
         Examples(ids, mask[:, :2], codes, items)
+
+
+# ---- other code bases' layouts ------------------------------------------------------------
+
+
+def official_token(codes, sizes):
+    """ztguo715/SID-MLP TIGERTokenizer._sem_ids_to_tokens: code + sum(K_0..K_{l-1}) + 1 ("0 is padding")."""
+    offsets = [0]
+    for k in sizes[:-1]:
+        offsets.append(offsets[-1] + k)
+    return [c + offsets[d] + 1 for d, c in enumerate(codes)]
+
+
+def xlt_token(codes):
+    """XiaoLongtaoo/TIGER model/dataset.py item2code: c + i * 256 + 1."""
+    return [c + i * 256 + 1 for i, c in enumerate(codes)]
+
+
+@pytest.mark.parametrize("sizes,users", [([256, 256, 256, 256], 1), ([3, 5, 2], 4)])
+def test_sidmlp_official_ids(sizes, users):
+    layout = TokenLayout(tuple(sizes), num_user_tokens=users, kind="sidmlp-official")
+    g = torch.Generator().manual_seed(0)
+    codes = torch.stack([torch.randint(0, k, (20,), generator=g) for k in sizes], 1)
+    expected = [official_token(row, sizes) for row in codes.tolist()]
+    assert layout.codes_to_tokens(codes).tolist() == expected
+    base_user_token = sum(sizes) + 1  # the tokenizer's base_user_token, then n_user_tokens, then eos
+    assert (layout.pad_id, layout.decoder_start_id) == (0, 0)
+    assert layout.user_base == base_user_token
+    assert layout.eos_id == base_user_token + users
+    assert layout.vocab_size == layout.eos_id + 1  # the tokenizer's vocab_size = eos_token + 1
+    assert layout.user_token(users + 1) == base_user_token + 1 % users
+
+
+def test_tiger_xlt_ids_and_inputs():
+    layout = TokenLayout((256, 256, 256, 256), kind="tiger-xlt")
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 256, (30, 4), generator=g)
+    assert layout.codes_to_tokens(codes).tolist() == [xlt_token(row) for row in codes.tolist()]
+    assert (layout.pad_id, layout.eos_id, layout.decoder_start_id, layout.vocab_size) == (0, 0, 0, 1025)
+    assert layout.num_user_tokens == 0 and layout.user_base is None and not layout.input_eos
+    cat = SIDCatalog.from_codes(torch.tensor([1, 2, 3]), codes[:3], [256] * 4)
+    ids, mask = layout.encode_histories([[1, 3], [2]], cat, padding_side="left")
+    # XiaoLongtaoo's collate: the flattened SID tokens, left padded with 0, mask = token != 0; no user, no EOS.
+    rows = [xlt_token(codes[0].tolist()) + xlt_token(codes[2].tolist()), [0] * 4 + xlt_token(codes[1].tolist())]
+    assert ids.tolist() == rows
+    assert mask.tolist() == [[int(t != 0) for t in row] for row in rows]
+    layout.check_inputs(ids, mask)
+    with pytest.raises(ValueError, match="empty history"):
+        layout.check_inputs(ids[:, :3], mask[:, :3])
+    with pytest.raises(ValueError, match="no user tokens"):
+        layout.encode_histories([[1]], cat, users=[0])
+    with pytest.raises(ValueError, match="num_user_tokens"):
+        TokenLayout((256,) * 4, num_user_tokens=1, kind="tiger-xlt")
+    with pytest.raises(ValueError, match="<= 256"):
+        TokenLayout((300, 256), kind="tiger-xlt")
+
+
+def test_custom_layout_code_tokens_use_digit_ranges():
+    # Codes from id 10, users in between the digits, EOS below them: nothing assumes offset_0 = 1.
+    layout = TokenLayout((3, 3), num_user_tokens=2, kind="custom", offsets=(10, 15), pad_id=0, eos_id=5,
+                         user_base=13, decoder_start_id=1)
+    assert layout.vocab_size == 18 and layout.digit_token_range(1) == (15, 18)
+    cat = SIDCatalog.from_codes(torch.tensor([7, 8]), torch.tensor([[0, 2], [1, 0]]), [3, 3])
+    ids, mask = layout.encode_histories([[7, 8], [8]], cat, users=[0, 3])
+    assert ids.tolist() == [[13, 10, 17, 11, 15, 5], [14, 11, 15, 5, 0, 0]]
+    layout.check_inputs(ids, mask)
+    # Ids below eos (the TIGER test "1 <= id < eos") are not codes here: user and specials only.
+    with pytest.raises(ValueError, match="no SID code tokens"):
+        layout.check_inputs(torch.tensor([[13, 1, 2, 5]]), torch.ones(1, 4, dtype=torch.long))
+    assert layout.is_code_token(torch.tensor([9, 10, 12, 13, 15, 17, 18])).tolist() == [
+        False, True, True, False, True, True, False]
+    with pytest.raises(ValueError, match="needs offsets"):
+        TokenLayout((3, 3), kind="custom", pad_id=0, eos_id=5)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(offsets=(1, 3), pad_id=0, eos_id=9), "digit 0's codes .* overlap digit 1's codes"),
+    (dict(offsets=(1, 4), pad_id=0, eos_id=9, user_base=6), "digit 1's codes .* overlap the user tokens"),
+    (dict(offsets=(1, 4), pad_id=2, eos_id=9), "pad_id 2 lies inside digit 0's codes"),
+    (dict(offsets=(1, 4), pad_id=0, eos_id=5), "eos_id 5 lies inside digit 1's codes"),
+    (dict(offsets=(-1, 4), pad_id=0, eos_id=9), ">= 0"),
+])
+def test_overlapping_or_negative_ranges_rejected(kw, match):
+    users = 2 if "user_base" in kw else 0
+    with pytest.raises(ValueError, match=match):
+        TokenLayout((3, 3), num_user_tokens=users, kind="custom", **kw)
+
+
+def test_presets_reject_other_ids():
+    with pytest.raises(ValueError, match="kind='custom'"):
+        TokenLayout((3, 3), eos_id=3)
+    assert TokenLayout((3, 3), eos_id=7) == TokenLayout((3, 3))
+
+
+@pytest.mark.parametrize("layout", [
+    TokenLayout((4, 3), num_user_tokens=3, kind="sidmlp-official"),
+    TokenLayout((256, 256), kind="tiger-xlt"),
+    TokenLayout((3, 3), num_user_tokens=2, kind="custom", offsets=(10, 15), pad_id=0, eos_id=5, user_base=13,
+                decoder_start_id=1, input_eos=False),
+])
+def test_json_roundtrip_other_kinds(layout, tmp_path):
+    layout.save(tmp_path)
+    assert TokenLayout.load(tmp_path) == layout
+    blob = json.loads(layout.to_json())
+    assert blob["decoder_start_id"] == layout.decoder_start_id and blob["input_eos"] == layout.input_eos
+    # A preset derives eos_id (the edit is caught there); a custom layout's vocab_size no longer fits it.
+    with pytest.raises(ValueError, match="JSON says (eos_id|vocab_size)"):
+        TokenLayout.from_json(json.dumps(dict(blob, eos_id=blob["eos_id"] + 100)))
+
+
+def test_tiger_json_keeps_the_version_1_fields():
+    """A TIGER layout writes exactly the fields of the files already on disk (which must keep loading)."""
+    blob = TokenLayout((3, 3), num_user_tokens=2).to_dict()
+    assert sorted(blob) == sorted(["format", "format_version", "kind", "codebook_sizes", "num_user_tokens",
+                                   "pad_id", "offsets", "eos_id", "user_base", "vocab_size"])
+    old = {"format": "sidmlp-token-layout", "format_version": 1, "kind": "tiger", "codebook_sizes": [3, 3],
+           "num_user_tokens": 2}
+    assert TokenLayout.from_json(json.dumps(old)) == TokenLayout((3, 3), num_user_tokens=2)
