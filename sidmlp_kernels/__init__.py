@@ -27,6 +27,7 @@ _PUBLIC = {
     "GenerationOutput": "decode.types",
     "load_teacher": "teacher.models",
     "save_teacher": "teacher.models",
+    "import_teacher": "teacher.importers",
     "build_t5_teacher": "teacher.models",
     "adapter_for": "teacher.adapters",
     "FastT5Encoder": "teacher.fast_encoder",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the explicit imports
     from .metrics import evaluate_ranking, ndcg_at_k, recall_at_k
     from .teacher.adapters import adapter_for
     from .teacher.fast_encoder import FastT5Encoder
+    from .teacher.importers import import_teacher
     from .teacher.models import build_t5_teacher, load_teacher, save_teacher
 
 

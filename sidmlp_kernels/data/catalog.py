@@ -203,8 +203,11 @@ class SIDCatalog:
 
     @classmethod
     def load(cls, directory) -> "SIDCatalog":
-        """Load and validate a catalog written by `save`."""
+        """Load and validate a catalog written by `save` (in `directory`, or in `directory`/catalog as an
+        imported teacher directory holds it)."""
         directory = Path(directory)
+        if not (directory / "catalog.json").is_file() and (directory / "catalog" / "catalog.json").is_file():
+            directory = directory / "catalog"
         meta_path = directory / "catalog.json"
         data_path = directory / "catalog.safetensors"
         if not meta_path.is_file() and not data_path.is_file():

@@ -1,0 +1,40 @@
+"""`sidmlp import`: turn another code base's saved T5 teacher into a teacher directory."""
+
+from __future__ import annotations
+
+import argparse
+
+# The formats, as plain data (teacher/importers.py holds the readers; the parser imports no torch).
+IMPORT_FORMAT_NAMES = ("sidmlp-official", "tiger-xlt")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..teacher.importers import import_teacher
+
+    _, layout, catalog = import_teacher(
+        args.format, args.checkpoint, args.sids, args.out, config=args.config,
+        n_user_tokens=args.n_user_tokens, num_heads=args.num_heads, d_kv=args.d_kv,
+        feed_forward_proj=args.feed_forward_proj,
+    )
+    print(f"[sidmlp import] {args.format} teacher written to {args.out} ({catalog.num_items} items, "
+          f"layout {layout.kind}, vocab {layout.vocab_size}); catalog in {args.out}/catalog")
+    return 0
+
+
+def register(sub) -> None:
+    """Add `sidmlp import` to the subcommands."""
+    p = sub.add_parser("import", help="import a T5 teacher saved by another code base (SID-MLP official, TIGER)")
+    p.add_argument("--format", required=True, choices=IMPORT_FORMAT_NAMES,
+                   help="sidmlp-official: ztguo715/SID-MLP (keys t5.*, JSON .sem_ids); "
+                        "tiger-xlt: XiaoLongtaoo/TIGER (keys model.*, .npy codes)")
+    p.add_argument("--checkpoint", required=True, help="the code base's saved state_dict (.pth)")
+    p.add_argument("--sids", required=True, help="its SID file (.sem_ids JSON, or the .npy of codes)")
+    p.add_argument("--config", default=None, help="its config file (YAML or JSON): sizes the checkpoint does not hold")
+    p.add_argument("--n-user-tokens", type=int, default=None,
+                   help="user tokens of a sidmlp-official teacher (default: implied by the vocabulary)")
+    p.add_argument("--num-heads", type=int, default=None, help="attention heads (checked against the checkpoint)")
+    p.add_argument("--d-kv", type=int, default=None, help="per-head width (checked against the checkpoint)")
+    p.add_argument("--feed-forward-proj", default=None,
+                   help="T5 feed-forward activation (relu, gelu, gated-gelu, ...), when --config lacks it")
+    p.add_argument("--out", required=True, help="teacher directory to write (must not exist or be empty)")
+    p.set_defaults(func=cmd_import)
