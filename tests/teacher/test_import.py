@@ -174,22 +174,6 @@ def assert_same_digit_logprobs(adapter, original, ids, mask, labels, codes, digi
                                    atol=1e-5, rtol=0)
 
 
-def assert_accelerates(model, layout, catalog, ids, mask, seed=0):
-    """accelerate() distils the imported teacher; its generate() names only catalog items."""
-    hist = random_histories(catalog.num_items, 96, seed)
-    hist = [[int(catalog.item_ids[i - 1]) for i in h] for h in hist]
-    users = list(range(len(hist))) if layout.num_user_tokens else None
-    tids, tmask = layout.encode_histories(hist, catalog, users=users)
-    rows = torch.randint(0, catalog.num_items, (len(hist),), generator=torch.Generator().manual_seed(seed))
-    examples = Examples(tids, tmask, catalog.codes[rows], catalog.item_ids[rows])
-    rec = sk.accelerate(model, catalog, examples, layout=layout, epochs=1, **TINY)
-    out = rec.generate(ids, mask, beam_size=8, top_n=5)
-    assert out.items.shape == (ids.shape[0], 5)
-    assert set(out.items.flatten().tolist()) <= set(catalog.item_ids.tolist())
-    for row in out.items.tolist():
-        assert len(set(row)) == len(row)
-
-
 # ---- sidmlp-official --------------------------------------------------------------------------
 
 
@@ -237,26 +221,6 @@ def test_official_logprobs_match_the_original_model(official):
                                ranges)
 
 
-@pytest.mark.parametrize("beam, top_n", [(1, 1), (6, 4)])
-def test_official_unconstrained_decode_agrees_with_hf_on_the_original(official, beam, top_n):
-    original, sem_ids, out = official
-    model, layout = sk.load_teacher(out)
-    catalog = sk.SIDCatalog.load(out)
-    ids, mask, *_ = official_inputs(OFFICIAL_CONFIG, sem_ids, out, n=4, seed=2)
-    ours = attention_beam_search(model, layout, catalog, ids, mask, beam, top_n, constrained=False)
-    theirs = exact_hf(original.t5, layout, catalog, ids, mask, beam, top_n)
-    assert_same_beams(ours, theirs)
-    assert torch.equal(ours.items, theirs.items)
-
-
-def test_official_accelerate_generates_catalog_items(official):
-    _, sem_ids, out = official
-    model, layout = sk.load_teacher(out)
-    catalog = sk.SIDCatalog.load(out)
-    ids, mask, *_ = official_inputs(OFFICIAL_CONFIG, sem_ids, out, n=5, seed=3)
-    assert_accelerates(model, layout, catalog, ids, mask)
-
-
 # ---- tiger-xlt -------------------------------------------------------------------------------
 
 
@@ -293,24 +257,51 @@ def test_xlt_logprobs_match_the_original_model(xlt):
                                target_codes, ranges)
 
 
-@pytest.mark.parametrize("beam, top_n", [(1, 1), (6, 4)])
-def test_xlt_unconstrained_decode_agrees_with_hf_on_the_original(xlt, beam, top_n):
-    original, codes, out = xlt
+# ---- both formats: decoding and acceleration -------------------------------------------------
+
+FORMATS = ["sidmlp-official", "tiger-xlt"]
+
+
+def imported_case(request, fmt, n, seed):
+    """(original T5, imported model, layout, catalog, inputs of n histories built the original code base's way)."""
+    if fmt == "sidmlp-official":
+        original, sem_ids, out = request.getfixturevalue("official")
+        ids, mask, *_ = official_inputs(OFFICIAL_CONFIG, sem_ids, out, n=n, seed=seed)
+        original_t5 = original.t5
+    else:
+        original, codes, out = request.getfixturevalue("xlt")
+        _, _, ids, mask, _ = xlt_inputs(codes, n=n, seed=seed)
+        original_t5 = original.model
     model, layout = sk.load_teacher(out)
-    catalog = sk.SIDCatalog.load(out)
-    _, _, ids, mask, _ = xlt_inputs(codes, n=4, seed=2)
+    return original_t5, model, layout, sk.SIDCatalog.load(out), ids, mask
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("beam, top_n", [(1, 1), (6, 4)])
+def test_unconstrained_decode_agrees_with_hf_on_the_original(request, fmt, beam, top_n):
+    original, model, layout, catalog, ids, mask = imported_case(request, fmt, n=4, seed=2)
     ours = attention_beam_search(model, layout, catalog, ids, mask, beam, top_n, constrained=False)
-    theirs = exact_hf(original.model, layout, catalog, ids, mask, beam, top_n)
+    theirs = exact_hf(original, layout, catalog, ids, mask, beam, top_n)
     assert_same_beams(ours, theirs)
     assert torch.equal(ours.items, theirs.items)
 
 
-def test_xlt_accelerate_generates_catalog_items(xlt):
-    _, codes, out = xlt
-    model, layout = sk.load_teacher(out)
-    catalog = sk.SIDCatalog.load(out)
-    _, _, ids, mask, _ = xlt_inputs(codes, n=5, seed=3)
-    assert_accelerates(model, layout, catalog, ids, mask)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_accelerate_generates_catalog_items(request, fmt):
+    """accelerate() distils the imported teacher; its generate() names only catalog items, distinct per row."""
+    _, model, layout, catalog, ids, mask = imported_case(request, fmt, n=5, seed=3)
+    hist = random_histories(catalog.num_items, 96, seed=0)
+    hist = [[int(catalog.item_ids[i - 1]) for i in h] for h in hist]
+    users = list(range(len(hist))) if layout.num_user_tokens else None
+    tids, tmask = layout.encode_histories(hist, catalog, users=users)
+    rows = torch.randint(0, catalog.num_items, (len(hist),), generator=torch.Generator().manual_seed(0))
+    examples = Examples(tids, tmask, catalog.codes[rows], catalog.item_ids[rows])
+    rec = sk.accelerate(model, catalog, examples, layout=layout, epochs=1, **TINY)
+    out = rec.generate(ids, mask, beam_size=8, top_n=5)
+    assert out.items.shape == (ids.shape[0], 5)
+    assert set(out.items.flatten().tolist()) <= set(catalog.item_ids.tolist())
+    for row in out.items.tolist():
+        assert len(set(row)) == len(row)
 
 
 # ---- errors ----------------------------------------------------------------------------------
