@@ -78,8 +78,8 @@ def _preset_ids(kind: str, sizes: tuple[int, ...], users: int) -> dict:
                 user_base=None, decoder_start_id=0, input_eos=False)
 
 
-_MIN_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
-_DEFAULT_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
+# Each kind's default number of user tokens, which is also its least (tiger-xlt has none at all).
+_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ class TokenLayout:
         sizes = tuple(int(k) for k in sizes)
         if self.kind not in _KINDS:
             raise InvalidInput(f"kind must be one of {_KINDS}, got {self.kind!r}")
-        users = _DEFAULT_USERS[self.kind] if self.num_user_tokens is None else self.num_user_tokens
-        least = _MIN_USERS[self.kind]
+        users = _USERS[self.kind] if self.num_user_tokens is None else self.num_user_tokens
+        least = _USERS[self.kind]
         if not _is_int(users) or users < least or (self.kind == "tiger-xlt" and users != 0):
             need = "0 (it has no user tokens)" if self.kind == "tiger-xlt" else f"an int >= {least}"
             raise InvalidInput(f"num_user_tokens must be {need} for kind {self.kind!r}, got {self.num_user_tokens!r}")
