@@ -25,6 +25,8 @@ _PUBLIC = {
     "prepare": "data.prepare",
     "load_prepared": "data.prepare",
     "GenerationOutput": "decode.types",
+    "GenerateOutput": "decode.types",
+    "constrained_generate": "teacher.exact_generate",
     "load_teacher": "teacher.models",
     "save_teacher": "teacher.models",
     "import_teacher": "teacher.importers",
@@ -45,10 +47,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the explicit imports
     from .data.examples import Examples, build_examples
     from .data.layout import TokenLayout
     from .data.prepare import load_prepared, prepare
-    from .decode.types import GenerationOutput
+    from .decode.types import GenerateOutput, GenerationOutput
     from .distill.student import SIDMLP
     from .metrics import evaluate_ranking, ndcg_at_k, recall_at_k
     from .teacher.adapters import adapter_for
+    from .teacher.exact_generate import constrained_generate
     from .teacher.fast_encoder import FastT5Encoder
     from .teacher.importers import import_teacher
     from .teacher.models import build_t5_teacher, load_teacher, save_teacher

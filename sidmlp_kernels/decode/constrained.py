@@ -25,7 +25,8 @@ import torch
 from ..data.catalog import SIDCatalog
 from .dispatch import has_cuda_extension, has_extension, select_backend
 from .dispatch import require_extension as _require_extension
-from .reference import beam_search_reference
+from .final_token import FinalLogp, FinalTokenSteps
+from .reference import ReferenceSteps, beam_step_reference
 from .search import BeamStep, beam_search, step_logits
 from .types import GenerationOutput, StepFn
 from ..errors import InvalidInput, InvalidInputType
@@ -410,11 +411,17 @@ def index_for(catalog: SIDCatalog, device: Union[str, torch.device, None] = None
 
 
 class IndexSteps:
-    """The index strategy (search.BeamSteps): beams as trie node states, index.beam_step, index.finalize."""
+    """The index strategy (search.BeamSteps): beams as trie node states, index.beam_step, index.finalize.
 
-    def __init__(self, index: ConstrainedIndex, step_fn: StepFn):
+    renormalize=False (the logits are log-probabilities over a whole vocabulary, only masked): the
+    index gives each beam's valid children (valid_mask) and advances the kept beams' states
+    (advance_states); the candidates are pruned as reference.beam_step_reference(renormalize=False) does.
+    """
+
+    def __init__(self, index: ConstrainedIndex, step_fn: StepFn, renormalize: bool = True):
         self.index = index
         self.step_fn = step_fn
+        self.renormalize = bool(renormalize)
         self.device = index.device
         self.num_levels = index.num_levels
         self.state: Optional[PrefixState] = None  # the beams' trie nodes at the current level
@@ -431,6 +438,11 @@ class IndexSteps:
             logits = logits.to(self.device)
         if logits.dtype not in _LOGIT_DTYPES:
             logits = logits.float()
+        if not self.renormalize:
+            valid = self.index.valid_mask(self.state) & torch.isfinite(scores).unsqueeze(-1)
+            scores, parents, tokens = beam_step_reference(logits, scores, valid, beam_size, renormalize=False)
+            self.state = self.index.advance_states(self.state, parents, tokens, scores)
+            return scores, parents, tokens
         scores, parents, tokens, self.state = self.index.beam_step(logits, scores, self.state, beam_size)
         return scores, parents, tokens
 
@@ -447,6 +459,8 @@ def constrained_beam_search(
     top_n: int = 10,
     *,
     device: Union[str, torch.device, None] = None,
+    renormalize: bool = True,
+    final_logp: Optional[FinalLogp] = None,
 ) -> GenerationOutput:
     """Catalog-constrained beam search on the extension ops; same contract as beam_search_reference.
 
@@ -454,14 +468,24 @@ def constrained_beam_search(
     `index` may be a SIDCatalog: its index is built and cached on `device` (default CPU), unless
     SIDMLP_BACKEND=reference or the extension cannot run there (then the PyTorch reference, logged
     once; see dispatch.select_backend). An index runs on its own device.
+    renormalize=False: step_logits_fn returns log-probabilities, only masked (beam_step_reference).
+    final_logp (needs a SIDCatalog): one more token scored after the L digits (final_token.py).
     """
-    if isinstance(index, SIDCatalog):
+    catalog = index if isinstance(index, SIDCatalog) else None
+    if catalog is not None:
         device = torch.device("cpu" if device is None else device)
         if select_backend(device, step_fn=True) == "reference":
-            return beam_search_reference(step_logits_fn, index, batch_size, beam_size, top_n)
-        index = index_for(index, device)
+            steps = ReferenceSteps(step_logits_fn, catalog, renormalize)
+        else:
+            steps = IndexSteps(index_for(catalog, device), step_logits_fn, renormalize)
     elif not isinstance(index, ConstrainedIndex):
         raise InvalidInputType(f"index must be a ConstrainedIndex or SIDCatalog, got {type(index).__name__}")
     elif device is not None:
         raise InvalidInput("device is for a SIDCatalog; an index runs on its own device (use index.to(device))")
-    return beam_search(IndexSteps(index, step_logits_fn), batch_size, beam_size, top_n)
+    else:
+        steps = IndexSteps(index, step_logits_fn, renormalize)
+    if final_logp is not None:
+        if catalog is None:
+            raise InvalidInput("final_logp needs index to be a SIDCatalog (the final ranking looks items up in it)")
+        steps = FinalTokenSteps(steps, final_logp, catalog)
+    return beam_search(steps, batch_size, beam_size, top_n)

@@ -41,6 +41,7 @@ def beam_step_reference(
     beam_scores: torch.Tensor,
     valid: torch.Tensor,
     beam_size: int,
+    renormalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One constrained beam step: returns new scores, parent beams and tokens, each (B, beam).
 
@@ -48,10 +49,17 @@ def beam_step_reference(
     log-softmax of the logits over the valid tokens. The best `beam_size` are
     kept, ties broken by (beam index, token) ascending; missing candidates are
     dead (-inf score).
+
+    renormalize=False: the logits are already log-probabilities (a log-softmax over a whole
+    vocabulary) and are only masked, as HF generate with a `prefix_allowed_tokens_fn` and STATIC
+    score (docs/architecture.md, "Decoding semantics").
     """
     batch, width, k = logits.shape
     check_finite_logits(logits, valid)
-    logp = masked_log_softmax(logits.float(), valid)
+    if renormalize:
+        logp = masked_log_softmax(logits.float(), valid)
+    else:
+        logp = torch.where(valid, logits.float(), torch.tensor(float("-inf"), device=logits.device))
     candidates = (beam_scores.float().unsqueeze(-1) + logp).reshape(batch, width * k)
     # Stable sort keeps flat index order (beam-major, then token) among equal scores.
     order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :beam_size]
@@ -68,10 +76,11 @@ class ReferenceSteps:
 
     device = torch.device("cpu")
 
-    def __init__(self, step_fn: StepFn, catalog: SIDCatalog):
+    def __init__(self, step_fn: StepFn, catalog: SIDCatalog, renormalize: bool = True):
         self.step_fn = step_fn
         self.catalog = catalog
         self.num_levels = catalog.num_levels
+        self.renormalize = bool(renormalize)
 
     def start(self, batch_size: int) -> None:
         """Nothing to reset: the prefixes say everything."""
@@ -87,7 +96,8 @@ class ReferenceSteps:
              beam_size: int) -> BeamStep:
         """Scores, parents and tokens (B, beam_size) of digit `level` (see beam_step_reference)."""
         logits = step_logits(self.step_fn, level, prefixes, parents, self.catalog.codebook_sizes[level])
-        return beam_step_reference(logits.cpu(), scores, self.allowed(level, prefixes, scores), beam_size)
+        return beam_step_reference(logits.cpu(), scores, self.allowed(level, prefixes, scores), beam_size,
+                                   self.renormalize)
 
     def finalize(self, prefixes: torch.Tensor, scores: torch.Tensor, top_n: int) -> GenerationOutput:
         """The top_n catalog items of the final beams."""
@@ -100,9 +110,13 @@ def beam_search_reference(
     batch_size: int,
     beam_size: int = 50,
     top_n: int = 10,
+    renormalize: bool = True,
 ) -> GenerationOutput:
-    """Catalog-constrained beam search over `step_fn`'s logits; every result is a catalog item."""
-    return beam_search(ReferenceSteps(step_fn, catalog), batch_size, beam_size, top_n)
+    """Catalog-constrained beam search over `step_fn`'s logits; every result is a catalog item.
+
+    renormalize=False: step_fn returns log-probabilities, only masked (see beam_step_reference).
+    """
+    return beam_search(ReferenceSteps(step_fn, catalog, renormalize), batch_size, beam_size, top_n)
 
 
 def finalize_beams(

@@ -31,6 +31,7 @@ __all__ = [
     "causal_prompt",
     "check_model_layout",
     "prompt_format",
+    "prompt_ids",
 ]
 
 # How a decoder-only teacher reads a history (model.config.sid_prompt, saved in its config.json):
@@ -192,8 +193,17 @@ def causal_prompt(
     model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder inputs ([user, SIDs..., EOS], any padding) as the decoder-only model's left-padded prompt."""
+    return prompt_ids(prompt_format(model), layout, input_ids, attention_mask)
+
+
+def prompt_ids(
+    fmt: str, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """causal_prompt for a prompt format (PROMPT_FORMATS) instead of a model."""
+    if fmt not in PROMPT_FORMATS:
+        raise InvalidInput(f"prompt format must be one of {PROMPT_FORMATS}, got {fmt!r}")
     ids, mask = to_left_padding(input_ids, attention_mask)
-    if prompt_format(model) == "items":
+    if fmt == "items":
         if ids.shape[0] and not bool((ids[:, -1] == layout.eos_id).all()):
             raise InvalidInput("input_ids rows must end with the layout's EOS token ([user, SIDs..., EOS])")
         ids, mask = ids[:, :-1], mask[:, :-1]

@@ -9,10 +9,15 @@ the encoder and every layer's cross-attention K/V once per user (beams of a
 user share them through a broadcasted batched matmul, never copied), a
 self-attention KV cache reordered by the parent beam of each survivor, and
 logits only over the current digit's K_l code tokens (rows of lm_head, never
-the full vocabulary). With `constrained=True` it is catalog-constrained through
+the full vocabulary; with `renormalize=False` also the log-sum-exp of the whole vocabulary).
+With `constrained=True` it is catalog-constrained through
 `constrained_beam_search` (the C++ index on the model's device when the extension
 runs there, else `beam_search_reference`; SIDMLP_BACKEND chooses), so it follows
 docs/architecture.md, "Decoding semantics" exactly. Both modes run the one driver, decode.search.beam_search.
+
+`renormalize=False` scores as HF generate with a catalog-trie `prefix_allowed_tokens_fn` does
+(log-softmax over the whole vocabulary, then the mask; EOS's log-probability at step L+1 added
+and the final beams re-ranked): what `sk.constrained_generate` runs (teacher/exact_generate.py).
 
 Exact agreement with HF (a tested property): `attention_beam_search(...,
 constrained=False)` returns the same beams, with the same scores up to float
@@ -39,14 +44,16 @@ import torch
 from torch import nn
 
 from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, left_positions,
-                       output_cache, prompt_format)
+                       output_cache)
 from ..data.catalog import SIDCatalog
 from ..decode.constrained import constrained_beam_search
+from ..decode.final_token import FinalLogp
 from ..decode.reference import ReferenceSteps, finalize_beams
 from ..decode.search import beam_search
-from ..decode.types import GenerationOutput, check_beam_args
+from ..decode.types import GenerationOutput, StepFn, check_beam_args
 from ..data.layout import TokenLayout
-from ..errors import InvalidInput
+from ..errors import InvalidInput, InvalidInputType
+from .hf_output import SequenceFormat
 
 __all__ = [
     "DecodeOutput",
@@ -54,6 +61,7 @@ __all__ = [
     "digit_allowed_tokens_fn",
     "hf_generate",
     "rank_beams",
+    "run_hf_generate",
     "T5CachedDecoder",
     "UnconstrainedSteps",
 ]
@@ -149,15 +157,50 @@ def hf_generate(
 ) -> DecodeOutput:
     """HF beam search as TIGER code bases run it (unconstrained, L+1 new tokens); invalid beams dropped and counted."""
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
+    out, start = run_hf_generate(model, layout, input_ids, attention_mask, beam_size, top_n,
+                                 max_new_tokens=max_new_tokens, early_stopping=early_stopping,
+                                 length_penalty=length_penalty, **generate_kwargs)
     num_levels = layout.num_levels
-    max_new = num_levels + 1 if max_new_tokens is None else int(max_new_tokens)
+    new = out.sequences[:, start : start + num_levels]
+    if new.shape[1] < num_levels:  # every beam ended (EOS) before L tokens: all invalid
+        new = torch.cat([new, new.new_full((new.shape[0], num_levels - new.shape[1]), layout.pad_id)], dim=1)
+    batch = input_ids.shape[0]
+    codes = layout.tokens_to_codes(new.cpu()).reshape(batch, top_n, num_levels)
+    if beam_size > 1:
+        scores = out.sequences_scores.reshape(batch, top_n)
+    else:
+        scores = _greedy_scores(out.sequences[:, start:], out.scores, layout, length_penalty).reshape(batch, 1)
+    return rank_beams(catalog, codes, scores, top_n)
+
+
+@torch.no_grad()
+def run_hf_generate(
+    model: nn.Module,
+    layout: TokenLayout,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beam_size: int,
+    top_n: int,
+    *,
+    max_new_tokens: Optional[int] = None,
+    early_stopping: bool | str = True,
+    length_penalty: float = 1.0,
+    **generate_kwargs,
+):
+    """HF's own `model.generate` output (return_dict_in_generate, output_scores) as hf_generate calls it, and
+    the index of the first new token in its sequences (1 for an encoder-decoder, the prompt length else).
+
+    Inputs are in the encoder layout; a decoder-only model gets them as its prompt (adapters.causal_prompt).
+    generate_kwargs override any of hf_generate's settings (e.g. prefix_allowed_tokens_fn).
+    """
+    num_levels = layout.num_levels
+    # L digits + EOS; a full-sequence decoder-only teacher ends no item with EOS: its L digits are the item.
+    max_new = SequenceFormat.of(model).new_tokens(layout) if max_new_tokens is None else int(max_new_tokens)
     if max_new < num_levels:
         raise InvalidInput(f"max_new_tokens must be >= L = {num_levels}, got {max_new}")
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if not encoder_decoder:
         input_ids, attention_mask = causal_prompt(model, layout, input_ids, attention_mask)
-        if max_new_tokens is None and prompt_format(model) == "items":
-            max_new = num_levels  # a full-sequence teacher ends no item with EOS: the L digits are the item
     kwargs = dict(
         num_beams=beam_size,
         num_return_sequences=top_n,
@@ -181,17 +224,7 @@ def hf_generate(
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     finally:
         model.train(was_training)
-    start = 1 if encoder_decoder else input_ids.shape[1]
-    new = out.sequences[:, start : start + num_levels]
-    if new.shape[1] < num_levels:  # every beam ended (EOS) before L tokens: all invalid
-        new = torch.cat([new, new.new_full((new.shape[0], num_levels - new.shape[1]), layout.pad_id)], dim=1)
-    batch = input_ids.shape[0]
-    codes = layout.tokens_to_codes(new.cpu()).reshape(batch, top_n, num_levels)
-    if beam_size > 1:
-        scores = out.sequences_scores.reshape(batch, top_n)
-    else:
-        scores = _greedy_scores(out.sequences[:, start:], out.scores, layout, length_penalty).reshape(batch, 1)
-    return rank_beams(catalog, codes, scores, top_n)
+    return out, 1 if encoder_decoder else input_ids.shape[1]
 
 
 def _greedy_scores(new_tokens: torch.Tensor, step_scores, layout: TokenLayout, length_penalty: float) -> torch.Tensor:
@@ -236,10 +269,8 @@ class T5CachedDecoder:
         self.self_k: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
         self.self_v: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
         self.steps = 0
-        self.heads = [
-            model.lm_head.weight[slice(*layout.digit_token_range(level))] * self.scale
-            for level in range(layout.num_levels)
-        ]
+        self.vocab_head = model.lm_head.weight * self.scale  # (V, D), the whole vocabulary
+        self.heads = [self.vocab_head[slice(*layout.digit_token_range(level))] for level in range(layout.num_levels)]
 
     def _self_bias(self, length: int, device: torch.device) -> torch.Tensor:
         """(H, length) relative-position bias of the newest query over all cached keys."""
@@ -300,6 +331,10 @@ class T5CachedDecoder:
         """(B, W, K_level) logits from decoder outputs, using only digit `level`'s lm_head rows."""
         return hidden @ self.heads[level].T
 
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, W, V) logits over the whole vocabulary (what HF's lm_head computes)."""
+        return hidden @ self.vocab_head.T
+
 
 class _CausalStepper:
     """Step-by-step decoder-only LM over (B, W) beams with the model's own KV cache (reordered per step)."""
@@ -317,22 +352,28 @@ class _CausalStepper:
                         use_cache=True)
         self.cache = output_cache(out)
         self.first = out.last_hidden_state[:, -1:]  # (B, 1, D)
-        head = model.get_output_embeddings()
+        self.head = model.get_output_embeddings()
+        bias = getattr(self.head, "bias", None)
         self.heads = []
         for level in range(layout.num_levels):
             start, stop = layout.digit_token_range(level)
-            bias = getattr(head, "bias", None)
-            self.heads.append((head.weight[start:stop], None if bias is None else bias[start:stop]))
+            self.heads.append((self.head.weight[start:stop], None if bias is None else bias[start:stop]))
         self.width = 1
 
-    def logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, W, K_level) logits of digit `level`'s codes only."""
         weight, bias = self.heads[level]
         out = hidden @ weight.T
         return out if bias is None else out + bias
 
-    def __call__(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
+        return self.head(hidden)
+
+    def hidden(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, W, D) last hidden state after feeding each beam's digit level-1 (level 0: the prompt's)."""
         if level == 0:
-            return self.logits(self.first, 0)
+            return self.first
         # The reference search keeps its beams on the CPU; the cache lives on the model's device.
         parents, prefixes = parents.to(self.mask.device), prefixes.to(self.mask.device)
         b, w = parents.shape
@@ -346,7 +387,7 @@ class _CausalStepper:
         out = self.base(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
                         **{self.cache_kw: self.cache})
         self.cache = output_cache(out)
-        return self.logits(out.last_hidden_state.view(b, w, -1), level)
+        return out.last_hidden_state.view(b, w, -1)
 
 
 class UnconstrainedSteps(ReferenceSteps):
@@ -362,22 +403,49 @@ class UnconstrainedSteps(ReferenceSteps):
         return rank_beams(self.catalog, prefixes, scores, top_n)
 
 
-def _t5_step_fn(model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """A stateful step_fn (decode.types.StepFn) over a T5 teacher."""
-    enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    dec = T5CachedDecoder(model, layout, enc, attention_mask)
-    start = int(model.config.decoder_start_token_id)
-    device = input_ids.device
+class _T5Stepper:
+    """Step-by-step T5 teacher over (B, W) beams: the encoder once, then T5CachedDecoder per digit."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self.dec = T5CachedDecoder(model, layout, enc, attention_mask)
+        self.layout = layout
+        self.start = int(model.config.decoder_start_token_id)
+        self.device = input_ids.device
+        self.digit_logits = self.dec.digit_logits
+        self.vocab_logits = self.dec.vocab_logits
+
+    def hidden(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, W, D) decoder output after feeding each beam's digit level-1 (level 0: the decoder start)."""
+        if level == 0:
+            tokens = torch.full((prefixes.shape[0], 1), self.start, dtype=torch.long, device=self.device)
+        else:
+            self.dec.reorder(parents.to(self.device))
+            tokens = prefixes[:, :, -1].to(self.device) + self.layout.offsets[level - 1]
+        return self.dec.step(tokens)
+
+
+def _step_fn(stepper, over_vocab: bool) -> StepFn:
+    """A stateful StepFn: digit logits, or (over_vocab) their log-probabilities under the whole vocabulary."""
 
     def step_fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
-        if level == 0:
-            tokens = torch.full((prefixes.shape[0], 1), start, dtype=torch.long, device=device)
-        else:
-            dec.reorder(parents.to(device))
-            tokens = prefixes[:, :, -1].to(device) + layout.offsets[level - 1]
-        return dec.digit_logits(dec.step(tokens), level)
+        hidden = stepper.hidden(level, prefixes, parents)
+        logits = stepper.digit_logits(hidden, level)
+        if not over_vocab:
+            return logits
+        return logits.float() - torch.logsumexp(stepper.vocab_logits(hidden).float(), dim=-1, keepdim=True)
 
     return step_fn
+
+
+def _eos_logp(stepper, eos_id: int) -> FinalLogp:
+    """final_token.FinalLogp: each final beam's log-probability of EOS under the whole vocabulary (step L+1)."""
+
+    def final_logp(prefixes: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        full = stepper.vocab_logits(stepper.hidden(prefixes.shape[2], prefixes, parents)).float()
+        return full[..., eos_id] - torch.logsumexp(full, dim=-1)
+
+    return final_logp
 
 
 def _observed(step_fn, observe):
@@ -402,26 +470,39 @@ def attention_beam_search(
     top_n: int,
     constrained: bool = True,
     observe: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    renormalize: bool = True,
 ) -> DecodeOutput:
     """Cached attention-decoder beam search over digit-restricted logits; catalog-constrained by default.
 
     observe(level, prefixes (B, W, level), logits (B, W, K_level)), if given, sees the digit logits of
     every beam at every step (distillation records the teacher's beam tree with it).
+    renormalize=False (constrained only): HF generate's scores under a catalog-trie prefix_allowed_tokens_fn
+    (log-softmax over the whole vocabulary, masked; EOS scored at step L+1 where the teacher ends items
+    with it); observe then sees those log-probabilities.
     """
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
+    if not isinstance(renormalize, bool):
+        raise InvalidInputType(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    if not renormalize and not constrained:
+        raise InvalidInput("renormalize=False needs constrained=True (it reproduces HF generate with a catalog trie)")
     was_training = model.training
     model.eval()
     try:
         if getattr(model.config, "is_encoder_decoder", False):
-            step_fn = _t5_step_fn(model, layout, input_ids, attention_mask)
+            stepper = _T5Stepper(model, layout, input_ids, attention_mask)
         else:
-            step_fn = _CausalStepper(model, layout, input_ids, attention_mask)
+            stepper = _CausalStepper(model, layout, input_ids, attention_mask)
+        step_fn = _step_fn(stepper, over_vocab=not renormalize)
         if observe is not None:
             step_fn = _observed(step_fn, observe)
         batch = input_ids.shape[0]
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
-        out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device)
+        final = None
+        if not renormalize and SequenceFormat.of(model).ends_with_eos:
+            final = _eos_logp(stepper, layout.eos_id)
+        out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
+                                      renormalize=renormalize, final_logp=final)
     finally:
         model.train(was_training)
     # Results on the CPU whichever path ran, like hf_generate's (one copy, after the search).
