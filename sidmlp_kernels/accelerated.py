@@ -16,7 +16,7 @@ import contextlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -26,13 +26,14 @@ from .data.catalog import SIDCatalog
 from .data.layout import TokenLayout, layout_from_dict
 from .decode.backends import decode_folded
 from .decode.folded import FoldedHeads, project_context
-from .decode.types import Encoded, GenerationOutput, check_beam_args
+from .decode.types import Encoded, GenerateOutput, GenerationOutput, check_beam_args, check_generate_args
 from .distill.distill import ValidSet, distill
 from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
 from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
 from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
 from .teacher.adapters import as_adapter
+from .teacher.hf_output import SequenceFormat, hf_output
 from .training import TrainResult, barrier, dist_info, forked_rng
 from .errors import InvalidInput, InvalidInputType
 
@@ -97,6 +98,14 @@ class AcceleratedRecommender(nn.Module):
         # no extension -> PyTorch reference; SIDMLP_BACKEND overrides), or 'reference'|'cpu'|'triton'.
         self.backend: Optional[str] = None
         self.info = dict(info or {})
+        # How the teacher's HF generate lays out sequences (generate()'s HF convention): from the teacher's
+        # model, else as recorded by accelerate() (SID-MLP++ keeps no teacher), else an encoder-decoder.
+        model = getattr(adapter, "model", None)
+        if isinstance(model, nn.Module) and hasattr(model, "config"):
+            self.sequence_format = SequenceFormat.of(model)
+        else:
+            self.sequence_format = SequenceFormat.from_dict(self.info.get("sequence_format"))
+        self.info["sequence_format"] = self.sequence_format.to_dict()
         self.eval()
 
     # ---------------------------------------------------------------- nn.Module plumbing
@@ -175,14 +184,59 @@ class AcceleratedRecommender(nn.Module):
             return decode_folded(self.folded, ctx_proj, self.catalog, beam_size, top_n, backend=self.backend)
 
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int = 50, top_n: int = 10
-    ) -> GenerationOutput:
-        """Top-n catalog items per user (ranked, distinct, all valid) for inputs in the teacher's layout.
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        beam_size: Optional[int] = None,
+        top_n: Optional[int] = None,
+        *,
+        num_beams: Optional[int] = None,
+        num_return_sequences: Optional[int] = None,
+        return_dict_in_generate: bool = False,
+        output_scores: bool = False,
+        length_penalty: float = 1.0,
+    ) -> Union[GenerationOutput, GenerateOutput, torch.Tensor]:
+        """Top catalog items per user (ranked, distinct, all valid) for inputs in the teacher's layout.
+
+        Two calling conventions:
+        - HF generate's (keywords): `generate(input_ids, attention_mask=None, num_beams=50,
+          num_return_sequences=10, return_dict_in_generate=False, output_scores=False)` returns
+          `sequences` (B * num_return_sequences, S) in the teacher's own token ids, laid out as HF
+          generate returns them for that teacher (teacher/hf_output.py), or with
+          return_dict_in_generate a GenerateOutput (sequences, sequences_scores with output_scores,
+          items, codes, scores). attention_mask=None means all ones.
+        - this package's: `generate(input_ids, attention_mask, beam_size, top_n)` (beam_size or
+          top_n given, by position or name) returns GenerationOutput(items, codes, scores).
+        Mixing the two is a TypeError.
 
         Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
         mode the caller left the teacher or this model in (their modes are restored afterwards).
         """
-        check_beam_args(beam_size, top_n)
+        if isinstance(input_ids, torch.Tensor) and attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if beam_size is not None or top_n is not None:
+            hf_args = [name for name, value, default in (
+                ("num_beams", num_beams, None), ("num_return_sequences", num_return_sequences, None),
+                ("return_dict_in_generate", return_dict_in_generate, False), ("output_scores", output_scores, False),
+                ("length_penalty", length_penalty, 1.0)) if value != default]
+            if hf_args:
+                raise InvalidInputType(
+                    f"generate() got beam_size/top_n (returns GenerationOutput) and HF's {', '.join(hf_args)} "
+                    "(returns sequences): use one convention")
+            beam_size, top_n = 50 if beam_size is None else beam_size, 10 if top_n is None else top_n
+            check_beam_args(beam_size, top_n)
+            return self._ranked(input_ids, attention_mask, beam_size, top_n)
+        num_beams = 50 if num_beams is None else num_beams
+        num_return_sequences = 10 if num_return_sequences is None else num_return_sequences
+        check_generate_args(num_beams, num_return_sequences, length_penalty)
+        out = self._ranked(input_ids, attention_mask, num_beams, num_return_sequences)
+        return hf_output(out, self.layout, self.sequence_format, input_ids, attention_mask,
+                         length_penalty=length_penalty, return_dict_in_generate=return_dict_in_generate,
+                         output_scores=output_scores)
+
+    def _ranked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int,
+                top_n: int) -> GenerationOutput:
+        """encode -> context projection -> constrained decode of the folded heads."""
         with self._inference(with_teacher=True):
             encoded = self.encode(input_ids, attention_mask)
             return self.decode(self.context_projection(encoded), beam_size, top_n)
@@ -197,7 +251,7 @@ class AcceleratedRecommender(nn.Module):
         check_beam_args(beam_size, top_n)
         self.check_inputs(input_ids, attention_mask)  # also refuses an empty batch, before any work
         outs = [
-            self.generate(input_ids[s : s + batch_size], attention_mask[s : s + batch_size], beam_size, top_n)
+            self._ranked(input_ids[s : s + batch_size], attention_mask[s : s + batch_size], beam_size, top_n)
             for s in range(0, input_ids.shape[0], batch_size)
         ]
         return GenerationOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("items", "codes", "scores")))
@@ -422,6 +476,9 @@ def accelerate(
     info: dict[str, Any] = {"teacher_fingerprint": fingerprint, "num_train_examples": len(feats),
                             "provenance": provenance({"teacher": fingerprint, "catalog": catalog.fingerprint(),
                                                       "train_examples": len(feats)})}
+    teacher_model = getattr(adapter, "model", None)
+    if isinstance(teacher_model, nn.Module) and hasattr(teacher_model, "config"):
+        info["sequence_format"] = SequenceFormat.of(teacher_model).to_dict()  # SID-MLP++ keeps no teacher
     if cfg.replace_encoder:
         encoder = new_mlp_encoder(adapter, cfg, max_input_len=feats.states.shape[1])
         ecfg = cfg.encoder_training if cfg.encoder_training.seed == dcfg.seed else \
