@@ -129,3 +129,21 @@ def test_bench_stands_alone():
     users = [str(p.relative_to(ROOT)) for p in (ROOT / "sidmlp_kernels").rglob("*.py")
              if any(line.strip().startswith(imports) for line in p.read_text().splitlines())]
     assert not users, f"the package must not import bench/: {users}"
+
+
+def test_drop_in_generate_quick_run(tmp_path):
+    """bench/drop_in_generate.py --quick: the three providers timed, one well-formed JSON written."""
+    proc = subprocess.run([sys.executable, str(BENCH / "drop_in_generate.py"), "--quick", "--out", str(tmp_path),
+                           "--name", "smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    rep = _strict_json((tmp_path / "smoke.json").read_text())
+    assert rep["format_version"] == 1 and "loadavg" in rep["machine"]
+    prov = rep["providers"]
+    assert set(prov) == {"hf_generate", "constrained_generate", "accelerated_generate"}
+    for name, p in prov.items():
+        assert math.isfinite(p["median_ms"]) and p["median_ms"] > 0, name
+        assert p["sequences_shape"] == prov["hf_generate"]["sequences_shape"], name  # HF's layout, every provider
+    # The constrained providers return catalog items only.
+    assert prov["constrained_generate"]["valid_returned_share"] == 1.0
+    assert prov["accelerated_generate"]["valid_returned_share"] == 1.0
+    assert "speedup_vs_hf_generate" in prov["accelerated_generate"]
