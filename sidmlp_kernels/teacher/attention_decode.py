@@ -181,18 +181,19 @@ def run_hf_generate(
     attention_mask: torch.Tensor,
     beam_size: int,
     top_n: int,
-    *,
-    max_new_tokens: Optional[int] = None,
-    early_stopping: bool | str = True,
-    length_penalty: float = 1.0,
     **generate_kwargs,
 ):
     """HF's own `model.generate` output (return_dict_in_generate, output_scores) as hf_generate calls it, and
     the index of the first new token in its sequences (1 for an encoder-decoder, the prompt length else).
 
     Inputs are in the encoder layout; a decoder-only model gets them as its prompt (adapters.causal_prompt).
-    generate_kwargs override any of hf_generate's settings (e.g. prefix_allowed_tokens_fn).
+    generate_kwargs: hf_generate's max_new_tokens (None: L digits + EOS where the teacher ends items
+    with it), early_stopping (True), length_penalty (1.0), and any HF generate setting to override
+    (e.g. prefix_allowed_tokens_fn).
     """
+    max_new_tokens = generate_kwargs.pop("max_new_tokens", None)
+    early_stopping = generate_kwargs.pop("early_stopping", True)
+    length_penalty = generate_kwargs.pop("length_penalty", 1.0)
     num_levels = layout.num_levels
     # L digits + EOS; a full-sequence decoder-only teacher ends no item with EOS: its L digits are the item.
     max_new = SequenceFormat.of(model).new_tokens(layout) if max_new_tokens is None else int(max_new_tokens)
