@@ -234,3 +234,17 @@ def test_digit_head_teacher_directory_corruption(tmp_path, monkeypatch):
     (out / "digit_heads.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="digit_heads.json"):
         sk.load_teacher(out)
+
+
+def test_cli_imports_a_grid_run(tmp_path, capsys):
+    from sidmlp_kernels.cli import main
+
+    _, ckpt, sids, cfg = grid_case(tmp_path)
+    out = tmp_path / "out"
+    assert main(["import", "--format", "grid", "--checkpoint", str(ckpt), "--sids", str(sids), "--config", str(cfg),
+                 "--out", str(out)]) == 0
+    model, layout = sk.load_teacher(out)
+    assert sk.SIDCatalog.load(out).num_items == 30 and layout.num_levels == 4
+    assert main(["import", "--format", "grid", "--checkpoint", str(ckpt), "--sids", str(sids), "--num-heads", "2",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "do not apply" in capsys.readouterr().err
