@@ -53,6 +53,25 @@ def inject_sep_token_between_sids(id_embeddings, attention_mask, sep_token, num_
     return emb.reshape(batch_size, -1, emb_dim), mask.reshape(batch_size, -1)
 
 
+def encoder_decoder_forward(m, table, encoder, decoder, bos, heads, input_ids, attention_mask, user_id, future_ids):
+    """encoder_forward_pass + decoder_forward_pass (no cache) + heads, as GRID and RQ-VAE-Recommender both write
+    them (the same code, under their own attribute names)."""
+    shifted = add_repeating_offset_to_rows(input_ids, m.k, m.num_hierarchies, attention_mask)
+    emb = table(shifted)
+    if m.sep_token is not None:
+        emb, attention_mask = inject_sep_token_between_sids(emb, attention_mask, m.sep_token, m.num_hierarchies)
+    if user_id is not None and m.user_embedding is not None:
+        user = m.user_embedding(torch.remainder(user_id[:, 0], m.user_embedding.num_embeddings))
+        emb = torch.cat([user.unsqueeze(1), emb], dim=1)
+        attention_mask = torch.cat([torch.ones(attention_mask.size(0), 1), attention_mask], dim=1)
+    enc = encoder(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
+    fut = add_repeating_offset_to_rows(future_ids, m.k, m.num_hierarchies, torch.ones_like(future_ids))
+    dec_in = torch.cat([bos.unsqueeze(0).expand(future_ids.size(0), 1, -1), table(fut)], dim=1)
+    out = decoder(inputs_embeds=dec_in, encoder_hidden_states=enc, encoder_attention_mask=attention_mask,
+                  use_cache=False).last_hidden_state[:, :-1]
+    return [heads[h](out[:, h]) for h in range(m.num_hierarchies)]
+
+
 # ---- GRID ------------------------------------------------------------------------------------
 
 
@@ -138,22 +157,9 @@ class GridModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, user_id, future_ids):
         """Per-hierarchy logits, teacher-forced on future_ids (B, H)."""
-        shifted = add_repeating_offset_to_rows(input_ids, self.k, self.num_hierarchies, attention_mask)
-        emb = self.item_sid_embedding_table_encoder(shifted)
-        if self.sep_token is not None:
-            emb, attention_mask = inject_sep_token_between_sids(emb, attention_mask, self.sep_token,
-                                                                self.num_hierarchies)
-        if user_id is not None and self.user_embedding is not None:
-            user = self.user_embedding(torch.remainder(user_id[:, 0], self.user_embedding.num_embeddings))
-            emb = torch.cat([user.unsqueeze(1), emb], dim=1)
-            attention_mask = torch.cat([torch.ones(attention_mask.size(0), 1), attention_mask], dim=1)
-        enc = self.encoder.encoder(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
-        fut = add_repeating_offset_to_rows(future_ids, self.k, self.num_hierarchies, torch.ones_like(future_ids))
-        dec_in = torch.cat([self.decoder.bos_token.unsqueeze(0).expand(future_ids.size(0), 1, -1),
-                            self.item_sid_embedding_table_encoder(fut)], dim=1)
-        out = self.decoder.decoder(inputs_embeds=dec_in, encoder_hidden_states=enc,
-                                   encoder_attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
-        return [self.decoder.decoder_mlp[h](out[:, h]) for h in range(self.num_hierarchies)]
+        return encoder_decoder_forward(self, self.item_sid_embedding_table_encoder, self.encoder.encoder,
+                                       self.decoder.decoder, self.decoder.bos_token, self.decoder.decoder_mlp,
+                                       input_ids, attention_mask, user_id, future_ids)
 
 
 def grid_batch(catalog_codes, histories, users):
@@ -202,22 +208,9 @@ class RqvaeModel(nn.Module):
         self.sep_token = nn.Parameter(torch.randn(1, d)) if should_add_sep_token else None
 
     def forward(self, input_ids, attention_mask, user_id, future_ids):
-        shifted = add_repeating_offset_to_rows(input_ids, self.k, self.num_hierarchies, attention_mask)
-        emb = self.item_sid_embedding_table(shifted)
-        if self.sep_token is not None:
-            emb, attention_mask = inject_sep_token_between_sids(emb, attention_mask, self.sep_token,
-                                                                self.num_hierarchies)
-        if user_id is not None and self.user_embedding is not None:
-            user = self.user_embedding(torch.remainder(user_id[:, 0], self.user_embedding.num_embeddings))
-            emb = torch.cat([user.unsqueeze(1), emb], dim=1)
-            attention_mask = torch.cat([torch.ones(attention_mask.size(0), 1), attention_mask], dim=1)
-        enc = self.encoder(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
-        fut = add_repeating_offset_to_rows(future_ids, self.k, self.num_hierarchies, torch.ones_like(future_ids))
-        dec_in = torch.cat([self.bos_token.unsqueeze(0).expand(future_ids.size(0), 1, -1),
-                            self.item_sid_embedding_table(fut)], dim=1)
-        out = self.t5_decoder(inputs_embeds=dec_in, encoder_hidden_states=enc,
-                              encoder_attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
-        return [self.decoder_mlp[h](out[:, h]) for h in range(self.num_hierarchies)]
+        return encoder_decoder_forward(self, self.item_sid_embedding_table, self.encoder, self.t5_decoder,
+                                       self.bos_token, self.decoder_mlp, input_ids, attention_mask, user_id,
+                                       future_ids)
 
 
 def write_rqvae(tmp_path, model, iteration=999):
