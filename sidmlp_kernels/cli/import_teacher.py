@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 # The formats, as plain data (teacher/importers.py holds the readers; the parser imports no torch).
-IMPORT_FORMAT_NAMES = ("sidmlp-official", "tiger-xlt")
+IMPORT_FORMAT_NAMES = ("sidmlp-official", "tiger-xlt", "grid", "rqvae", "cornac")
+# Per-digit-head formats: sizes come from the checkpoint, the SIDs from --sids (grid) or the checkpoint itself.
+DIGIT_HEAD_FORMAT_NAMES = ("grid", "rqvae", "cornac")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..teacher.importers import import_teacher
 
-    _, layout, catalog = import_teacher(
-        args.format, args.checkpoint, args.sids, args.out, config=args.config,
-        n_user_tokens=args.n_user_tokens, num_heads=args.num_heads, d_kv=args.d_kv,
-        feed_forward_proj=args.feed_forward_proj,
-    )
+    options = dict(n_user_tokens=args.n_user_tokens, num_heads=args.num_heads, d_kv=args.d_kv,
+                   feed_forward_proj=args.feed_forward_proj)
+    if args.format not in DIGIT_HEAD_FORMAT_NAMES and args.sids is None:
+        print(f"sidmlp import: --sids is required for --format {args.format}", file=sys.stderr)
+        return 2
+    _, layout, catalog = import_teacher(args.format, args.checkpoint, args.sids, args.out, config=args.config,
+                                        **options)
     print(f"[sidmlp import] {args.format} teacher written to {args.out} ({catalog.num_items} items, "
           f"layout {layout.kind}, vocab {layout.vocab_size}); catalog in {args.out}/catalog")
     return 0
@@ -26,9 +31,13 @@ def register(sub) -> None:
     p = sub.add_parser("import", help="import a T5 teacher saved by another code base (SID-MLP official, TIGER)")
     p.add_argument("--format", required=True, choices=IMPORT_FORMAT_NAMES,
                    help="sidmlp-official: ztguo715/SID-MLP (keys t5.*, JSON .sem_ids); "
-                        "tiger-xlt: XiaoLongtaoo/TIGER (keys model.*, .npy codes)")
+                        "tiger-xlt: XiaoLongtaoo/TIGER (keys model.*, .npy codes); "
+                        "grid: snap-research/GRID (Lightning .ckpt, --sids merged_predictions_tensor.pt, "
+                        "--config its .hydra/config.yaml); rqvae: RQ-VAE-Recommender checkpoint_{iter}.pt "
+                        "(SIDs inside); cornac: cornac TIGER's saved .pkl (SIDs inside)")
     p.add_argument("--checkpoint", required=True, help="the code base's saved state_dict (.pth)")
-    p.add_argument("--sids", required=True, help="its SID file (.sem_ids JSON, or the .npy of codes)")
+    p.add_argument("--sids", default=None, help="its SID file (.sem_ids JSON, the .npy of codes, GRID's "
+                                               "merged_predictions_tensor.pt); rqvae / cornac hold theirs")
     p.add_argument("--config", default=None, help="its config file (YAML or JSON): sizes the checkpoint does not hold")
     p.add_argument("--n-user-tokens", type=int, default=None,
                    help="user tokens of a sidmlp-official teacher (default: implied by the vocabulary)")

@@ -62,7 +62,12 @@ class TeacherAdapter(Protocol):
 
 
 def check_model_layout(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> None:
-    """ValueError if the model's vocabulary or special tokens disagree with the layout (or it with the catalog)."""
+    """ValueError if the model's vocabulary or special tokens disagree with the layout (or it with the catalog).
+
+    A model with its own `check_layout(layout, catalog)` (teacher/digit_heads.py) checks itself."""
+    if hasattr(model, "check_layout"):
+        model.check_layout(layout, catalog)
+        return
     if catalog is not None:
         layout.validate_against(catalog)
     cfg = model.config
@@ -285,7 +290,10 @@ class CausalLMTeacherAdapter:
 
 
 def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> TeacherAdapter:
-    """The adapter matching a HF model: T5-style encoder-decoder or decoder-only causal LM."""
+    """The adapter matching a HF model: T5-style encoder-decoder or decoder-only causal LM; a model with its
+    own `teacher_adapter(layout, catalog)` (teacher/digit_heads.py) gives that."""
+    if hasattr(model, "teacher_adapter"):
+        return model.teacher_adapter(layout, catalog)
     if getattr(model.config, "is_encoder_decoder", False):
         if not hasattr(model, "encoder") or not hasattr(model, "lm_head"):
             raise InvalidInput(f"unsupported encoder-decoder model {type(model).__name__}: expected a T5-style model")
@@ -301,7 +309,8 @@ def as_adapter(teacher: Any, catalog: Optional[SIDCatalog] = None, layout: Optio
         adapter = teacher
         if layout is not None and adapter.layout != layout:
             raise InvalidInput(f"teacher adapter has layout {adapter.layout}, but layout={layout} was given")
-    elif isinstance(teacher, torch.nn.Module) and hasattr(teacher, "config"):
+    elif isinstance(teacher, torch.nn.Module) and (hasattr(teacher, "config") or hasattr(teacher, "teacher_adapter")):
+        layout = getattr(teacher, "layout", None) if layout is None else layout  # a per-digit-head teacher's own
         if layout is None:
             if catalog is None:
                 raise InvalidInput("a HF teacher needs a layout or a catalog to derive one from")

@@ -122,7 +122,9 @@ def _check_decode_args(
 ) -> None:
     check_beam_args(beam_size, top_n)
     check_model_layout(model, layout, catalog)
-    layout.check_inputs(input_ids, attention_mask, vocab_size=model.get_input_embeddings().weight.shape[0])
+    own = hasattr(model, "beam_step_fn")  # a per-digit-head teacher (teacher/digit_heads.py) reads its layout's ids
+    vocab = layout.vocab_size if own else model.get_input_embeddings().weight.shape[0]
+    layout.check_inputs(input_ids, attention_mask, vocab_size=vocab)
     device = next(model.parameters()).device
     if input_ids.device != device:
         raise InvalidInput(f"input_ids are on {input_ids.device} but the model is on {device}")
@@ -156,6 +158,9 @@ def hf_generate(
     **generate_kwargs,
 ) -> DecodeOutput:
     """HF beam search as TIGER code bases run it (unconstrained, L+1 new tokens); invalid beams dropped and counted."""
+    if not hasattr(model, "generate"):
+        raise InvalidInput(f"hf_generate needs a HF model with generate(), got {type(model).__name__}; "
+                           "use attention_beam_search")
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
     out, start = run_hf_generate(model, layout, input_ids, attention_mask, beam_size, top_n,
                                  max_new_tokens=max_new_tokens, early_stopping=early_stopping,
@@ -489,11 +494,17 @@ def attention_beam_search(
     was_training = model.training
     model.eval()
     try:
-        if getattr(model.config, "is_encoder_decoder", False):
-            stepper = _T5Stepper(model, layout, input_ids, attention_mask)
+        if hasattr(model, "beam_step_fn"):  # the model's own step function (teacher/digit_heads.py)
+            if not renormalize:
+                raise InvalidInput("renormalize=False scores under the whole vocabulary: this teacher has "
+                                   "per-digit heads and no vocabulary head")
+            step_fn = model.beam_step_fn(layout, input_ids, attention_mask)
         else:
-            stepper = _CausalStepper(model, layout, input_ids, attention_mask)
-        step_fn = _step_fn(stepper, over_vocab=not renormalize)
+            if getattr(model.config, "is_encoder_decoder", False):
+                stepper = _T5Stepper(model, layout, input_ids, attention_mask)
+            else:
+                stepper = _CausalStepper(model, layout, input_ids, attention_mask)
+            step_fn = _step_fn(stepper, over_vocab=not renormalize)
         if observe is not None:
             step_fn = _observed(step_fn, observe)
         batch = input_ids.shape[0]

@@ -33,6 +33,7 @@ from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
 from ..errors import InvalidInput, MissingDependency
 from ..io import ArtifactError, atomic_directory, write_json
+from .digit_head_formats import DIGIT_HEAD_FORMATS, read_digit_heads
 from .models import save_teacher
 
 __all__ = ["IMPORT_FORMATS", "import_teacher", "read_code_base_config"]
@@ -207,8 +208,8 @@ def _layout(fmt: str, spec: _Format, codes: np.ndarray, vocab: int, options: dic
     return TokenLayout(tuple(sizes), num_user_tokens=int(users), kind=spec.kind)
 
 
-def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str) -> SIDCatalog:
-    """Items 1..N with the file's codes; ArtifactError for codes outside the layout's codebooks."""
+def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str, item_ids=None) -> SIDCatalog:
+    """Items (1..N unless given) with the file's codes; ArtifactError for codes outside the layout's codebooks."""
     for level, k in enumerate(layout.codebook_sizes):
         col = codes[:, level]
         if col.min() < 0 or col.max() >= k:
@@ -217,7 +218,8 @@ def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str) -> SI
                      "lets dedup reach the codebook size)") if fmt == "sidmlp-official" and bad == k else ""
             raise ArtifactError(sids, f"digit {level} holds code {bad}, outside its codebook [0, {k}){extra}")
     try:
-        return SIDCatalog(torch.arange(1, codes.shape[0] + 1), torch.from_numpy(codes), layout.codebook_sizes)
+        ids = torch.arange(1, codes.shape[0] + 1) if item_ids is None else torch.as_tensor(item_ids)
+        return SIDCatalog(ids, torch.from_numpy(codes), layout.codebook_sizes)
     except ValueError as err:
         raise ArtifactError(sids, f"does not describe a valid catalog ({err})") from err
 
@@ -225,7 +227,7 @@ def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str) -> SI
 def import_teacher(
     format: str,
     checkpoint: str | Path,
-    sids: str | Path,
+    sids: str | Path | None,
     out: str | Path,
     config: str | Path | dict | None = None,
     **options: Any,
@@ -240,8 +242,11 @@ def import_teacher(
     """
     from transformers import T5Config, T5ForConditionalGeneration
 
+    if format in DIGIT_HEAD_FORMATS:
+        return _import_digit_heads(format, checkpoint, sids, out, config, options)
     if format not in IMPORT_FORMATS:
-        raise InvalidInput(f"format must be one of {sorted(IMPORT_FORMATS)}, got {format!r}")
+        raise InvalidInput(f"format must be one of {sorted(IMPORT_FORMATS) + sorted(DIGIT_HEAD_FORMATS)}, "
+                           f"got {format!r}")
     known = {"n_user_tokens", "num_heads", "d_kv", "d_model", "d_ff", "num_layers", "num_decoder_layers",
              "feed_forward_proj", "codebook_sizes"}
     unknown = sorted(set(options) - known)
@@ -251,8 +256,7 @@ def import_teacher(
     options = {k: v for k, v in options.items() if v is not None}
     settings = config if isinstance(config, dict) else (read_code_base_config(config) if config else {})
     checkpoint, sids = Path(checkpoint), Path(sids)
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise InvalidInput(f"out {out} exists and is not an empty directory; choose a new one")
+    _check_out(out)
     if not sids.is_file():
         raise FileNotFoundError(f"no SID file at {sids}")
     state = _load_state_dict(checkpoint, spec.prefix, format)
@@ -273,6 +277,37 @@ def import_teacher(
     with atomic_directory(out) as tmp:
         _write(tmp, model, layout, catalog, keys, {"format": format, "code_base": spec.source,
                                                    "checkpoint": str(checkpoint), "sids": str(sids)})
+    return model, layout, catalog
+
+
+def _check_out(out: str | Path) -> None:
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise InvalidInput(f"out {out} exists and is not an empty directory; choose a new one")
+
+
+def _import_digit_heads(format: str, checkpoint, sids, out, config, options: dict):
+    """A per-digit-head teacher (digit_head_formats.py) into the teacher directory `out` (+ `out/catalog`)."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise InvalidInput(f"format {format!r} takes its sizes from the checkpoint: options {given} do not apply")
+    settings = config if isinstance(config, dict) else (read_code_base_config(config) if config else {})
+    checkpoint = Path(checkpoint)
+    sids = Path(sids) if sids is not None else None
+    _check_out(out)
+    if sids is not None and not sids.is_file():
+        raise FileNotFoundError(f"no SID file at {sids}")
+    model, codes, items = read_digit_heads(format, checkpoint, sids, settings)
+    layout = model.layout
+    where = sids if sids is not None else checkpoint
+    if codes.ndim != 2 or codes.shape[1] != layout.num_levels:
+        raise ArtifactError(where, f"holds SIDs of shape {codes.shape}, but the model has {layout.num_levels} "
+                                   f"digit heads")
+    catalog = _catalog(codes, layout, where, format, item_ids=items)
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        _write(tmp, model, layout, catalog, items, {"format": format, "code_base": DIGIT_HEAD_FORMATS[format][1],
+                                                    "checkpoint": str(checkpoint),
+                                                    "sids": None if sids is None else str(sids)})
     return model, layout, catalog
 
 

@@ -21,6 +21,7 @@ from ..data.layout import TokenLayout
 from ..training import forked_rng
 from ..io import ArtifactError, load_tensors, read_json, read_meta, write_meta
 from .adapters import PROMPT_FORMATS, causal_prompt, check_model_layout, left_positions, prompt_format
+from .digit_heads import CONFIG_FILE as DIGIT_HEADS_FILE, DigitHeadsT5, load_digit_heads
 from .presets import ARCHS, GPT2_PRESETS, T5_PRESETS
 from ..errors import InvalidInput
 
@@ -103,6 +104,8 @@ def build_gpt2_teacher(
 
 
 def _arch(model: nn.Module) -> str:
+    if isinstance(model, DigitHeadsT5):
+        return "digit-heads"
     return "t5" if getattr(model.config, "is_encoder_decoder", False) else "gpt2"
 
 
@@ -158,8 +161,12 @@ def save_teacher(model: nn.Module, layout: TokenLayout, directory: str | Path, i
     """Write model (safetensors + config), layout.json and teacher.json into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with _without_hf_progress_bars():
-        model.save_pretrained(str(directory))
+    if isinstance(model, DigitHeadsT5):
+        model.check_layout(layout)
+        model.save(directory)
+    else:
+        with _without_hf_progress_bars():
+            model.save_pretrained(str(directory))
     layout.save(directory / "layout.json")
     write_meta(directory / "teacher.json", _FORMAT, FORMAT_VERSION, {"arch": _arch(model), **(info or {})})
 
@@ -186,6 +193,14 @@ def load_teacher(
         raise InvalidInput(f"the teacher in {directory} was trained on catalog {recorded}, but this data's catalog is "
                          f"{catalog.fingerprint()} ({catalog}); use the teacher trained on this --prepared directory")
     arch = meta["arch"]
+    hint = "re-create it with `sidmlp train-teacher` (or save_teacher)"
+    if arch == "digit-heads":
+        model = load_digit_heads(directory, hint)
+        try:
+            model.check_layout(layout)
+        except ValueError as err:
+            raise ArtifactError(directory / "layout.json", f"does not fit {DIGIT_HEADS_FILE} ({err})", hint) from err
+        return model.to(device).eval(), layout
     if arch == "t5":
         from transformers import T5ForConditionalGeneration as cls
     elif arch == "gpt2":
@@ -193,7 +208,6 @@ def load_teacher(
     else:
         raise InvalidInput(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
     # HF's own errors name neither the file nor the fix: check the two files it reads first.
-    hint = "re-create it with `sidmlp train-teacher` (or save_teacher)"
     read_json(directory / "config.json", hint)
     load_tensors(directory / "model.safetensors", hint)
     with _without_hf_progress_bars():
