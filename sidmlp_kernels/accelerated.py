@@ -28,7 +28,8 @@ from .decode.backends import decode_folded
 from .decode.folded import FoldedHeads, project_context
 from .decode.types import Encoded, GenerateOutput, GenerationOutput, check_beam_args, check_generate_args
 from .distill.distill import ValidSet, distill
-from .distill.features import FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint
+from .distill.features import (FeatureStore, encode_in_batches, extract_features, load_features, teacher_fingerprint,
+                               teacher_top_items)
 from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
 from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
@@ -469,7 +470,9 @@ def accelerate(
         if valid_data is not None and rank == 0:
             states, mask, _ = encode_in_batches(adapter.encode, valid_data, desc="encode valid",
                                                 show_progress=show_progress)
-            valid = ValidSet(states, mask, valid_data.target_items)
+            top = None if dcfg.select_by != "teacher" else teacher_top_items(
+                adapter, catalog, valid_data, dcfg.eval_beam, show_progress=show_progress)
+            valid = ValidSet(states, mask, valid_data.target_items, teacher_items=top)
         fingerprint = teacher_fingerprint(adapter)
         student = new_student(adapter, cfg)
     encoder = None
@@ -491,7 +494,7 @@ def accelerate(
         if valid is not None:
             states, mask, ids = encode_in_batches(encoder, valid_data, desc="encode valid (mlp)",
                                                   show_progress=show_progress)
-            valid = ValidSet(states, mask, valid_data.target_items, input_ids=ids)
+            valid = ValidSet(states, mask, valid_data.target_items, input_ids=ids, teacher_items=valid.teacher_items)
     scfg = student.config
     if init_student is not None:
         if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
@@ -505,6 +508,7 @@ def accelerate(
                                   show_progress=show_progress,
                                   encoder=encoder if cfg.replace_encoder and cfg.joint_encoder else None)
     info.update({"config": asdict(cfg), "distill": asdict(dcfg), "history": result.history,
-                 "best_valid_ndcg@10": result.best_metric, "best_epoch": result.best_epoch})
+                 f"best_valid_{'teacher_overlap' if dcfg.select_by == 'teacher' else 'ndcg'}@10": result.best_metric,
+                 "best_epoch": result.best_epoch})
     return AcceleratedRecommender(layout, catalog, student, teacher=None if cfg.replace_encoder else adapter,
                                   encoder=encoder, info=info)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 from .errors import InvalidInput, InvalidInputType
 
+SELECT_BY = ("ndcg", "teacher")
+
+
 @dataclass
 class DistillConfig:
     """Distillation hyper-parameters (defaults tuned for small CPU runs; paper: lr 5e-5, 300 epochs on GPU)."""
@@ -27,8 +30,12 @@ class DistillConfig:
     eval_beam: int = 50
     eval_batch_size: int = 128
     seed: int = 0
+    # What early stopping keeps: "ndcg" (valid NDCG@10 against the held-out items) or "teacher" (mean top-10
+    # overlap with the teacher's own valid top-10, decoded once at eval_beam: fidelity, not accuracy).
+    select_by: str = "ndcg"
 
     def __post_init__(self) -> None:
+        _check(self.select_by in SELECT_BY, "select_by", f"one of {SELECT_BY}", self.select_by)
         if not 0.0 <= self.alpha <= 1.0:
             raise InvalidInput(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:

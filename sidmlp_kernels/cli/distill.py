@@ -38,6 +38,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--eval-beam", type=int, default=d.eval_beam,
                    help="beam of the validation generate")
     p.add_argument("--eval-users", type=int, default=None, help="validate on the first N users only")
+    p.add_argument("--select-by", choices=("ndcg", "teacher"), default=d.select_by,
+                   help="what early stopping keeps: valid NDCG@10, or the top-10 overlap with the teacher's own "
+                        "valid top-10 (fidelity; one teacher decode of the valid users first)")
     p.add_argument("--dropout", type=float, default=sizes.dropout)
     p.add_argument("--head-hidden", type=int, default=sizes.head_hidden)
     p.add_argument("--num-heads", type=int, default=sizes.num_heads)
@@ -66,7 +69,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         eval_beam=args.eval_beam, seed=args.seed, dropout=args.dropout, head_hidden=args.head_hidden,
         num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
-        teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder,
+        teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder, select_by=args.select_by,
     )
     import torch
     import torch.distributed as dist

@@ -14,6 +14,7 @@ is the only writer.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +28,7 @@ from ..decode.types import GenerationOutput
 from .features import FeatureStore
 from ..decode.backends import decode_folded
 from ..decode.folded import project_context
-from ..metrics import ndcg_at_k, recall_at_k
+from ..metrics import ndcg_at_k, recall_at_k, top_overlap
 from ..configs import DistillConfig
 from ..training import TrainResult, broadcast_object, run_training, split_config, steps_per_epoch
 from .student import SIDMLP
@@ -90,12 +91,14 @@ def _kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
 @dataclass
 class ValidSet:
     """Evaluation users as encoder states: states (N, T, D), mask (N, T), target_items (N,); and the
-    inputs (N, T) the states came from, which a distillation that trains the encoder too re-encodes."""
+    inputs (N, T) the states came from, which a distillation that trains the encoder too re-encodes;
+    and the teacher's own top-10 (N, 10) for these users, which selection by fidelity compares with."""
 
     states: torch.Tensor
     mask: torch.Tensor
     target_items: torch.Tensor
     input_ids: Optional[torch.Tensor] = None
+    teacher_items: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
@@ -123,7 +126,7 @@ def _reencoded(encoder: torch.nn.Module, valid: ValidSet, batch_size: int = 512)
     states = torch.cat([encoder.states(valid.input_ids[s:s + batch_size], valid.mask[s:s + batch_size])
                         for s in range(0, len(valid), batch_size)])
     encoder.train(was_training)
-    return ValidSet(states, valid.mask, valid.target_items, valid.input_ids)
+    return dataclasses.replace(valid, states=states)
 
 
 @torch.no_grad()
@@ -142,7 +145,8 @@ def evaluate_student(
     student: SIDMLP, catalog: SIDCatalog, valid: ValidSet, beam_size: int = 50, batch_size: int = 128,
     top_n: int = 10, show_progress: bool = False,
 ) -> dict[str, float]:
-    """Recall@10 and NDCG@10 of the constrained generate over a ValidSet."""
+    """Recall@10 and NDCG@10 of the constrained generate over a ValidSet; with valid.teacher_items also
+    teacher_overlap@10, the mean share of the teacher's top-10 that the student's top-10 holds."""
     was_training = student.training
     student.eval()
     folded = student.fold()
@@ -155,7 +159,10 @@ def evaluate_student(
     items = torch.cat(ranked)
     student.train(was_training)
     # Lists shorter than 10 (beam < 10) simply cannot hit ranks past their length.
-    return {"recall@10": recall_at_k(items, valid.target_items, 10), "ndcg@10": ndcg_at_k(items, valid.target_items, 10)}
+    out = {"recall@10": recall_at_k(items, valid.target_items, 10), "ndcg@10": ndcg_at_k(items, valid.target_items, 10)}
+    if valid.teacher_items is not None:
+        out["teacher_overlap@10"] = top_overlap(items, valid.teacher_items, 10)
+    return out
 
 
 def distill(
@@ -168,7 +175,8 @@ def distill(
     show_progress: bool = False,
     encoder: Optional[torch.nn.Module] = None,
 ) -> TrainResult:
-    """Distil `student` in place from stored teacher features; keeps the best valid NDCG@10 weights.
+    """Distil `student` in place from stored teacher features; keeps the best-validated weights (valid
+    NDCG@10, or with config.select_by="teacher" the top-10 overlap with the teacher's valid top-10).
 
     With `encoder` (an MLPEncoder), it is trained together with the heads, end to end from the stored
     input_ids, against the same targets (SID-MLP++); `valid` must then carry its input_ids.
@@ -177,6 +185,9 @@ def distill(
     cfg = config or DistillConfig()
     if encoder is not None and valid is not None and valid.input_ids is None:
         raise InvalidInput("valid must carry input_ids when the encoder is trained too (ValidSet(input_ids=))")
+    if cfg.select_by == "teacher" and valid is not None and valid.teacher_items is None:
+        raise InvalidInput("select_by='teacher' needs the teacher's valid top-10 (ValidSet(teacher_items=))")
+    metric = "teacher_overlap@10" if cfg.select_by == "teacher" else "ndcg@10"
     if train.num_levels != student.num_levels or train.hidden_size != student.config.encoder_dim:
         raise InvalidInput(
             f"features have L={train.num_levels}, D={train.hidden_size}; the student expects "
@@ -215,6 +226,6 @@ def distill(
     if encoder is not None:
         run_config["encoder"] = encoder.config.to_dict()
     return run_training(
-        module, batch_loss, len(train), trainer_config, evaluate=evaluate, metric="ndcg@10", checkpoint=checkpoint,
+        module, batch_loss, len(train), trainer_config, evaluate=evaluate, metric=metric, checkpoint=checkpoint,
         run_config=run_config, desc="distill", show_progress=show_progress,
     )

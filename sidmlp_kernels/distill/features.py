@@ -28,7 +28,7 @@ from ..io import ArtifactError, load_tensors, read_meta, save_tensors, write_met
 from ..errors import InvalidInput
 
 __all__ = ["FeatureStore", "extract_features", "load_features", "encode_in_batches", "teacher_beam_tree",
-           "teacher_fingerprint"]
+           "teacher_fingerprint", "teacher_top_items"]
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-features"
@@ -176,6 +176,30 @@ def encode_in_batches(
     return torch.cat(states), torch.cat(masks), torch.cat(ids_out)
 
 
+def _teacher_model(adapter):
+    model = getattr(adapter, "model", None)
+    if model is None:
+        raise InvalidInput("this needs a teacher adapter with a .model (an HF T5, a causal LM or a per-digit-head "
+                           "teacher) to decode with")
+    return model
+
+
+def teacher_top_items(adapter, catalog, examples, beam_size: int, top_n: int = 10, batch_size: int = 128,
+                      show_progress: bool = False) -> torch.Tensor:
+    """The teacher's own constrained top-n items (N, top_n) for every example (its attention decode, batched)."""
+    from ..teacher.attention_decode import attention_beam_search
+
+    model = _teacher_model(adapter)
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(examples), batch_size), desc="teacher top-10", disable=not show_progress,
+                          leave=False):
+            ids, am, _, _ = examples.batch(torch.arange(start, min(start + batch_size, len(examples))))
+            out.append(attention_beam_search(model, adapter.layout, catalog, ids, am, beam_size,
+                                             min(top_n, beam_size)).items)
+    return torch.cat(out)
+
+
 def teacher_beam_tree(
     adapter, catalog, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -183,9 +207,7 @@ def teacher_beam_tree(
     scored (B, W, l) and its logits there (B, W, K_l), W = beam_size (CPU, float32)."""
     from ..teacher.attention_decode import attention_beam_search
 
-    model = getattr(adapter, "model", None)
-    if model is None:
-        raise InvalidInput("teacher_beam needs a teacher adapter with a .model (an HF T5 or causal LM)")
+    model = _teacher_model(adapter)
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def observe(level: int, prefixes: torch.Tensor, logits: torch.Tensor) -> None:

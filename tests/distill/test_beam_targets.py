@@ -1,4 +1,5 @@
-"""Distillation at the teacher's own beam prefixes (features.teacher_beam_tree, extract_features(teacher_beam=))."""
+"""Distillation for fidelity: targets at the teacher's own beam prefixes (features.teacher_beam_tree,
+extract_features(teacher_beam=)) and early stopping on agreement with the teacher (select_by="teacher")."""
 
 import pytest
 import torch
@@ -143,3 +144,38 @@ def test_student_fits_the_teachers_beam_tree(data):
         _, beam = student(b["states"], b["mask"], b["target_codes"], b["beam_prefixes"])
         ctx = student.context(b["states"], b["mask"])
         torch.testing.assert_close(beam[1], student.head_logits(2, ctx, b["beam_prefixes"][1]))
+
+
+def test_select_by_teacher_keeps_the_weights_that_agree_most_with_the_teacher(data):
+    from sidmlp_kernels.accelerated import accelerate
+    from sidmlp_kernels.distill.features import teacher_top_items
+    from sidmlp_kernels.metrics import top_overlap
+    from sidmlp_kernels.teacher.attention_decode import attention_beam_search
+
+    catalog, split, layout = data
+    model = make_model("gpt2-items", layout)
+    adapter = adapter_for(model, layout)
+    train = build_examples(split, catalog, layout, "train", max_prefixes_per_user=3, seed=0, padding_side="left")
+    valid = build_examples(split, catalog, layout, "valid", padding_side="left")
+    top = teacher_top_items(adapter, catalog, valid, beam_size=20, batch_size=7)
+    ids, mask, _, _ = valid.batch(torch.arange(len(valid)))
+    assert torch.equal(top, attention_beam_search(model, layout, catalog, ids, mask, 20, 10).items)  # batching-free
+    rec = accelerate(model, catalog, train, valid, layout=layout, epochs=4, patience=4, eval_beam=20, alpha=1.0,
+                     select_by="teacher", head_hidden=32, ffn_dim=32, num_heads=2, batch_size=32)
+    history = [h["valid_teacher_overlap@10"] for h in rec.info["history"]]
+    assert len(history) == 4 and rec.info["best_valid_teacher_overlap@10"] == max(history)
+    out = rec.generate(ids, mask, beam_size=20, top_n=10)
+    assert top_overlap(out.items, top, 10) == pytest.approx(max(history))
+
+
+def test_select_by_is_checked(data):
+    from sidmlp_kernels.accelerated import accelerate
+    from tests.helpers import FakeAdapter
+
+    catalog, split, layout = data
+    with pytest.raises(ValueError, match=r"select_by must be one of \('ndcg', 'teacher'\) \(--select-by\)"):
+        DistillConfig(select_by="recall")
+    fake = FakeAdapter(catalog.codebook_sizes)
+    ex = build_examples(split, catalog, fake.layout, "train", max_prefixes_per_user=1)
+    with pytest.raises(ValueError, match="needs a teacher adapter with a .model"):
+        accelerate(fake, catalog, ex, ex, select_by="teacher", epochs=1)
