@@ -1,7 +1,8 @@
 """Decoding backends (sidmlp_kernels.decode.backends) against the PyTorch reference and the exhaustive oracle.
 
-Every backend available here runs: 'reference', 'cpu' (C++ ops, dense and sparse head paths)
-and 'triton' (fused step in Triton's CPU interpreter; the interpreted part is kept small).
+Every backend runs on every device it supports (tests/devices.py): 'reference', 'cpu' (C++ ops,
+dense and sparse head paths; on CUDA tensors the CUDA ops, marker `cuda`) and 'triton' (the fused
+step: in Triton's CPU interpreter here, the interpreted part kept small; compiled on CUDA).
 """
 
 import logging
@@ -18,6 +19,7 @@ from sidmlp_kernels.decode import backends, constrained, dispatch
 from sidmlp_kernels.decode.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend
 from sidmlp_kernels.decode.reference import exhaustive_search
 from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits
+from tests.devices import BACKEND_DEVICES, OP_DEVICES, TRITON_DEVICES, interpreting
 
 # The suite runs where the package was installed by scripts/install.sh: the C++ extension and
 # triton must be there, and a missing one is a failure, not a skip.
@@ -81,13 +83,19 @@ def make_ctx(seed, folded, batch):
     return [torch.randn(batch, int(w.shape[1]), generator=g) for w in folded.out_weight]
 
 
-def available_backends():
+def available_backends(device="cpu"):
+    """The backends that can run on `device` in this process (triton on CPU only when interpreting)."""
     names = ["reference"]
     if HAS_EXT:
         names.append("cpu")
-    if HAS_EXT and HAS_TRITON:
+    if HAS_EXT and HAS_TRITON and (torch.device(device).type == "cuda" or interpreting()):
         names.append("triton")
     return names
+
+
+def decode_on(device, folded, ctx, catalog, beam, top_n, backend):
+    """decode_folded with the heads and contexts on `device` (the reference always runs on CPU)."""
+    return decode_folded(folded.to(device), [c.to(device) for c in ctx], catalog, beam, top_n, backend=backend)
 
 
 # ---- comparison -------------------------------------------------------------------
@@ -154,34 +162,33 @@ def head_path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_cpu_matches_reference_cases(case, head_path):
+def check_case(case, backend, device):
     name, make, hidden, batch, beam, top_n, constant = case
     cat = make()
     folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
     ctx = make_ctx(len(name), folded, batch)
     ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+    out = decode_on(device, folded, ctx, cat, beam, top_n, backend)
+    assert out.items.device.type == torch.device(device).type
     assert_same_ranking(out, ref)
     assert_valid_items(out, cat)
     if constant:  # exact ties resolve by (beam, token) in every backend
-        assert torch.equal(out.items, ref.items)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_triton_matches_reference_cases(case):
-    name, make, hidden, batch, beam, top_n, constant = case
-    cat = make()
-    folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
-    ctx = make_ctx(len(name), folded, batch)
-    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    out = decode_folded(folded, ctx, cat, beam, top_n, backend="triton")
-    assert_same_ranking(out, ref)
-    assert_valid_items(out, cat)
-    if constant:
         assert torch.equal(out.items.cpu(), ref.items)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cpu_matches_reference_cases(case, head_path, device):
+    check_case(case, "cpu", device)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_triton_matches_reference_cases(case, device):
+    check_case(case, "triton", device)
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5),
@@ -192,7 +199,7 @@ def test_triton_matches_reference_cases(case):
     hidden=st.sampled_from([4, 8, 24]),
     sparse=st.booleans(),
 )
-def test_cpu_matches_reference_sweep(sizes, n, seed, batch, beam, hidden, sparse):
+def test_cpu_matches_reference_sweep(device, sizes, n, seed, batch, beam, hidden, sparse):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, hidden)
     ctx = make_ctx(seed, folded, batch)
@@ -201,7 +208,7 @@ def test_cpu_matches_reference_sweep(sizes, n, seed, batch, beam, hidden, sparse
     old = backends.SPARSE_FANOUT_DIVISOR
     backends.SPARSE_FANOUT_DIVISOR = 0 if sparse else 10**9
     try:
-        out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+        out = decode_on(device, folded, ctx, cat, beam, top_n, "cpu")
     finally:
         backends.SPARSE_FANOUT_DIVISOR = old
     assert_same_ranking(out, ref)
@@ -218,28 +225,29 @@ TRITON_SWEEP = [
 ]
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("seed, sizes, n, batch, beam, hidden", TRITON_SWEEP)
-def test_triton_matches_reference_sweep(seed, sizes, n, batch, beam, hidden):
+def test_triton_matches_reference_sweep(seed, sizes, n, batch, beam, hidden, device):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, hidden)
     ctx = make_ctx(seed, folded, batch)
     top_n = max(1, beam - 2)
     ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    assert_same_ranking(decode_folded(folded, ctx, cat, beam, top_n, backend="triton"), ref)
+    assert_same_ranking(decode_on(device, folded, ctx, cat, beam, top_n, "triton"), ref)
 
 
 # ---- exhaustive oracle ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 @pytest.mark.parametrize("seed, sizes, n", [(0, [4, 5, 3], 25), (1, [3, 2, 3, 2], 20), (2, [6, 4], 1)])
-def test_full_beam_equals_exhaustive(backend, seed, sizes, n):
+def test_full_beam_equals_exhaustive(backend, device, seed, sizes, n):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, 8)
     ctx = make_ctx(seed, folded, 2)
     beam = cat.num_items
     oracle = exhaustive_search(lambda level, p: folded_logits(folded, level, ctx[level], p), cat, 2, top_n=beam)
-    out = decode_folded(folded, ctx, cat, beam_size=beam, top_n=beam, backend=backend)
+    out = decode_on(device, folded, ctx, cat, beam, beam, backend)
     assert_same_ranking(out, oracle)
 
 
@@ -256,6 +264,14 @@ def clean_env(monkeypatch):
 def test_default_backend_per_device(clean_env):
     assert set(BACKENDS) == {"reference", "cpu", "triton"}
     assert select_backend(torch.device("cpu")) == ("cpu" if HAS_EXT else "reference")
+
+
+@pytest.mark.cuda
+def test_default_backend_on_cuda_is_triton_on_the_cuda_ops(clean_env):
+    assert dispatch.has_cuda_extension(), "sidmlp_kernels._C was built without its CUDA ops"
+    assert select_backend(torch.device("cuda")) == "triton"
+    cat = random_catalog(7, 30, [4, 3])
+    assert constrained.index_for(cat, "cuda").device.type == "cuda"
 
 
 @pytest.mark.parametrize("name", ["reference", "cpu", "triton", " CPU "])
@@ -365,14 +381,14 @@ def test_index_cached_per_catalog_and_device():
     assert constrained.index_for(cat, torch.device("cpu")) is index
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 @pytest.mark.parametrize("level", [0, 1, 2])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, level, bad):
+def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, device, level, bad):
     sizes = (5, 4, 3)
     catalog = random_catalog(11, 40, sizes)
     folded = make_heads(11, sizes, hidden=16)
     folded.out_bias[level] = folded.out_bias[level].clone()
     folded.out_bias[level][:] = bad  # every child of every beam at this digit
     with pytest.raises(ValueError, match="non-finite logit"):
-        decode_folded(folded, make_ctx(11, folded, 3), catalog, beam_size=6, top_n=4, backend=backend)
+        decode_on(device, folded, make_ctx(11, folded, 3), catalog, 6, 4, backend)
