@@ -10,7 +10,8 @@
 # parity tests, and a short benchmark (the fused step per digit, and bench/e2e.py: HF generate,
 # our attention decode, SID-MLP on every backend, SID-MLP++; batch 32 and 1024; beam 50; fp32).
 # The dry run replaces the GPU steps by what this machine can check: syntax, the imports without
-# faiss, the interpreter parity tests (marker `interpreter`) and the benchmarks in a tiny mode.
+# faiss, the interpreter parity tests (marker `interpreter`), the benchmarks in a tiny mode and
+# one ahead-of-time sm_90a compile of the fused step (bench/aot_compile.py --quick).
 #
 # Writes under $OUT (default: a new temporary directory), few files so that all come back:
 #   gpu_check.json   per step: command, exit status, seconds, result line; env; fused-step records
@@ -125,6 +126,7 @@ else
   step interpreter_parity_tests 120 "${PYTEST[@]}" -m interpreter tests/decode
   step bench_fused_step_quick 60 "$PY" bench/bench_fused_step.py --batch 2 --beam 4 --k 16 --levels 2 \
     --hidden 32 --reps 2 --warmup 1 --out "$WORK/fused_fp32_2.json"
+  step aot_compile_quick 60 "$PY" bench/aot_compile.py --quick --label dry-run --out "$WORK/compile.json"
   step bench_e2e_quick 120 "$PY" bench/e2e.py --device cpu --catalogs syn-200 --syn-k 16 --syn-levels 3 \
     --preset tiny --batches 2 --beams 4 --headline syn-200:2:4 --catalog-cell 2:4 --top-n 3 --repeats 1 \
     --warmup 0 --head-hidden 32 --student-ffn 64 --threads 1 --no-plots --no-memory-check --no-progress \
