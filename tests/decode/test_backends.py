@@ -374,6 +374,19 @@ def test_bad_inputs_raise_value_errors():
         decode_folded(bad, ctx, cat, 4, 2)
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_beam_cap_names_the_argument_and_cpu_has_none(device):
+    from sidmlp_kernels.decode.kernels.fused_step import MAX_BEAM
+
+    cat = random_catalog(8, 400, [16, 17])
+    folded = make_heads(8, [16, 17], 8)
+    ctx = make_ctx(8, folded, 1)
+    with pytest.raises(ValueError, match=rf"beam_size must be <= {MAX_BEAM}"):
+        decode_on(device, folded, ctx, cat, MAX_BEAM + 1, 5, "triton")
+    ref = decode_folded(folded, ctx, cat, MAX_BEAM + 1, 5, backend="reference")
+    assert_same_ranking(decode_on("cpu", folded, ctx, cat, MAX_BEAM + 1, 5, "cpu"), ref)
+
+
 def test_index_cached_per_catalog_and_device():
     cat = random_catalog(6, 20, [4, 3])
     index = constrained.index_for(cat)

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 from sidmlp_kernels import SIDCatalog  # noqa: E402
 from sidmlp_kernels.decode.reference import exhaustive_search, finalize_beams, masked_log_softmax  # noqa: E402
 from sidmlp_kernels.decode.kernels.fused_step import (  # noqa: E402
+    MAX_BEAM,
     _launch,
     folded_logits_reference,
     fused_step,
@@ -328,3 +329,13 @@ def _set(i, value):
 def test_bad_input_names_argument(mutate, exc, text, device):
     with pytest.raises(exc, match=text.replace("[", r"\[").replace("]", r"\]")):
         fused_step(*mutate(_base_args(device)))
+
+
+def test_beam_cap_is_a_clear_error_and_the_cap_itself_runs(device):
+    """beam_size > MAX_BEAM names the argument (with or without input checks); MAX_BEAM matches the reference."""
+    args = make_problem(5, 2, 16, [16, 17], 1, 64, MAX_BEAM, "dense")
+    assert_step_matches(fused_step(*to_device(args, device)), args)
+    args[10] = MAX_BEAM + 1
+    for check in (True, False):
+        with pytest.raises(ValueError, match=rf"beam_size must be <= {MAX_BEAM}.*backend='cpu'"):
+            fused_step(*to_device(args, device), check_inputs=check)

@@ -62,6 +62,7 @@ __all__ = [
     "HAS_TRITON",
     "MAX_PREFIX",
     "MAX_HIDDEN",
+    "MAX_BEAM",
     "folded_logits_reference",
     "fused_step_reference",
     "fused_step",
@@ -71,6 +72,10 @@ __all__ = [
 MAX_PREFIX = 8
 # Phase A keeps whole hidden rows in registers; beyond this they would spill badly.
 MAX_HIDDEN = 16384
+# One program keeps a user's best beam_size keys in registers and ranks them pairwise
+# (BEAM_PAD^2 compares): beyond 256 the kernel spills and compiles for minutes (beam 1024:
+# ~400 s for sm_90a), and past 1024 it does not compile at all.
+MAX_BEAM = 256
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -304,6 +309,14 @@ def _check_shape(value: torch.Tensor, name: str, expected: tuple) -> None:
         raise InvalidInput(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
+def _check_beam_cap(beam_size: int) -> None:
+    if beam_size > MAX_BEAM:
+        raise InvalidInput(
+            f"beam_size must be <= {MAX_BEAM} for the fused Triton step (backend 'triton'), got {beam_size}; "
+            "decode wider beams with backend='cpu' (the extension's beam step has no cap)"
+        )
+
+
 def _validate(
     ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size, check_codes
 ):
@@ -311,6 +324,7 @@ def _validate(
         raise InvalidInputType(f"beam_size must be an int, got {type(beam_size).__name__}")
     if beam_size < 1:
         raise InvalidInput(f"beam_size must be >= 1, got {beam_size}")
+    _check_beam_cap(beam_size)
     if isinstance(ln_eps, bool) or not isinstance(ln_eps, (int, float)):
         raise InvalidInputType(f"ln_eps must be a float, got {type(ln_eps).__name__}")
     if not (math.isfinite(ln_eps) and ln_eps >= 0):
@@ -434,6 +448,7 @@ def _launch(
             ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size,
             check_codes=True,
         )
+    _check_beam_cap(beam_size)  # also without check_inputs: never compile a kernel that cannot fit
     batch, width, level = prefixes.shape
     k, h = out_w.shape
     device = out_w.device
