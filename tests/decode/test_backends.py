@@ -387,6 +387,49 @@ def test_triton_beam_cap_names_the_argument_and_cpu_has_none(device):
     assert_same_ranking(decode_on("cpu", folded, ctx, cat, MAX_BEAM + 1, 5, "cpu"), ref)
 
 
+def head_logits_problem(device):
+    """Folded heads, contexts, prefixes and trie states (some beams dead) of a 3-digit catalog on `device`."""
+    sizes = [6, 5, 4]
+    cat = random_catalog(9, 200, sizes)
+    folded = make_heads(9, sizes, 16)
+    ctx = make_ctx(9, folded, 3)
+    index = constrained.index_for(cat, device)
+    g = torch.Generator().manual_seed(9)
+    level = 2
+    prefixes = cat.codes[torch.randint(0, cat.num_items, (3 * 4,), generator=g), :level].reshape(3, 4, level)
+    nodes = index.prefix_state(prefixes.to(device)).nodes.clone()
+    nodes[0, 1] = nodes[2, 3] = -1  # dead beams
+    return folded, ctx, prefixes, nodes, index, level
+
+
+@pytest.mark.parametrize("all_rows", [False, True])
+def test_head_logits_on_all_rows_equal_the_reference_at_live_beams(monkeypatch, all_rows):
+    """The CUDA branch (every beam a row, no live count) and the CPU one (live beams only) both
+    give the reference's logits at every live beam; here on CPU tensors."""
+    folded, ctx, prefixes, nodes, index, level = head_logits_problem("cpu")
+    monkeypatch.setattr(backends, "_all_rows", lambda device: all_rows)
+    monkeypatch.setattr(backends, "SPARSE_FANOUT_DIVISOR", 10**9)  # the dense GEMM, as on CUDA
+    got = backends._head_logits_cpu(folded, level, ctx[level], prefixes, nodes, index)
+    want = folded_logits(folded, level, ctx[level], prefixes)
+    live = nodes >= 0
+    torch.testing.assert_close(got[live], want[live], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_head_logits_make_no_host_sync():
+    folded, ctx, prefixes, nodes, index, level = head_logits_problem("cuda")
+    dev_folded, dev_ctx, dev_prefixes = folded.to("cuda"), ctx[level].cuda(), prefixes.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = backends._head_logits_cpu(dev_folded, level, dev_ctx, dev_prefixes, nodes, index)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    want = folded_logits(folded, level, ctx[level], prefixes)
+    live = nodes.cpu() >= 0
+    torch.testing.assert_close(got.cpu()[live], want[live], atol=1e-4, rtol=1e-4)
+
+
 def test_index_cached_per_catalog_and_device():
     cat = random_catalog(6, 20, [4, 3])
     index = constrained.index_for(cat)
