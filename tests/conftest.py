@@ -12,6 +12,28 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect (never pass or skip) the tests this machine cannot run: see tests/devices.py."""
+    from tests.devices import deselected_reason
+
+    keep, dropped = [], {}
+    for item in items:
+        why = deselected_reason(item)
+        if why is None:
+            keep.append(item)
+        else:
+            dropped.setdefault(why, []).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=[i for group in dropped.values() for i in group])
+        items[:] = keep
+        config._sidmlp_deselected = {why: len(group) for why, group in dropped.items()}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for why, n in getattr(config, "_sidmlp_deselected", {}).items():
+        terminalreporter.write_line(f"deselected {n} tests ({why})")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on a shared 2-core box: extra threads only add contention."""

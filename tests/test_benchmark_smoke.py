@@ -147,3 +147,18 @@ def test_drop_in_generate_quick_run(tmp_path):
     assert prov["constrained_generate"]["valid_returned_share"] == 1.0
     assert prov["accelerated_generate"]["valid_returned_share"] == 1.0
     assert "speedup_vs_hf_generate" in prov["accelerated_generate"]
+
+
+def test_aot_compile_quick_run(tmp_path):
+    """bench/aot_compile.py --quick: the fused step compiled for sm_90a without a GPU, ptxas resources
+    recorded under the run's label, other labels in the file kept."""
+    out = tmp_path / "compile.json"
+    out.write_text(json.dumps({"format_version": 1, "runs": {"before": {"records": []}}}))
+    proc = subprocess.run([sys.executable, str(BENCH / "aot_compile.py"), "--quick", "--label", "smoke",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    rep = _strict_json(out.read_text())
+    assert set(rep["runs"]) == {"before", "smoke"} and rep["arch"] == "sm_90a"
+    (rec,) = rep["runs"]["smoke"]["records"]
+    assert rec["ptx_target"] == "sm_90a" and 0 < rec["n_regs"] <= 255 and rec["shared_bytes"] > 0
+    assert rec["spill_stores_bytes"] >= 0 and rec["ptx_ops"]["fma.rn.f32"] > 0  # fp32 heads: plain FMA

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
-from ..errors import InvalidInput
+from ..errors import InvalidInput, MissingDependency
 
 __all__ = ["SemanticIDResult", "build_semantic_ids"]
 
@@ -30,10 +29,22 @@ def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return d.argmin(axis=1)
 
 
+def _faiss():
+    """faiss, imported only to build Semantic IDs: decoding (e.g. on a GPU machine without faiss) never needs it."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise MissingDependency(
+            "building Semantic IDs needs faiss (k-means): pip install faiss-cpu"
+        ) from err
+    return faiss
+
+
 def _kmeans(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
     """faiss k-means with a fixed seed; single-threaded so the float sums never reorder."""
     if k == 1:
         return x.mean(axis=0, keepdims=True)
+    faiss = _faiss()
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=1 << 30)
     threads = faiss.omp_get_max_threads()

@@ -110,7 +110,7 @@ def _live_hidden(folded, level, ctx_l, prefixes, rows, batch, width) -> torch.Te
         if users is not None:
             hidden = ctx_l.index_select(0, users)
         else:
-            hidden = ctx_l.repeat_interleave(width, dim=0) if width > 1 else ctx_l
+            hidden = ctx_l.unsqueeze(1).expand(-1, width, -1).reshape(batch * width, -1)
     else:
         digits = prefixes.reshape(batch * width, level)
         if rows is not None:
@@ -134,16 +134,27 @@ def _use_sparse(index, level: int, k: int) -> bool:
     return fanout * SPARSE_FANOUT_DIVISOR < k
 
 
+def _all_rows(device: torch.device) -> bool:
+    """Whether the head runs on every beam (no live-beam count, so no host sync): off the CPU."""
+    return device.type != "cpu"
+
+
 def _head_logits_cpu(folded, level, ctx_l, prefixes, states, index) -> torch.Tensor:
     """(B, W, K) logits of head `level`, exact at every live beam's valid children.
 
-    Only live beams get a hidden row. Dense levels: one addmm over them. Sparse levels
-    (CPU float32): one dot product per valid child. Entries the constrained beam step
-    never reads (dead beams, and invalid children on sparse levels) are 0.
+    CPU: only live beams get a hidden row. Dense levels: one addmm over them. Sparse levels
+    (float32): one dot product per valid child. Entries the constrained beam step never reads
+    (dead beams, and invalid children on sparse levels) are 0. CUDA: one addmm over every beam,
+    with no host sync (dead beams' rows are computed and never read).
     """
     batch, width = states.shape
     out_w, out_b = folded.out_weight[level], folded.out_bias[level]
     k = int(out_w.shape[0])
+    if _all_rows(states.device):
+        # On CUDA every beam gets a row: counting the live ones (int(), nonzero) would block the
+        # host on the device every digit, and the beam step never reads a dead beam's logits.
+        hidden = _live_hidden(folded, level, ctx_l, prefixes, None, batch, width)
+        return torch.addmm(out_b, hidden, out_w.t()).view(batch, width, k)
     live = states.reshape(-1) >= 0
     n_live = int(live.sum())
     if n_live == 0:
@@ -152,8 +163,7 @@ def _head_logits_cpu(folded, level, ctx_l, prefixes, states, index) -> torch.Ten
     hidden = _live_hidden(folded, level, ctx_l, prefixes, rows, batch, width)
 
     sparse_ok = (
-        states.device.type == "cpu"
-        and hidden.dtype == out_w.dtype == out_b.dtype == torch.float32
+        hidden.dtype == out_w.dtype == out_b.dtype == torch.float32
         and _use_sparse(index, level, k)
     )
     if sparse_ok:

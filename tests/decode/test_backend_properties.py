@@ -2,6 +2,7 @@
 prefix trees), random folded heads and random beam/top_n, every backend returns valid, distinct
 items, the reference's ranking, and exhaustive scoring when the beam covers the catalog."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,8 @@ from sidmlp_kernels.decode.backends import decode_folded
 from sidmlp_kernels.decode.folded import folded_logits
 from sidmlp_kernels.decode.reference import exhaustive_search
 
-from tests.decode.test_backends import assert_same_ranking, assert_valid_items, available_backends, make_ctx, make_heads
+from tests.decode.test_backends import assert_same_ranking, assert_valid_items, decode_on, make_ctx, make_heads
+from tests.devices import OP_DEVICES, TRITON_DEVICES
 
 
 def skewed_catalog(seed: int, n: int, sizes: list[int], skew: float) -> SIDCatalog:
@@ -39,7 +41,7 @@ def problems(draw, max_items: int, max_codes: int, max_beam: int):
     return seed, catalog, beam, top_n, draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16]))
 
 
-def check_every_backend(problem, backends):
+def check_backend(problem, backend, device):
     seed, catalog, beam, top_n, batch, hidden = problem
     folded = make_heads(seed, catalog.codebook_sizes, hidden)
     ctx = make_ctx(seed, folded, batch)
@@ -50,20 +52,21 @@ def check_every_backend(problem, backends):
     if beam >= catalog.num_items:
         oracle = exhaustive_search(lambda level, p: folded_logits(folded, level, ctx[level], p), catalog, batch, top_n)
         assert_same_ranking(ref, oracle)
-    for backend in backends:
-        out = decode_folded(folded, ctx, catalog, beam, top_n, backend=backend)
-        assert_valid_items(out, catalog)
-        assert_same_ranking(out, ref)
+    out = decode_on(device, folded, ctx, catalog, beam, top_n, backend)
+    assert_valid_items(out, catalog)
+    assert_same_ranking(out, ref)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_items=2000, max_codes=64, max_beam=64))
-def test_cpu_backend_properties(problem):
-    check_every_backend(problem, [b for b in available_backends() if b == "cpu"])
+def test_cpu_backend_properties(device, problem):
+    check_backend(problem, "cpu", device)
 
 
 # The Triton interpreter runs the kernel element by element in Python: fewer, smaller problems.
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_items=300, max_codes=24, max_beam=16))
-def test_triton_backend_properties(problem):
-    check_every_backend(problem, [b for b in available_backends() if b == "triton"])
+def test_triton_backend_properties(device, problem):
+    check_backend(problem, "triton", device)

@@ -1,7 +1,8 @@
 """Decoding backends (sidmlp_kernels.decode.backends) against the PyTorch reference and the exhaustive oracle.
 
-Every backend available here runs: 'reference', 'cpu' (C++ ops, dense and sparse head paths)
-and 'triton' (fused step in Triton's CPU interpreter; the interpreted part is kept small).
+Every backend runs on every device it supports (tests/devices.py): 'reference', 'cpu' (C++ ops,
+dense and sparse head paths; on CUDA tensors the CUDA ops, marker `cuda`) and 'triton' (the fused
+step: in Triton's CPU interpreter here, the interpreted part kept small; compiled on CUDA).
 """
 
 import logging
@@ -18,6 +19,7 @@ from sidmlp_kernels.decode import backends, constrained, dispatch
 from sidmlp_kernels.decode.backends import BACKEND_ENV, BACKENDS, decode_folded, select_backend
 from sidmlp_kernels.decode.reference import exhaustive_search
 from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits
+from tests.devices import BACKEND_DEVICES, OP_DEVICES, TRITON_DEVICES, interpreting
 
 # The suite runs where the package was installed by scripts/install.sh: the C++ extension and
 # triton must be there, and a missing one is a failure, not a skip.
@@ -81,13 +83,19 @@ def make_ctx(seed, folded, batch):
     return [torch.randn(batch, int(w.shape[1]), generator=g) for w in folded.out_weight]
 
 
-def available_backends():
+def available_backends(device="cpu"):
+    """The backends that can run on `device` in this process (triton on CPU only when interpreting)."""
     names = ["reference"]
     if HAS_EXT:
         names.append("cpu")
-    if HAS_EXT and HAS_TRITON:
+    if HAS_EXT and HAS_TRITON and (torch.device(device).type == "cuda" or interpreting()):
         names.append("triton")
     return names
+
+
+def decode_on(device, folded, ctx, catalog, beam, top_n, backend):
+    """decode_folded with the heads and contexts on `device` (the reference always runs on CPU)."""
+    return decode_folded(folded.to(device), [c.to(device) for c in ctx], catalog, beam, top_n, backend=backend)
 
 
 # ---- comparison -------------------------------------------------------------------
@@ -154,34 +162,33 @@ def head_path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_cpu_matches_reference_cases(case, head_path):
+def check_case(case, backend, device):
     name, make, hidden, batch, beam, top_n, constant = case
     cat = make()
     folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
     ctx = make_ctx(len(name), folded, batch)
     ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+    out = decode_on(device, folded, ctx, cat, beam, top_n, backend)
+    assert out.items.device.type == torch.device(device).type
     assert_same_ranking(out, ref)
     assert_valid_items(out, cat)
     if constant:  # exact ties resolve by (beam, token) in every backend
-        assert torch.equal(out.items, ref.items)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_triton_matches_reference_cases(case):
-    name, make, hidden, batch, beam, top_n, constant = case
-    cat = make()
-    folded = make_heads(len(name), list(cat.codebook_sizes), hidden, constant=constant)
-    ctx = make_ctx(len(name), folded, batch)
-    ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    out = decode_folded(folded, ctx, cat, beam, top_n, backend="triton")
-    assert_same_ranking(out, ref)
-    assert_valid_items(out, cat)
-    if constant:
         assert torch.equal(out.items.cpu(), ref.items)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cpu_matches_reference_cases(case, head_path, device):
+    check_case(case, "cpu", device)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_triton_matches_reference_cases(case, device):
+    check_case(case, "triton", device)
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5),
@@ -192,7 +199,7 @@ def test_triton_matches_reference_cases(case):
     hidden=st.sampled_from([4, 8, 24]),
     sparse=st.booleans(),
 )
-def test_cpu_matches_reference_sweep(sizes, n, seed, batch, beam, hidden, sparse):
+def test_cpu_matches_reference_sweep(device, sizes, n, seed, batch, beam, hidden, sparse):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, hidden)
     ctx = make_ctx(seed, folded, batch)
@@ -201,7 +208,7 @@ def test_cpu_matches_reference_sweep(sizes, n, seed, batch, beam, hidden, sparse
     old = backends.SPARSE_FANOUT_DIVISOR
     backends.SPARSE_FANOUT_DIVISOR = 0 if sparse else 10**9
     try:
-        out = decode_folded(folded, ctx, cat, beam, top_n, backend="cpu")
+        out = decode_on(device, folded, ctx, cat, beam, top_n, "cpu")
     finally:
         backends.SPARSE_FANOUT_DIVISOR = old
     assert_same_ranking(out, ref)
@@ -218,28 +225,29 @@ TRITON_SWEEP = [
 ]
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("seed, sizes, n, batch, beam, hidden", TRITON_SWEEP)
-def test_triton_matches_reference_sweep(seed, sizes, n, batch, beam, hidden):
+def test_triton_matches_reference_sweep(seed, sizes, n, batch, beam, hidden, device):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, hidden)
     ctx = make_ctx(seed, folded, batch)
     top_n = max(1, beam - 2)
     ref = decode_folded(folded, ctx, cat, beam, top_n, backend="reference")
-    assert_same_ranking(decode_folded(folded, ctx, cat, beam, top_n, backend="triton"), ref)
+    assert_same_ranking(decode_on(device, folded, ctx, cat, beam, top_n, "triton"), ref)
 
 
 # ---- exhaustive oracle ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 @pytest.mark.parametrize("seed, sizes, n", [(0, [4, 5, 3], 25), (1, [3, 2, 3, 2], 20), (2, [6, 4], 1)])
-def test_full_beam_equals_exhaustive(backend, seed, sizes, n):
+def test_full_beam_equals_exhaustive(backend, device, seed, sizes, n):
     cat = random_catalog(seed, n, sizes)
     folded = make_heads(seed, sizes, 8)
     ctx = make_ctx(seed, folded, 2)
     beam = cat.num_items
     oracle = exhaustive_search(lambda level, p: folded_logits(folded, level, ctx[level], p), cat, 2, top_n=beam)
-    out = decode_folded(folded, ctx, cat, beam_size=beam, top_n=beam, backend=backend)
+    out = decode_on(device, folded, ctx, cat, beam, beam, backend)
     assert_same_ranking(out, oracle)
 
 
@@ -256,6 +264,14 @@ def clean_env(monkeypatch):
 def test_default_backend_per_device(clean_env):
     assert set(BACKENDS) == {"reference", "cpu", "triton"}
     assert select_backend(torch.device("cpu")) == ("cpu" if HAS_EXT else "reference")
+
+
+@pytest.mark.cuda
+def test_default_backend_on_cuda_is_triton_on_the_cuda_ops(clean_env):
+    assert dispatch.has_cuda_extension(), "sidmlp_kernels._C was built without its CUDA ops"
+    assert select_backend(torch.device("cuda")) == "triton"
+    cat = random_catalog(7, 30, [4, 3])
+    assert constrained.index_for(cat, "cuda").device.type == "cuda"
 
 
 @pytest.mark.parametrize("name", ["reference", "cpu", "triton", " CPU "])
@@ -358,6 +374,62 @@ def test_bad_inputs_raise_value_errors():
         decode_folded(bad, ctx, cat, 4, 2)
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_beam_cap_names_the_argument_and_cpu_has_none(device):
+    from sidmlp_kernels.decode.kernels.fused_step import MAX_BEAM
+
+    cat = random_catalog(8, 400, [16, 17])
+    folded = make_heads(8, [16, 17], 8)
+    ctx = make_ctx(8, folded, 1)
+    with pytest.raises(ValueError, match=rf"beam_size must be <= {MAX_BEAM}"):
+        decode_on(device, folded, ctx, cat, MAX_BEAM + 1, 5, "triton")
+    ref = decode_folded(folded, ctx, cat, MAX_BEAM + 1, 5, backend="reference")
+    assert_same_ranking(decode_on("cpu", folded, ctx, cat, MAX_BEAM + 1, 5, "cpu"), ref)
+
+
+def head_logits_problem(device):
+    """Folded heads, contexts, prefixes and trie states (some beams dead) of a 3-digit catalog on `device`."""
+    sizes = [6, 5, 4]
+    cat = random_catalog(9, 200, sizes)
+    folded = make_heads(9, sizes, 16)
+    ctx = make_ctx(9, folded, 3)
+    index = constrained.index_for(cat, device)
+    g = torch.Generator().manual_seed(9)
+    level = 2
+    prefixes = cat.codes[torch.randint(0, cat.num_items, (3 * 4,), generator=g), :level].reshape(3, 4, level)
+    nodes = index.prefix_state(prefixes.to(device)).nodes.clone()
+    nodes[0, 1] = nodes[2, 3] = -1  # dead beams
+    return folded, ctx, prefixes, nodes, index, level
+
+
+@pytest.mark.parametrize("all_rows", [False, True])
+def test_head_logits_on_all_rows_equal_the_reference_at_live_beams(monkeypatch, all_rows):
+    """The CUDA branch (every beam a row, no live count) and the CPU one (live beams only) both
+    give the reference's logits at every live beam; here on CPU tensors."""
+    folded, ctx, prefixes, nodes, index, level = head_logits_problem("cpu")
+    monkeypatch.setattr(backends, "_all_rows", lambda device: all_rows)
+    monkeypatch.setattr(backends, "SPARSE_FANOUT_DIVISOR", 10**9)  # the dense GEMM, as on CUDA
+    got = backends._head_logits_cpu(folded, level, ctx[level], prefixes, nodes, index)
+    want = folded_logits(folded, level, ctx[level], prefixes)
+    live = nodes >= 0
+    torch.testing.assert_close(got[live], want[live], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_head_logits_make_no_host_sync():
+    folded, ctx, prefixes, nodes, index, level = head_logits_problem("cuda")
+    dev_folded, dev_ctx, dev_prefixes = folded.to("cuda"), ctx[level].cuda(), prefixes.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = backends._head_logits_cpu(dev_folded, level, dev_ctx, dev_prefixes, nodes, index)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    want = folded_logits(folded, level, ctx[level], prefixes)
+    live = nodes.cpu() >= 0
+    torch.testing.assert_close(got.cpu()[live], want[live], atol=1e-4, rtol=1e-4)
+
+
 def test_index_cached_per_catalog_and_device():
     cat = random_catalog(6, 20, [4, 3])
     index = constrained.index_for(cat)
@@ -365,14 +437,14 @@ def test_index_cached_per_catalog_and_device():
     assert constrained.index_for(cat, torch.device("cpu")) is index
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
 @pytest.mark.parametrize("level", [0, 1, 2])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, level, bad):
+def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, device, level, bad):
     sizes = (5, 4, 3)
     catalog = random_catalog(11, 40, sizes)
     folded = make_heads(11, sizes, hidden=16)
     folded.out_bias[level] = folded.out_bias[level].clone()
     folded.out_bias[level][:] = bad  # every child of every beam at this digit
     with pytest.raises(ValueError, match="non-finite logit"):
-        decode_folded(folded, make_ctx(11, folded, 3), catalog, beam_size=6, top_n=4, backend=backend)
+        decode_on(device, folded, make_ctx(11, folded, 3), catalog, 6, 4, backend)

@@ -1,6 +1,8 @@
 """The C++ constrained index and beam step (sidmlp_kernels._C) against the PyTorch reference.
 
-CI builds the extension, so these tests import it directly and fail if it is missing.
+CI builds the extension, so these tests import it directly and fail if it is missing. The op
+tests take a `device` (tests/devices.py): the C++ ops on CPU tensors, and the same tests on CUDA
+tensors run the CUDA ops (marker `cuda`, GPU machines only).
 """
 
 import math
@@ -21,6 +23,8 @@ from sidmlp_kernels.decode.constrained import (
     index_for,
 )
 from sidmlp_kernels.decode.reference import beam_search_reference, beam_step_reference, exhaustive_search
+from sidmlp_kernels.decode.types import GenerationOutput
+from tests.devices import OP_DEVICES, to_device
 
 TOL = 1e-5
 
@@ -64,10 +68,19 @@ def table_logits(seed, batch, sizes, neg_inf_rate=0.0, dtype=torch.float32):
     return prefix_logits
 
 
+def cpu(values):
+    """Op outputs (tensors, tuples of them, a PrefixState's nodes) back on the CPU for comparison."""
+    if isinstance(values, PrefixState):
+        return PrefixState(values.nodes.cpu(), values.level)
+    if isinstance(values, GenerationOutput):
+        return GenerationOutput(values.items.cpu(), values.codes.cpu(), values.scores.cpu())
+    return to_device(values, "cpu")
+
+
 def assert_same_search(out, ref):
-    torch.testing.assert_close(out.scores, ref.scores, atol=TOL, rtol=TOL)
-    assert torch.equal(out.items, ref.items)
-    assert torch.equal(out.codes, ref.codes)
+    torch.testing.assert_close(out.scores.cpu(), ref.scores, atol=TOL, rtol=TOL)
+    assert torch.equal(out.items.cpu(), ref.items)
+    assert torch.equal(out.codes.cpu(), ref.codes)
 
 
 def assert_same_step(got, ref, tol=TOL):
@@ -123,21 +136,22 @@ def test_has_extension():
     assert has_extension()
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("sizes", SHAPES)
-def test_lookup_matches_catalog(sizes):
+def test_lookup_matches_catalog(sizes, device):
     cat = random_catalog(1, 300, sizes)
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     assert index.num_items == cat.num_items
-    assert torch.equal(index.lookup(cat.codes), cat.item_ids)
+    assert torch.equal(index.lookup(cat.codes.to(device)).cpu(), cat.item_ids)
     g = torch.Generator().manual_seed(2)
     probe = torch.stack([torch.randint(0, k, (500,), generator=g) for k in sizes], 1)
-    assert torch.equal(index.lookup(probe), cat.lookup(probe))
+    assert torch.equal(index.lookup(probe.to(device)).cpu(), cat.lookup(probe))
     for level in range(cat.num_levels + 1):
         assert index.num_nodes(level) == cat.num_prefixes(level)
     # Prefix states are -1 exactly where valid_children says the prefix is not in the catalog.
     for level in range(1, cat.num_levels):
         p = probe[:, :level]
-        state = index.prefix_state(p)
+        state = cpu(index.prefix_state(p.to(device)))
         assert state.level == level
         parent_valid = cat.valid_children(p[:, :-1])[torch.arange(500), p[:, -1]]
         assert torch.equal(state.nodes >= 0, parent_valid)
@@ -168,16 +182,18 @@ def test_index_moves_and_reprs():
 # ---- one beam step -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("sizes", SHAPES)
 @pytest.mark.parametrize("beam", [1, 4, 50])
-def test_step_matches_reference(sizes, beam):
+def test_step_matches_reference(sizes, beam, device):
     cat = random_catalog(sum(sizes) + beam, 400, sizes)
     index = ConstrainedIndex.from_catalog(cat)
+    on_device = index.to(device)
     for level in range(cat.num_levels):
         for width in (1, 7):
             prefixes, scores, logits = random_level_inputs(cat, 100 * level + width, level, 5, width)
             state = index.prefix_state(prefixes)
-            got = index.beam_step(logits, scores, state, beam)
+            got = cpu(on_device.beam_step(*to_device((logits, scores, state.nodes), device), beam, level=level))
             ref = reference_step(cat, prefixes, scores, logits, beam)
             assert_same_step(got[:3], ref)
             new_state = got[3]
@@ -192,12 +208,14 @@ def test_step_matches_reference(sizes, beam):
             assert (new_state.nodes[~alive] == -1).all()
 
 
-def test_step_tie_break_and_dead_beams():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_step_tie_break_and_dead_beams(device):
     # Mirrors test_decoding.test_step_tie_break_and_dead_beams through the index.
     cat = SIDCatalog.from_codes([0, 1, 2], [[0, 0], [0, 1], [1, 1]], [2, 3])
-    index = ConstrainedIndex.from_catalog(cat)
-    state = index.prefix_state(torch.tensor([[[0], [1]]]))
-    scores, parents, tokens, new = index.beam_step(torch.zeros(1, 2, 3), torch.zeros(1, 2), state, 4)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
+    state = index.prefix_state(torch.tensor([[[0], [1]]], device=device))
+    scores, parents, tokens, new = cpu(index.beam_step(torch.zeros(1, 2, 3, device=device),
+                                                       torch.zeros(1, 2, device=device), state, 4))
     assert parents[0, :3].tolist() == [1, 0, 0]
     assert tokens[0, :3].tolist() == [1, 0, 1]
     assert scores[0, 3] == float("-inf")
@@ -206,54 +224,65 @@ def test_step_tie_break_and_dead_beams():
     assert torch.equal(parents, ref[1]) and torch.equal(tokens, ref[2])
 
 
-def test_step_exact_ties_follow_flat_order():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_step_exact_ties_follow_flat_order(device):
     cat = random_catalog(9, 200, [4, 4, 4])
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     prefixes, _, _ = random_level_inputs(cat, 9, 2, 3, 6, dead_rate=0.0)
     scores = torch.zeros(3, 6)
     logits = torch.zeros(3, 6, 4)
-    got = index.beam_step(logits, scores, index.prefix_state(prefixes), 10)
+    got = cpu(index.beam_step(*to_device((logits, scores, index.prefix_state(prefixes.to(device)).nodes), device),
+                              10, level=2))
     ref = reference_step(cat, prefixes, scores, logits, 10)
     for a, b in zip(got[:3], ref):
         assert torch.equal(a, b)
 
 
-def test_step_neg_inf_logits_and_all_dead():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_step_neg_inf_logits_and_all_dead(device):
     cat = random_catalog(10, 100, [5, 4, 3])
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     prefixes, scores, logits = random_level_inputs(cat, 10, 1, 4, 5)
     logits[torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)) < 0.5] = float("-inf")
-    got = index.beam_step(logits, scores, index.prefix_state(prefixes), 12)
+
+    def step(logits, scores, prefixes, beam):
+        state = index.prefix_state(prefixes.to(device))
+        return cpu(index.beam_step(logits.to(device), scores.to(device), state, beam))
+
+    got = step(logits, scores, prefixes, 12)
     assert_same_step(got[:3], reference_step(cat, prefixes, scores, logits, 12))
     scores.fill_(float("-inf"))
-    got = index.beam_step(logits, scores, index.prefix_state(prefixes), 12)
+    got = step(logits, scores, prefixes, 12)
     ref = reference_step(cat, prefixes, scores, logits, 12)
     for a, b in zip(got[:3], ref):
         assert torch.equal(a, b)
     # width * K < beam: padded like the reference.
-    got = index.beam_step(logits[:, :1], scores[:, :1], index.prefix_state(prefixes[:, :1]), 7)
+    got = step(logits[:, :1], scores[:, :1], prefixes[:, :1], 7)
     ref = reference_step(cat, prefixes[:, :1], scores[:, :1], logits[:, :1], 7)
     for a, b in zip(got[:3], ref):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_step_half_logits_equal_upcast(dtype):
+def test_step_half_logits_equal_upcast(dtype, device):
     cat = random_catalog(11, 300, [6, 5, 4])
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     prefixes, scores, logits = random_level_inputs(cat, 11, 1, 4, 6)
     half = logits.to(dtype)
-    got = index.beam_step(half, scores, index.prefix_state(prefixes), 8)
-    want = index.beam_step(half.float(), scores, index.prefix_state(prefixes), 8)
+    state = index.prefix_state(prefixes.to(device))
+    got = cpu(index.beam_step(half.to(device), scores.to(device), state, 8))
+    want = cpu(index.beam_step(half.float().to(device), scores.to(device), state, 8))
     for a, b in zip(got[:3], want[:3]):
         assert torch.equal(a, b)
     assert_same_step(got[:3], reference_step(cat, prefixes, scores, half, 8))
 
 
-def test_step_non_contiguous_inputs():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_step_non_contiguous_inputs(device):
     cat = random_catalog(12, 300, [6, 5, 4])
-    index = ConstrainedIndex.from_catalog(cat)
-    prefixes, scores, logits = random_level_inputs(cat, 12, 1, 4, 6)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
+    prefixes, scores, logits = to_device(random_level_inputs(cat, 12, 1, 4, 6), device)
     state = index.prefix_state(prefixes)
     want = index.beam_step(logits, scores, state, 8)
     logits_nc = logits.transpose(0, 1).contiguous().transpose(0, 1)
@@ -266,16 +295,17 @@ def test_step_non_contiguous_inputs():
     assert torch.equal(got[3].nodes, want[3].nodes)
 
 
-def test_step_empty_batch_and_width():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_step_empty_batch_and_width(device):
     cat = random_catalog(13, 50, [4, 5])
-    index = ConstrainedIndex.from_catalog(cat)
-    scores, parents, tokens, state = index.beam_step(
-        torch.zeros(0, 3, 5), torch.zeros(0, 3), PrefixState(torch.zeros(0, 3, dtype=torch.long), 1), 4
-    )
+    index = ConstrainedIndex.from_catalog(cat, device=device)
+    scores, parents, tokens, state = cpu(index.beam_step(
+        *to_device((torch.zeros(0, 3, 5), torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long)), device), 4, level=1
+    ))
     assert scores.shape == parents.shape == tokens.shape == state.nodes.shape == (0, 4)
-    scores, parents, tokens, state = index.beam_step(
-        torch.zeros(2, 0, 5), torch.zeros(2, 0), PrefixState(torch.zeros(2, 0, dtype=torch.long), 1), 3
-    )
+    scores, parents, tokens, state = cpu(index.beam_step(
+        *to_device((torch.zeros(2, 0, 5), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.long)), device), 3, level=1
+    ))
     assert torch.isinf(scores).all() and (state.nodes == -1).all() and (parents == 0).all()
 
 
@@ -293,20 +323,24 @@ CATALOG_CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("name, make", CATALOG_CASES, ids=[c[0] for c in CATALOG_CASES])
 @pytest.mark.parametrize("beam, top_n", [(1, 1), (5, 3), (50, 10), (200, 50)])
-def test_search_matches_reference(name, make, beam, top_n):
+def test_search_matches_reference(name, make, beam, top_n, device):
     cat = make()
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     for seed in range(3):
         fn = table_logits(seed, 4, list(cat.codebook_sizes), neg_inf_rate=0.1 * (seed == 2))
         out = constrained_beam_search(lambda l, p, parents: fn(l, p), index, 4, beam, top_n)
         ref = beam_search_reference(lambda l, p, parents: fn(l, p), cat, 4, beam, top_n)
         assert_same_search(out, ref)
-        valid = out.items >= 0
-        assert torch.equal(cat.lookup(out.codes[valid]), out.items[valid])
+        assert out.items.device.type == torch.device(device).type
+        items, codes = out.items.cpu(), out.codes.cpu()
+        valid = items >= 0
+        assert torch.equal(cat.lookup(codes[valid]), items[valid])
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     sizes=st.lists(st.integers(1, 9), min_size=2, max_size=5),
@@ -316,24 +350,26 @@ def test_search_matches_reference(name, make, beam, top_n):
     beam=st.integers(1, 40),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
 )
-def test_search_matches_reference_hypothesis(sizes, n, seed, batch, beam, dtype):
+def test_search_matches_reference_hypothesis(device, sizes, n, seed, batch, beam, dtype):
     cat = random_catalog(seed, n, sizes)
     top_n = max(1, beam // 2)
     fn = table_logits(seed, batch, sizes, neg_inf_rate=0.05, dtype=dtype)
-    out = constrained_beam_search(lambda l, p, parents: fn(l, p), index_for(cat), batch, beam, top_n)
+    out = constrained_beam_search(lambda l, p, parents: fn(l, p.cpu()), index_for(cat, device), batch, beam, top_n)
     ref = beam_search_reference(lambda l, p, parents: fn(l, p), cat, batch, beam, top_n)
     assert_same_search(out, ref)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("seed, sizes, n", [(0, [4, 5, 3], 30), (2, [7, 2, 5, 3, 4], 60), (3, [5, 4], 1)])
-def test_full_beam_equals_exhaustive(seed, sizes, n):
+def test_full_beam_equals_exhaustive(seed, sizes, n, device):
     cat = random_catalog(seed, n, sizes)
     fn = table_logits(seed, 3, sizes)
     beam = cat.num_items
-    out = constrained_beam_search(lambda l, p, parents: fn(l, p), cat, 3, beam_size=beam, top_n=beam)
+    out = constrained_beam_search(lambda l, p, parents: fn(l, p.cpu()), cat, 3, beam_size=beam, top_n=beam,
+                                  device=device)
     oracle = exhaustive_search(fn, cat, 3, top_n=beam)
-    torch.testing.assert_close(out.scores, oracle.scores)
-    assert torch.equal(out.items, oracle.items)
+    torch.testing.assert_close(out.scores.cpu(), oracle.scores)
+    assert torch.equal(out.items.cpu(), oracle.items)
 
 
 def test_search_passes_parents_like_reference():
@@ -367,12 +403,13 @@ def test_search_backend_env_forces_reference(monkeypatch, caplog):
         constrained_beam_search(lambda l, p, parents: fn(l, p), cat, 2, 5, 2)
 
 
-def test_finalize_dedups_and_skips_dead():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_finalize_dedups_and_skips_dead(device):
     cat = SIDCatalog.from_codes([10, 11, 12], [[0, 1], [0, 2], [2, 0]], [3, 3])
-    index = ConstrainedIndex.from_catalog(cat)
-    state = PrefixState(torch.tensor([[1, 1, -1, 0, 2]]), 2)
-    scores = torch.tensor([[-1.0, -1.0, 0.0, -2.0, float("-inf")]])
-    out = index.finalize(state, scores, 4)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
+    state = PrefixState(torch.tensor([[1, 1, -1, 0, 2]], device=device), 2)
+    scores = torch.tensor([[-1.0, -1.0, 0.0, -2.0, float("-inf")]], device=device)
+    out = cpu(index.finalize(state, scores, 4))
     assert out.items.tolist() == [[11, 10, -1, -1]]
     assert out.codes.tolist() == [[[0, 2], [0, 1], [-1, -1], [-1, -1]]]
     assert out.scores[0, :2].tolist() == [-1.0, -2.0] and torch.isinf(out.scores[0, 2:]).all()
@@ -413,8 +450,11 @@ def test_bad_step_arguments(small):
             call()
 
 
-def test_bad_step_data(small):
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_bad_step_data(small, device):
     cat, index, prefixes, scores, logits = small
+    index = index.to(device)
+    prefixes, scores, logits = to_device((prefixes, scores, logits), device)
     nodes = index.prefix_state(prefixes).nodes.clone()
     for bad in (index.num_nodes(1), 10**12, -2):
         broken = nodes.clone()
@@ -434,7 +474,7 @@ def test_bad_step_data(small):
     with pytest.raises(ValueError, match=r"beam_scores\[0, 0\]"):
         index.beam_step(logits, bad_scores, PrefixState(nodes, 1), 3)
     # NaN at positions that are not valid children is ignored, like the reference's mask.
-    valid = cat.valid_children(prefixes.reshape(-1, 1)).reshape(logits.shape)
+    valid = cat.valid_children(prefixes.cpu().reshape(-1, 1)).reshape(logits.shape).to(device)
     masked = logits.clone()
     masked[~valid] = float("nan")
     got = index.beam_step(masked, scores, PrefixState(nodes, 1), 3)
@@ -559,11 +599,13 @@ def test_torch_compile_fullgraph(small):
 # ---- valid_mask / advance_states / child_logits (the Triton and cpu decode paths) -----
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("sizes", SHAPES)
 @pytest.mark.parametrize("dense_depth", [0, 2, 5])
-def test_valid_mask_matches_catalog(sizes, dense_depth):
+def test_valid_mask_matches_catalog(sizes, dense_depth, device):
     cat = random_catalog(sum(sizes) + dense_depth, 300, sizes)
     index = ConstrainedIndex.from_catalog(cat, dense_depth=dense_depth)
+    on_device = index.to(device)
     for level in range(cat.num_levels):
         prefixes, scores, _ = random_level_inputs(cat, 7 * level + 1, level, 4, 6)
         state = index.prefix_state(prefixes)
@@ -571,16 +613,21 @@ def test_valid_mask_matches_catalog(sizes, dense_depth):
         nodes[0, 0] = -1  # an explicitly dead beam
         want = cat.valid_children(prefixes.reshape(4 * 6, level)).reshape(4, 6, -1)
         want[0, 0] = False
-        got = index.valid_mask(PrefixState(nodes, level))
-        assert got.dtype == torch.bool and got.shape == (4, 6, sizes[level])
-        assert torch.equal(got, want)
-        assert torch.equal(index.valid_mask(nodes, level), want)
+        got = on_device.valid_mask(PrefixState(nodes.to(device), level))
+        assert got.dtype == torch.bool and got.shape == (4, 6, sizes[level]) and got.device.type == device
+        assert torch.equal(got.cpu(), want)
+        assert torch.equal(on_device.valid_mask(nodes.to(device), level).cpu(), want)
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("sizes", SHAPES)
-def test_advance_states_matches_prefix_states(sizes):
+def test_advance_states_matches_prefix_states(sizes, device):
     cat = random_catalog(sum(sizes) + 1, 300, sizes)
     index = ConstrainedIndex.from_catalog(cat)
+    on_device = index.to(device)
+
+    def advance(*args):
+        return cpu(on_device.advance_states(*to_device(args, device), level=level))
     g = torch.Generator().manual_seed(3)
     for level in range(cat.num_levels):
         batch, width, beam = 3, 5, 9
@@ -598,7 +645,7 @@ def test_advance_states_matches_prefix_states(sizes):
                     tokens[b, r] = children[torch.randint(0, children.numel(), (1,), generator=g)]
         extended = torch.cat([torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level)), tokens.unsqueeze(-1)], 2)
         want = index.prefix_state(extended).nodes
-        got = index.advance_states(state, parents, tokens)
+        got = advance(state.nodes, parents, tokens)
         assert got.level == level + 1
         assert torch.equal(got.nodes, want)
         # Alive exactly where the mask says the digit is a valid child.
@@ -606,18 +653,19 @@ def test_advance_states_matches_prefix_states(sizes):
         # With scores, -inf slots are dead whatever they point at.
         scores = torch.zeros(batch, beam)
         scores[:, ::3] = float("-inf")
-        dead = index.advance_states(state, parents, tokens, scores).nodes
+        dead = advance(state.nodes, parents, tokens, scores).nodes
         assert (dead[:, ::3] == -1).all()
         keep = torch.isfinite(scores)
         assert torch.equal(dead[keep], want[keep])
 
 
-def test_valid_mask_and_advance_match_beam_step():
-    """valid_mask -> beam_step_reference -> advance_states reproduces the C++ beam_step exactly."""
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_valid_mask_and_advance_match_beam_step(device):
+    """valid_mask -> beam_step_reference -> advance_states reproduces the C++/CUDA beam_step exactly."""
     cat = random_catalog(60, 400, [6, 5, 4, 3])
-    index = ConstrainedIndex.from_catalog(cat)
+    index = ConstrainedIndex.from_catalog(cat, device=device)
     for level in range(cat.num_levels):
-        prefixes, scores, logits = random_level_inputs(cat, 60 + level, level, 4, 7)
+        prefixes, scores, logits = to_device(random_level_inputs(cat, 60 + level, level, 4, 7), device)
         state = index.prefix_state(prefixes)
         valid = index.valid_mask(state) & torch.isfinite(scores).unsqueeze(-1)
         ref = beam_step_reference(logits, scores, valid, 10)

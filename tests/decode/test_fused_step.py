@@ -1,7 +1,8 @@
 """Fused Triton beam step vs the plain-PyTorch reference (docs/architecture.md, "Decoding semantics" and "Fast paths").
 
-Runs on CPU through TRITON_INTERPRET=1, which must be set before triton is
-imported anywhere in the process: conftest.py sets it when there is no CUDA.
+Every test runs on the `device` fixture (tests/devices.py): CPU tensors through
+TRITON_INTERPRET=1 (set by conftest.py before triton is imported, when there is no CUDA), or the
+compiled kernel on CUDA tensors (marker `cuda`).
 """
 
 import random
@@ -14,14 +15,20 @@ pytest.importorskip("triton")
 from sidmlp_kernels import SIDCatalog  # noqa: E402
 from sidmlp_kernels.decode.reference import exhaustive_search, finalize_beams, masked_log_softmax  # noqa: E402
 from sidmlp_kernels.decode.kernels.fused_step import (  # noqa: E402
+    MAX_BEAM,
     _launch,
     folded_logits_reference,
     fused_step,
     fused_step_reference,
 )
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from tests.devices import TRITON_DEVICES, to_device  # noqa: E402
 NEG_INF = float("-inf")
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def device(request):
+    """Where the kernel runs: the interpreter on CPU tensors, or compiled on CUDA tensors."""
+    return request.param
 
 
 # --------------------------------------------------------------------------- problem builders
@@ -63,7 +70,7 @@ def make_mask(g, batch, width, k, kind, beam_size):
 
 
 def make_problem(seed, batch, width, sizes, level, hidden, beam_size, mask="dense", dtype=torch.float32):
-    """Kernel arguments (on DEVICE) plus the fp32 copy the reference runs on."""
+    """Kernel arguments on the CPU (the reference's inputs; to_device moves them for the kernel)."""
     g = torch.Generator().manual_seed(seed + 1)
     k = sizes[level]
     tables, ln_w, ln_b, out_w, out_b = make_heads(seed, sizes, level, hidden, dtype)
@@ -81,13 +88,6 @@ def make_problem(seed, batch, width, sizes, level, hidden, beam_size, mask="dens
     beam_scores = torch.where(live, beam_scores, torch.full_like(beam_scores, NEG_INF))
     args = [ctx, tables, prefixes, ln_w, ln_b, 1e-5, out_w, out_b, beam_scores, valid, beam_size]
     return args
-
-
-def to_device(args, device=DEVICE):
-    return [
-        [t.to(device) for t in a] if isinstance(a, list) else (a.to(device) if isinstance(a, torch.Tensor) else a)
-        for a in args
-    ]
 
 
 def upcast(args):
@@ -165,9 +165,9 @@ def _sampled_sweep(n, seed=20240611):
 
 
 @pytest.mark.parametrize("case, num_levels, level, sizes, hidden, beam, width, mask", _sampled_sweep(24))
-def test_sweep_fp32(case, num_levels, level, sizes, hidden, beam, width, mask):
+def test_sweep_fp32(case, num_levels, level, sizes, hidden, beam, width, mask, device):
     args = make_problem(100 + case, 2, width, list(sizes), level, hidden, beam, mask)
-    assert_step_matches(fused_step(*to_device(args)), args)
+    assert_step_matches(fused_step(*to_device(args, device)), args)
 
 
 @pytest.mark.parametrize(
@@ -182,13 +182,13 @@ def test_sweep_fp32(case, num_levels, level, sizes, hidden, beam, width, mask):
         (50, [100, 17], 1, 256, 50, "single"),  # a single valid child per beam
     ],
 )
-def test_edge_shapes_fp32(width, sizes, level, hidden, beam, mask):
+def test_edge_shapes_fp32(width, sizes, level, hidden, beam, mask, device):
     batch = 1 if hidden * width * sizes[level] > 2**22 else 2
     args = make_problem(7, batch, width, sizes, level, hidden, beam, mask)
-    assert_step_matches(fused_step(*to_device(args)), args)
+    assert_step_matches(fused_step(*to_device(args, device)), args)
 
 
-def test_exact_ties_break_by_beam_then_token():
+def test_exact_ties_break_by_beam_then_token(device):
     # Zero output layer: every valid child of every beam scores -log(n_valid) exactly.
     args = make_problem(3, 2, 5, [16, 17], 1, 64, 12, "dense")
     args[6] = torch.zeros_like(args[6])
@@ -197,7 +197,7 @@ def test_exact_ties_break_by_beam_then_token():
     valid[:, :, [0, 3, 4, 9, 16]] = True
     args[9] = valid
     args[8] = torch.zeros(2, 5)
-    scores, parents, tokens = (t.cpu() for t in fused_step(*to_device(args), check_inputs=False))
+    scores, parents, tokens = (t.cpu() for t in fused_step(*to_device(args, device), check_inputs=False))
     ref = fused_step_reference(*args)
     assert torch.equal(parents, ref[1]) and torch.equal(tokens, ref[2])
     assert parents[0].tolist() == [0] * 5 + [1] * 5 + [2] * 2
@@ -205,9 +205,9 @@ def test_exact_ties_break_by_beam_then_token():
     torch.testing.assert_close(scores, ref[0])
 
 
-def test_uint8_mask_and_int32_prefixes():
+def test_uint8_mask_and_int32_prefixes(device):
     args = make_problem(11, 2, 16, [100, 17, 100], 2, 96, 16, "sparse")
-    dev = to_device(args)
+    dev = to_device(args, device)
     dev[2] = dev[2].to(torch.int32)
     dev[9] = dev[9].to(torch.uint8)
     assert_step_matches(fused_step(*dev), args)
@@ -225,10 +225,10 @@ def test_uint8_mask_and_int32_prefixes():
         (torch.float16, 16, [256, 100], 1, 96, 16, "dense"),
     ],
 )
-def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, beam, mask):
+def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, beam, mask, device):
     """Kernel error vs fp32 is at most twice PyTorch's own low-precision error (logits and scores)."""
     args = make_problem(21, 2, width, sizes, level, hidden, beam, mask, dtype=dtype)
-    scores, parents, tokens, logits = (t.cpu() for t in _launch(*to_device(args), return_logits=True))
+    scores, parents, tokens, logits = (t.cpu() for t in _launch(*to_device(args, device), return_logits=True))
     exact = upcast(args)
     ref_logits = folded_logits_reference(*exact[:8])
     torch_logits = folded_logits_reference(*args[:8]).float()  # PyTorch computing in dtype
@@ -252,7 +252,7 @@ def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, 
 # --------------------------------------------------------------------------- whole search
 
 
-def test_kernel_driven_search_equals_exhaustive():
+def test_kernel_driven_search_equals_exhaustive(device):
     """Beam >= catalog size: a kernel-driven constrained search is exhaustive scoring (docs/architecture.md, "Decoding semantics")."""
     sizes, hidden, batch = [17, 5, 9], 64, 2
     g = torch.Generator().manual_seed(5)
@@ -275,7 +275,7 @@ def test_kernel_driven_search_equals_exhaustive():
         valid &= torch.isfinite(scores).unsqueeze(-1)
         tables, ln_w, ln_b, out_w, out_b = heads[level]
         args = [ctx, tables, prefixes, ln_w, ln_b, 1e-5, out_w, out_b, scores, valid, beam]
-        out = [t.cpu() for t in fused_step(*to_device(args))]
+        out = [t.cpu() for t in fused_step(*to_device(args, device))]
         assert_step_matches(out, args)
         scores, parents, tokens = out
         parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
@@ -289,8 +289,8 @@ def test_kernel_driven_search_equals_exhaustive():
 # --------------------------------------------------------------------------- input validation
 
 
-def _base_args():
-    return to_device(make_problem(1, 2, 3, [16, 17], 1, 64, 4, "dense"))
+def _base_args(device):
+    return to_device(make_problem(1, 2, 3, [16, 17], 1, 64, 4, "dense"), device)
 
 
 def _set(i, value):
@@ -326,6 +326,16 @@ def _set(i, value):
         (_set(9, lambda t: t[..., :5].contiguous()), ValueError, "valid"),
     ],
 )
-def test_bad_input_names_argument(mutate, exc, text):
+def test_bad_input_names_argument(mutate, exc, text, device):
     with pytest.raises(exc, match=text.replace("[", r"\[").replace("]", r"\]")):
-        fused_step(*mutate(_base_args()))
+        fused_step(*mutate(_base_args(device)))
+
+
+def test_beam_cap_is_a_clear_error_and_the_cap_itself_runs(device):
+    """beam_size > MAX_BEAM names the argument (with or without input checks); MAX_BEAM matches the reference."""
+    args = make_problem(5, 2, 16, [16, 17], 1, 64, MAX_BEAM, "dense")
+    assert_step_matches(fused_step(*to_device(args, device)), args)
+    args[10] = MAX_BEAM + 1
+    for check in (True, False):
+        with pytest.raises(ValueError, match=rf"beam_size must be <= {MAX_BEAM}.*backend='cpu'"):
+            fused_step(*to_device(args, device), check_inputs=check)

@@ -62,6 +62,7 @@ __all__ = [
     "HAS_TRITON",
     "MAX_PREFIX",
     "MAX_HIDDEN",
+    "MAX_BEAM",
     "folded_logits_reference",
     "fused_step_reference",
     "fused_step",
@@ -71,6 +72,10 @@ __all__ = [
 MAX_PREFIX = 8
 # Phase A keeps whole hidden rows in registers; beyond this they would spill badly.
 MAX_HIDDEN = 16384
+# One program keeps a user's best beam_size keys in registers and ranks them pairwise
+# (BEAM_PAD^2 compares): beyond 256 the kernel spills and compiles for minutes (beam 1024:
+# ~400 s for sm_90a), and past 1024 it does not compile at all.
+MAX_BEAM = 256
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -304,6 +309,14 @@ def _check_shape(value: torch.Tensor, name: str, expected: tuple) -> None:
         raise InvalidInput(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
+def _check_beam_cap(beam_size: int) -> None:
+    if beam_size > MAX_BEAM:
+        raise InvalidInput(
+            f"beam_size must be <= {MAX_BEAM} for the fused Triton step (backend 'triton'), got {beam_size}; "
+            "decode wider beams with backend='cpu' (the extension's beam step has no cap)"
+        )
+
+
 def _validate(
     ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size, check_codes
 ):
@@ -311,6 +324,7 @@ def _validate(
         raise InvalidInputType(f"beam_size must be an int, got {type(beam_size).__name__}")
     if beam_size < 1:
         raise InvalidInput(f"beam_size must be >= 1, got {beam_size}")
+    _check_beam_cap(beam_size)
     if isinstance(ln_eps, bool) or not isinstance(ln_eps, (int, float)):
         raise InvalidInputType(f"ln_eps must be a float, got {type(ln_eps).__name__}")
     if not (math.isfinite(ln_eps) and ln_eps >= 0):
@@ -398,6 +412,30 @@ def _validate(
     return ctx_proj, tables, prefixes, ln_w, ln_b, out_w, out_b, beam_scores, valid
 
 
+def launch_config(
+    width: int, k: int, h: int, level: int, beam_size: int, dtype: torch.dtype, device_type: str = "cuda"
+) -> dict:
+    """The kernel's compile-time parameters (block sizes, dot mode) and num_warps for one problem shape.
+
+    The launcher passes these; bench/aot_compile.py compiles the kernel ahead of time with them.
+    """
+    block_h = _next_pow2(h)
+    block_k = min(64, max(16, _next_pow2(k)))
+    return dict(
+        NUM_PREFIX=level,
+        BLOCK_WA=max(1, min(16, 8192 // block_h, _next_pow2(width))),
+        BLOCK_H=block_h,
+        BLOCK_W=16,  # tl.dot needs M >= 16
+        BLOCK_K=block_k,
+        BLOCK_HC=min(64, max(16, _next_pow2(h))),
+        BLOCK_KS=block_k,
+        BEAM_PAD=_next_pow2(beam_size),
+        IEEE_DOT=dtype == torch.float32,
+        UPCAST_DOT=device_type != "cuda" and dtype != torch.float32,
+        num_warps=4 if block_h <= 1024 else 8,
+    )
+
+
 def _launch(
     ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size,
     check_inputs: bool = True, return_logits: bool = False,
@@ -410,6 +448,7 @@ def _launch(
             ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size,
             check_codes=True,
         )
+    _check_beam_cap(beam_size)  # also without check_inputs: never compile a kernel that cannot fit
     batch, width, level = prefixes.shape
     k, h = out_w.shape
     device = out_w.device
@@ -421,14 +460,6 @@ def _launch(
     scores = torch.empty(batch, beam_size, device=device, dtype=torch.float32)
     parents = torch.empty(batch, beam_size, device=device, dtype=torch.int64)
     tokens = torch.empty(batch, beam_size, device=device, dtype=torch.int64)
-
-    block_h = _next_pow2(h)
-    block_wa = max(1, min(16, 8192 // block_h, _next_pow2(width)))
-    block_w = 16  # tl.dot needs M >= 16
-    block_k = min(64, max(16, _next_pow2(k)))
-    block_hc = min(64, max(16, _next_pow2(h)))
-    beam_pad = _next_pow2(beam_size)
-    block_ks = block_k
     tables = list(prefix_tables) + [ctx_proj] * (MAX_PREFIX - level)  # unused slots: any valid pointer
 
     _fused_step_kernel[(batch,)](
@@ -436,17 +467,7 @@ def _launch(
         prefixes, ln_w, ln_b, out_w, out_b, beam_scores, valid,
         hid, logits, scores, parents, tokens,
         width, k, h, beam_size, float(ln_eps),
-        NUM_PREFIX=level,
-        BLOCK_WA=block_wa,
-        BLOCK_H=block_h,
-        BLOCK_W=block_w,
-        BLOCK_K=block_k,
-        BLOCK_HC=block_hc,
-        BLOCK_KS=block_ks,
-        BEAM_PAD=beam_pad,
-        IEEE_DOT=out_w.dtype == torch.float32,
-        UPCAST_DOT=device.type != "cuda" and out_w.dtype != torch.float32,
-        num_warps=4 if block_h <= 1024 else 8,
+        **launch_config(width, k, h, level, beam_size, out_w.dtype, device.type),
     )
     if return_logits:
         return scores, parents, tokens, logits
