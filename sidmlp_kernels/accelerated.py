@@ -497,9 +497,13 @@ def accelerate(
             valid = ValidSet(states, mask, valid_data.target_items, input_ids=ids, teacher_items=valid.teacher_items)
     scfg = student.config
     if init_student is not None:
-        if not isinstance(init_student, SIDMLP) or init_student.config.to_dict() != scfg.to_dict():
-            got = init_student.config.to_dict() if isinstance(init_student, SIDMLP) else type(init_student).__name__
-            raise InvalidInput(f"init_student must be a SIDMLP with this run's student config {scfg.to_dict()}, "
+        # Dropout shapes no weight: a continued run may change it; every size must match.
+        def shape(config):
+            return {k: v for k, v in config.to_dict().items() if k != "dropout"}
+
+        if not isinstance(init_student, SIDMLP) or shape(init_student.config) != shape(scfg):
+            got = shape(init_student.config) if isinstance(init_student, SIDMLP) else type(init_student).__name__
+            raise InvalidInput(f"init_student must be a SIDMLP with this run's student sizes {shape(scfg)}, "
                              f"got {got}")
         student.load_state_dict(init_student.state_dict())
     name = "sidmlp_pp.ckpt" if cfg.replace_encoder else "sidmlp.ckpt"

@@ -20,7 +20,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"sidmlp import: --sids is required for --format {args.format}", file=sys.stderr)
         return 2
     _, layout, catalog = import_teacher(args.format, args.checkpoint, args.sids, args.out, config=args.config,
-                                        **options)
+                                        prepared=args.prepared, **options)
     print(f"[sidmlp import] {args.format} teacher written to {args.out} ({catalog.num_items} items, "
           f"layout {layout.kind}, vocab {layout.vocab_size}); catalog in {args.out}/catalog")
     return 0
@@ -45,5 +45,8 @@ def register(sub) -> None:
     p.add_argument("--d-kv", type=int, default=None, help="per-head width (checked against the checkpoint)")
     p.add_argument("--feed-forward-proj", default=None,
                    help="T5 feed-forward activation (relu, gelu, gated-gelu, ...), when --config lacks it")
+    p.add_argument("--prepared", default=None,
+                   help="a `sidmlp prepare --sids FILE` directory built from the same SID file: the teacher gets "
+                        "that dataset's catalog, so `sidmlp distill --prepared` takes it (sidmlp-official, tiger-xlt)")
     p.add_argument("--out", required=True, help="teacher directory to write (must not exist or be empty)")
     p.set_defaults(func=cmd_import)

@@ -21,6 +21,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         show_progress=True,
         overwrite=args.overwrite,
+        sids=args.sids,
+        sids_format=args.sids_format,
     )
     return 0
 
@@ -47,5 +49,10 @@ def register(sub) -> None:
     p.add_argument("--k-core", type=int, default=None, help="optional k-core filter")
     p.add_argument("--pca-dim", type=int, default=None, help="optional whitened PCA before quantisation")
     p.add_argument("--seed", type=int, default=0, help="seed of the residual k-means")
+    p.add_argument("--sids", default=None, metavar="FILE",
+                   help="use another code base's SID file instead of building Semantic IDs (every dataset item by its "
+                        "raw id; K = --codebook-size); then `sidmlp import --prepared` gives its teacher this catalog")
+    p.add_argument("--sids-format", default="sidmlp-official", choices=("sidmlp-official", "tiger-xlt"),
+                   help="--sids file format: sidmlp-official (.sem_ids JSON), tiger-xlt (.npy, row i = item i+1)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory (its embedding cache is reused)")
     p.set_defaults(func=cmd_prepare)

@@ -15,6 +15,7 @@ from ..io import ArtifactError, provenance, read_json, read_meta, write_json, wr
 from .catalog import SIDCatalog
 from .movielens import DATASETS, InteractionData, Split, leave_last_out, load_movielens
 from .embeddings import DEFAULT_MODEL, embed_texts
+from .sid_files import codes_for_items, read_sid_file, sid_code_stats
 from .semantic_ids import CodebookTooSmall, auto_codebook_size, build_semantic_ids
 from ..errors import InvalidInput, InvalidInputType
 
@@ -49,6 +50,8 @@ def prepare(
     embedding_cache_dir: str | Path | None = None,
     show_progress: bool = False,
     overwrite: bool = False,
+    sids: str | Path | None = None,
+    sids_format: str = "sidmlp-official",
 ) -> Prepared:
     """Build and save data.json, catalog/, sid_stats.json (+ embedding cache) for a dataset.
 
@@ -56,9 +59,16 @@ def prepare(
     unless overwrite=True (`--overwrite`); its embedding cache is then reused.
     codebook_size="auto" picks K from the catalog size (semantic_ids.auto_codebook_size), doubled
     until the dedup digit fits; config.json records the K used and codebook_rule "auto".
+    sids: another code base's SID file (data/sid_files.py, `sids_format`) to use instead of building
+    Semantic IDs: every dataset item must be in it (by raw item id); K = codebook_size per digit.
     """
     t0 = time.perf_counter()
     _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed)
+    if sids is not None and codebook_size == "auto":
+        raise InvalidInput("codebook_size (--codebook-size) must be the SID file's codes per digit with sids "
+                           "(--sids), not 'auto'")
+    if sids is not None:
+        sid_codes, sid_keys = read_sid_file(sids, sids_format)  # before anything on disk changes
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"out_dir (--out) {out} is a file, expected a directory")
@@ -76,28 +86,23 @@ def prepare(
     }
     data = load_movielens(dataset, k_core=k_core)
     split = leave_last_out(data, max_history=max_history)
-    cache = Path(embedding_cache_dir) if embedding_cache_dir is not None else out / "embeddings"
-    emb = embed_texts(data.item_text, cache, DEFAULT_MODEL, show_progress=show_progress)
-    train_items = np.unique(np.fromiter((i for s in split.train_sequences for i in s), dtype=np.int64))
-    if codebook_size == "auto":
-        config["codebook_rule"] = "auto"
-        codebook_size = auto_codebook_size(data.num_items, num_levels)
-        while True:
-            try:
-                sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
-                                          pca_dim=pca_dim, seed=seed)
-                break
-            except CodebookTooSmall:
-                codebook_size *= 2
-        config["codebook_size"] = codebook_size
+    if sids is None:
+        catalog, stats = _semantic_id_catalog(data, split, config, out, embedding_cache_dir, show_progress)
+        codebook_size = config["codebook_size"]
     else:
-        sids = build_semantic_ids(emb, train_items, num_levels=num_levels, codebook_size=codebook_size,
-                                  pca_dim=pca_dim, seed=seed)
-    catalog = SIDCatalog.from_codes(np.arange(data.num_items), sids.codes, (codebook_size,) * num_levels)
+        codes = codes_for_items(sid_keys, sid_codes, data.raw_item_ids, sids)
+        try:
+            catalog = SIDCatalog.from_codes(np.arange(data.num_items), codes, codebook_size)
+        except ValueError as err:
+            raise ArtifactError(Path(sids), f"does not give this dataset a valid catalog with codebook_size "
+                                            f"{codebook_size} ({err})") from err
+        num_levels = catalog.num_levels
+        config.update(num_levels=num_levels, embedding_model=None, sids=str(sids), sids_format=sids_format)
+        stats = sid_code_stats(codes, catalog.codebook_sizes)
 
     # data.json is written last: its presence marks a complete directory.
     catalog.save(out / "catalog")
-    stats = dict(sids.stats, num_users=data.num_users, num_interactions=data.num_interactions,
+    stats = dict(stats, num_users=data.num_users, num_interactions=data.num_interactions,
                  num_split_users=len(split.test_targets))
     write_json(out / "sid_stats.json", stats)
     write_meta(out / "data.json", _FORMAT, FORMAT_VERSION, {
@@ -108,17 +113,41 @@ def prepare(
         "split": asdict(split),
     }, indent=None)
     usage = ", ".join(f"{u:.3f}" for u in stats["code_usage"])
+    fit = (f", reconstruction rel. error {stats['reconstruction_rel']:.3f}" if sids is None
+           else f", from {sids} ({sids_format})")
     logger.info(
         f"{dataset}: {data.num_items} items, {data.num_users} users, "
-        f"{data.num_interactions} interactions ({len(split.test_targets)} users in split, "
-        f"{train_items.size} train items)\n"
+        f"{data.num_interactions} interactions ({len(split.test_targets)} users in split)\n"
         f"  SIDs L={num_levels} K={codebook_size}: code usage per level [{usage}], "
         f"distinct prefixes {stats['distinct_prefixes']}, {stats['collision_items']} items in "
         f"{stats['collision_groups']} colliding {num_levels - 1}-prefixes, max dedup digit "
-        f"{stats['max_dedup_digit']}, reconstruction rel. error {stats['reconstruction_rel']:.3f}\n"
+        f"{stats['max_dedup_digit']}{fit}\n"
         f"  wrote {out} in {time.perf_counter() - t0:.1f}s"
     )
     return Prepared(data=data, split=split, catalog=catalog, stats=stats, config=config)
+
+
+def _semantic_id_catalog(data, split, config: dict, out: Path, embedding_cache_dir, show_progress: bool):
+    """MiniLM embeddings -> residual k-means Semantic IDs -> (catalog, SID stats); resolves K "auto" in config."""
+    cache = Path(embedding_cache_dir) if embedding_cache_dir is not None else out / "embeddings"
+    emb = embed_texts(data.item_text, cache, DEFAULT_MODEL, show_progress=show_progress)
+    train_items = np.unique(np.fromiter((i for s in split.train_sequences for i in s), dtype=np.int64))
+    num_levels, codebook_size = config["num_levels"], config["codebook_size"]
+    fit = dict(num_levels=num_levels, pca_dim=config["pca_dim"], seed=config["seed"])
+    if codebook_size == "auto":
+        config["codebook_rule"] = "auto"
+        codebook_size = auto_codebook_size(data.num_items, num_levels)
+        while True:
+            try:
+                sids = build_semantic_ids(emb, train_items, codebook_size=codebook_size, **fit)
+                break
+            except CodebookTooSmall:
+                codebook_size *= 2
+        config["codebook_size"] = codebook_size
+    else:
+        sids = build_semantic_ids(emb, train_items, codebook_size=codebook_size, **fit)
+    catalog = SIDCatalog.from_codes(np.arange(data.num_items), sids.codes, (codebook_size,) * num_levels)
+    return catalog, sids.stats
 
 
 def _check_prepare_args(dataset, num_levels, codebook_size, max_history, k_core, pca_dim, seed) -> None:

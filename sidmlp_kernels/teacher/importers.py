@@ -31,6 +31,7 @@ import torch
 
 from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
+from ..data.sid_files import SID_FILE_FORMATS, codes_for_items
 from ..errors import InvalidInput, MissingDependency
 from ..io import ArtifactError, atomic_directory, write_json
 from .digit_head_formats import DIGIT_HEAD_FORMATS, read_digit_heads
@@ -51,38 +52,9 @@ class _Format:
     source: str
 
 
-def _read_official_sids(path: Path) -> tuple[np.ndarray, list]:
-    """{item: [c1, .., dedup]} (JSON, file order = item ids 1..N); the last digit's code is dedup itself."""
-    try:
-        blob = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(path, f"is not a JSON SID file ({err})") from err
-    if not isinstance(blob, dict) or not blob:
-        raise ArtifactError(path, "must be a non-empty JSON object {item: [c1, c2, c3, dedup]}")
-    widths = {len(v) if isinstance(v, list) else -1 for v in blob.values()}
-    if len(widths) != 1 or -1 in widths:
-        raise ArtifactError(path, f"every value must be a list of the same length, got lengths {sorted(widths)}")
-    try:
-        codes = np.array(list(blob.values()), dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ArtifactError(path, f"codes must be integers ({err})") from err
-    return codes, list(blob)
-
-
-def _read_xlt_sids(path: Path) -> tuple[np.ndarray, list]:
-    """(N, L) integer codes in a .npy file; row i is item i + 1."""
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ArtifactError(path, f"is not a .npy array of codes ({err})") from err
-    if codes.ndim != 2 or codes.shape[0] == 0 or not np.issubdtype(codes.dtype, np.integer):
-        raise ArtifactError(path, f"must be an (N, L) integer array, got shape {codes.shape} dtype {codes.dtype}")
-    return codes.astype(np.int64), list(range(1, codes.shape[0] + 1))
-
-
 IMPORT_FORMATS = {
-    "sidmlp-official": _Format("t5.", "sidmlp-official", _read_official_sids, "ztguo715/SID-MLP"),
-    "tiger-xlt": _Format("model.", "tiger-xlt", _read_xlt_sids, "XiaoLongtaoo/TIGER"),
+    "sidmlp-official": _Format("t5.", "sidmlp-official", SID_FILE_FORMATS["sidmlp-official"], "ztguo715/SID-MLP"),
+    "tiger-xlt": _Format("model.", "tiger-xlt", SID_FILE_FORMATS["tiger-xlt"], "XiaoLongtaoo/TIGER"),
 }
 
 
@@ -224,12 +196,28 @@ def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str, item_
         raise ArtifactError(sids, f"does not describe a valid catalog ({err})") from err
 
 
+def _dataset_catalog(prepared: str | Path, catalog: SIDCatalog, keys: list, sids: Path) -> tuple[SIDCatalog, list]:
+    """The prepared dataset's catalog and raw item ids, checked to be the SID file's codes for its items."""
+    from ..data.prepare import load_prepared
+
+    data = load_prepared(prepared)
+    expected = codes_for_items(keys, catalog.codes.numpy(), data.data.raw_item_ids, sids)
+    same = (tuple(data.catalog.codebook_sizes) == tuple(catalog.codebook_sizes)
+            and np.array_equal(data.catalog.codes.numpy(), expected))
+    if not same:
+        raise InvalidInput(f"the catalog of prepared (--prepared) {prepared} does not hold the codes of {sids} "
+                           f"(codebook sizes {list(data.catalog.codebook_sizes)} vs {list(catalog.codebook_sizes)}); "
+                           f"build it with `sidmlp prepare --sids {sids} --sids-format ...`")
+    return data.catalog, list(data.data.raw_item_ids)
+
+
 def import_teacher(
     format: str,
     checkpoint: str | Path,
     sids: str | Path | None,
     out: str | Path,
     config: str | Path | dict | None = None,
+    prepared: str | Path | None = None,
     **options: Any,
 ):
     """Import another code base's T5 teacher into the teacher directory `out` (+ `out/catalog`).
@@ -238,11 +226,16 @@ def import_teacher(
     the code base's config file (YAML/JSON path) or a dict of its settings. options override the
     config: n_user_tokens, num_heads, d_kv, d_model, d_ff, num_layers, num_decoder_layers,
     feed_forward_proj, codebook_sizes (an int or one per digit; default 256 each).
+    prepared: a `sidmlp prepare --sids` directory built from this SID file; the teacher's catalog
+    is then that dataset's (its item ids), so `sidmlp distill --prepared` accepts the teacher.
     Returns (model, layout, catalog) as written.
     """
     from transformers import T5Config, T5ForConditionalGeneration
 
     if format in DIGIT_HEAD_FORMATS:
+        if prepared is not None:
+            raise InvalidInput(f"prepared (--prepared) works with the SID-file formats {sorted(IMPORT_FORMATS)}; "
+                               f"a {format} checkpoint holds its own SIDs")
         return _import_digit_heads(format, checkpoint, sids, out, config, options)
     if format not in IMPORT_FORMATS:
         raise InvalidInput(f"format must be one of {sorted(IMPORT_FORMATS) + sorted(DIGIT_HEAD_FORMATS)}, "
@@ -268,6 +261,8 @@ def import_teacher(
                            f"codebook_sizes {list(layout.codebook_sizes)} and {layout.num_user_tokens} user tokens "
                            f"has vocab_size {layout.vocab_size}; pass codebook_sizes / n_user_tokens")
     catalog = _catalog(codes, layout, sids, format)
+    if prepared is not None:
+        catalog, keys = _dataset_catalog(prepared, catalog, keys, sids)
     model = T5ForConditionalGeneration(T5Config(
         **kwargs, pad_token_id=layout.pad_id, eos_token_id=layout.eos_id,
         decoder_start_token_id=layout.decoder_start_id))

@@ -368,3 +368,58 @@ def test_cli_import(tmp_path, capsys):
     assert main(["import", "--format", "tiger-xlt", "--checkpoint", str(ckpt), "--sids", str(sids),
                  "--num-heads", "3", "--config", str(cfg), "--out", str(tmp_path / "o2")]) == 2
     assert "num_heads=3" in capsys.readouterr().err
+
+
+def test_prepare_from_the_sid_file_then_import_fits_the_dataset(tmp_path, fake_dataset, capsys):
+    """`prepare --sids` + `import --prepared`: the dataset's items get the file's codes by raw id, and the
+    imported teacher carries that catalog, so load_teacher(catalog=prepared.catalog) accepts it."""
+    from sidmlp_kernels.data.prepare import load_prepared
+
+    model, sem_ids, ckpt, _, cfg = write_official(tmp_path, n_items=45)
+    rng = np.random.default_rng(3)
+    values = list(sem_ids.values())
+    raw = [str(i) for i in rng.permutation(np.arange(1, 46))]  # file order != dataset order; 5 extra items
+    sids = tmp_path / "by_raw_id.sem_ids"
+    sids.write_text(json.dumps(dict(zip(raw, values))))
+    prep = tmp_path / "prep"
+    assert main(["prepare", "--dataset", "ml-100k", "--out", str(prep), "--sids", str(sids),
+                 "--codebook-size", "8"]) == 0
+    p = load_prepared(prep)
+    by_raw = dict(zip(raw, values))
+    for item, raw_id in enumerate(p.data.raw_item_ids):
+        assert p.catalog.codes[item].tolist() == by_raw[raw_id]
+    assert p.config["sids"] == str(sids) and p.config["embedding_model"] is None
+    out = tmp_path / "teacher"
+    assert main(["import", "--format", "sidmlp-official", "--checkpoint", str(ckpt), "--sids", str(sids),
+                 "--config", str(cfg), "--prepared", str(prep), "--out", str(out)]) == 0
+    teacher, layout = sk.load_teacher(out, catalog=p.catalog)  # refused if the catalogs differed
+    assert sk.SIDCatalog.load(out / "catalog").fingerprint() == p.catalog.fingerprint()
+    keys = json.loads((out / "item_keys.json").read_text())
+    assert keys["keys"] == list(p.data.raw_item_ids)
+    # The imported weights are the original's.
+    for name, value in model.t5.state_dict().items():
+        torch.testing.assert_close(teacher.state_dict()[name], value, rtol=0, atol=0)
+    # A prepared dataset built from other codes is refused, naming the fix.
+    other = tmp_path / "other.sem_ids"
+    other.write_text(json.dumps(dict(zip(raw, values[::-1]))))
+    with pytest.raises(ValueError, match="does not hold the codes of"):
+        sk.import_teacher("sidmlp-official", ckpt, other, tmp_path / "t2", config=cfg, prepared=prep)
+    with pytest.raises(ValueError, match="no SID for 40 of the dataset's 40 items"):
+        sk.import_teacher("sidmlp-official", ckpt, tmp_path / "Toys_sentence-t5-base_8,8,8,8.sem_ids",
+                          tmp_path / "t3", config=cfg, prepared=prep)
+
+
+def test_prepare_from_a_sid_file_errors(tmp_path, fake_dataset):
+    from sidmlp_kernels.data.prepare import prepare
+
+    sids = tmp_path / "few.sem_ids"
+    sids.write_text(json.dumps({"1": [0, 0, 0, 1], "2": [0, 0, 0, 2]}))
+    with pytest.raises(ArtifactError, match=r"no SID for 38 of the dataset's 40 items.*raw ids"):
+        prepare("ml-100k", tmp_path / "p1", codebook_size=8, sids=sids)
+    with pytest.raises(ValueError, match=r"codebook_size \(--codebook-size\).*not 'auto'"):
+        prepare("ml-100k", tmp_path / "p2", codebook_size="auto", sids=sids)
+    with pytest.raises(FileNotFoundError, match="no SID file"):
+        prepare("ml-100k", tmp_path / "p3", codebook_size=8, sids=tmp_path / "missing.sem_ids")
+    with pytest.raises(ValueError, match="SID file format must be one of"):
+        prepare("ml-100k", tmp_path / "p4", codebook_size=8, sids=sids, sids_format="grid")
+    assert not (tmp_path / "p3").exists() and not (tmp_path / "p4").exists()  # checked before writing
