@@ -101,10 +101,15 @@ def _read_table(path: Path):
             rows.append(row)
     if not rows:
         raise _fail(path, "no users")
-    for name in (USER_COLUMN, HISTORY_COLUMN):
-        missing = next((i for i, r in enumerate(rows) if name not in r), None)
-        if missing is not None:
-            raise _fail(path, f"the object of user row {missing} has no {name!r}")
+    for i, row in enumerate(rows):
+        for name in (USER_COLUMN, HISTORY_COLUMN):
+            if name not in row:
+                raise _fail(path, f"the object of user row {i} has no {name!r}")
+        hist = row[HISTORY_COLUMN]
+        # pyarrow would truncate 1.5 to 1 without a word: only JSON integers are item ids.
+        if hist is not None and (not isinstance(hist, list) or any(
+                x is not None and (isinstance(x, bool) or not isinstance(x, int)) for x in hist)):
+            raise _fail(path, f"the history of user row {i} is {json.dumps(hist)}, not a list of integer item ids")
     try:
         return pa.table({USER_COLUMN: [r[USER_COLUMN] for r in rows],
                          HISTORY_COLUMN: pa.array([r[HISTORY_COLUMN] for r in rows], pa.list_(pa.int64()))})
