@@ -3,7 +3,8 @@
 Speed (side by side, alternating, medians; batch B of test users, beam 50, top 10):
 - the encoders alone: the trained teacher's (as SID-MLP runs it) and a random TIGER paper-config
   T5 encoder (HF), fp32 vs bf16 autocast;
-- the whole generate() of the trained SID-MLP, fp32 vs bf16.
+- the whole generate() of the trained SID-MLP, fp32 vs bf16 (bf16 encoder; readout and heads float32),
+  and, as an ablation, with the readout and heads in bf16 too (encode/context_projection/decode(dtype=)).
 Quality (every test user, beam 50, top 10): Recall@10 and NDCG@10 of fp32 and bf16, a paired
 bootstrap over users of bf16 - fp32 (10,000 resamples, 95%), and the top-10 overlap of the two.
 
@@ -42,6 +43,11 @@ def main() -> int:
     from sidmlp_kernels.metrics import ndcg_at_k, paired_bootstrap, recall_at_k, top_overlap
     from sidmlp_kernels.teacher.adapters import as_adapter
 
+    def all_bf16(b_ids, b_mask):
+        """The ablation: encoder, context readout and heads all under the bf16 autocast."""
+        proj = rec.context_projection(rec.encode(b_ids, b_mask, dtype=BF16), dtype=BF16)
+        return rec.decode(proj, args.beam, 10, dtype=BF16)
+
     threads = common.set_threads(args.threads)
     prepared = load_prepared(args.prepared)
     teacher, layout = load_teacher(args.teacher, catalog=prepared.catalog)
@@ -55,6 +61,7 @@ def main() -> int:
         "teacher_encoder_bf16": lambda ph: rec.encode(ids, mask, dtype=BF16),
         "generate_fp32": lambda ph: rec.generate(ids, mask, beam_size=args.beam, top_n=10, dtype=torch.float32),
         "generate_bf16": lambda ph: rec.generate(ids, mask, beam_size=args.beam, top_n=10, dtype=BF16),
+        "generate_all_layers_bf16": lambda ph: all_bf16(ids, mask),
     }
     if not args.no_paper_t5:
         paper = build_t5_teacher(layout, "paper", seed=0).eval()
@@ -73,15 +80,19 @@ def main() -> int:
     samples, _ = common.run_interleaved(providers, repeats=args.repeats, warmup=2, budget_s=None)
     speed = {name: common.stats_of(s) for name, s in samples.items()}
     ratios = {base: speed[f"{base}_bf16"]["median_ms"] / speed[f"{base}_fp32"]["median_ms"]
-              for base in sorted({n.rsplit("_", 1)[0] for n in providers})}
+              for base in sorted({n.rsplit("_", 1)[0] for n in providers}) if f"{base}_fp32" in speed}
+    ratios["generate_all_layers"] = speed["generate_all_layers_bf16"]["median_ms"] / speed["generate_fp32"]["median_ms"]
 
     # Quality over every test user, same batches for both dtypes.
     items = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", BF16)):
+    runs = {"fp32": lambda i, m: rec.generate(i, m, beam_size=args.beam, top_n=10, dtype=torch.float32),
+            "bf16": lambda i, m: rec.generate(i, m, beam_size=args.beam, top_n=10, dtype=BF16),
+            "all_layers_bf16": all_bf16}
+    for name, run in runs.items():
         parts = []
         for lo in range(0, len(test), 128):
             b_ids, b_mask, _, _ = test.batch(torch.arange(lo, min(len(test), lo + 128)))
-            parts.append(rec.generate(b_ids, b_mask, beam_size=args.beam, top_n=10, dtype=dtype).items)
+            parts.append(run(b_ids, b_mask).items)
         items[name] = torch.cat(parts)
     targets = test.target_items
     quality = {name: {"recall@10": float(recall_at_k(v, targets, 10)), "ndcg@10": float(ndcg_at_k(v, targets, 10))}
@@ -92,6 +103,7 @@ def main() -> int:
         quality[f"bf16_minus_fp32_{metric}"] = [boot["mean_difference"], boot["ci_low"], boot["ci_high"]]
     quality["top10_overlap"] = top_overlap(items["bf16"], items["fp32"], 10)
     quality["identical_top10_lists"] = float((items["bf16"] == items["fp32"]).all(dim=1).double().mean())
+    quality["ablation"] = {"all_layers_bf16_top10_overlap": top_overlap(items["all_layers_bf16"], items["fp32"], 10)}
 
     report = {"format_version": 1, "bench": "bf16", "machine": common.machine_info(),
               "config": {**vars(args), "threads": threads, "users": len(test),
@@ -103,15 +115,17 @@ def main() -> int:
     print(f"batch {ids.shape[0]}, beam {args.beam}, {threads} threads; medians of {args.repeats} alternating repeats\n")
     print("| what | fp32 ms | bf16 ms | bf16 / fp32 |\n|---|---:|---:|---:|")
     for base, ratio in ratios.items():
-        print(f"| {base} | {speed[base + '_fp32']['median_ms']:.1f} | {speed[base + '_bf16']['median_ms']:.1f} | "
-              f"{ratio:.2f} |")
+        fp32 = speed[f"{base}_fp32" if f"{base}_fp32" in speed else "generate_fp32"]["median_ms"]
+        print(f"| {base} | {fp32:.1f} | {speed[base + '_bf16']['median_ms']:.1f} | {ratio:.2f} |")
     q = quality
     print(f"\n{len(test)} test users: fp32 recall@10 {q['fp32']['recall@10']:.4f} ndcg@10 {q['fp32']['ndcg@10']:.4f}; "
           f"bf16 recall@10 {q['bf16']['recall@10']:.4f} ndcg@10 {q['bf16']['ndcg@10']:.4f}")
     for metric in ("recall@10", "ndcg@10"):
         d = q[f"bf16_minus_fp32_{metric}"]
         print(f"  bf16 - fp32 {metric}: {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]")
-    print(f"  top-10 overlap {q['top10_overlap']:.4f}, identical lists {q['identical_top10_lists']:.3f}\nwrote {path}")
+    print(f"  top-10 overlap {q['top10_overlap']:.4f}, identical lists {q['identical_top10_lists']:.3f}; "
+          f"ablation, readout and heads in bf16 too: {q['ablation']['all_layers_bf16_top10_overlap']:.4f}")
+    print(f"wrote {path}")
     return 0
 
 

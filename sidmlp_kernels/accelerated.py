@@ -46,8 +46,11 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-accelerated"
 _META = "accelerated.json"
-# generate()'s compute dtypes. bfloat16 runs the encoder, the context readout and the heads' GEMMs under
-# torch.autocast (weights stay float32, so the model is not changed); the beam scores stay float32.
+# generate()'s encoder dtypes. bfloat16 runs the encoder (the teacher's or the MLP encoder: ~90% of generate()'s
+# time) under torch.autocast; weights stay float32, so neither model is changed. The context readout and the
+# heads stay float32 in generate(): on the ML-100K quickstart SID-MLP each of them in bf16 cost about 0.7 points
+# of top-10 overlap with fp32 for a few percent of the time (bench/results/bf16_ml100k.json, "ablation");
+# context_projection(dtype=) and decode(dtype=) still offer it.
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -110,7 +113,8 @@ class AcceleratedRecommender(nn.Module):
         # Decode backend: None picks automatically (CUDA -> Triton + CUDA ops, CPU -> C++ ops,
         # no extension -> PyTorch reference; SIDMLP_BACKEND overrides), or 'reference'|'cpu'|'triton'.
         self.backend: Optional[str] = None
-        # generate()'s compute dtype when its dtype argument is None (from_pretrained(dtype=) sets it).
+        # The encoder's dtype in generate() and encode() when their dtype argument is None
+        # (from_pretrained(dtype=) sets it).
         self.compute_dtype: torch.dtype = torch.float32
         self.info = dict(info or {})
         # How the teacher's HF generate lays out sequences (generate()'s HF convention): from the teacher's
@@ -151,13 +155,13 @@ class AcceleratedRecommender(nn.Module):
         """inference_mode with this model (and, for encoding, the teacher) in eval mode; modes restored after.
 
         Only encoding runs the teacher, so the per-digit decode does not walk the teacher's modules.
-        dtype (None: self.compute_dtype) bfloat16 adds a bf16 autocast on the devices involved.
+        dtype bfloat16 adds a bf16 autocast on the devices involved (None: float32, none).
         """
         stack = contextlib.ExitStack()
         teacher_model = getattr(self.teacher, "model", None) if with_teacher else None
         stack.enter_context(_eval_mode(self, teacher_model))
         stack.enter_context(torch.inference_mode())
-        if check_dtype(self.compute_dtype if dtype is None else dtype) == torch.bfloat16:
+        if dtype is not None and check_dtype(dtype) == torch.bfloat16:
             devices = {self.device.type, self.encoder_device.type} if with_teacher else {self.device.type}
             for device_type in sorted(devices):
                 stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
@@ -187,13 +191,16 @@ class AcceleratedRecommender(nn.Module):
                dtype: Optional[torch.dtype] = None) -> Encoded:
         """Encoder states once per user (teacher encoder or MLP encoder), computed in `dtype` (None: compute_dtype)."""
         self.check_inputs(input_ids, attention_mask)
-        with self._inference(with_teacher=True, dtype=dtype):
+        with self._inference(with_teacher=True, dtype=self.compute_dtype if dtype is None else dtype):
             if self.encoder is not None:
                 return self.encoder(input_ids, attention_mask)
             return self.teacher.encode(input_ids, attention_mask)
 
     def context_projection(self, encoded: Encoded, dtype: Optional[torch.dtype] = None) -> list[torch.Tensor]:
-        """Per head, the (B, H) first-layer contribution of the user context: once per user (float32 out)."""
+        """Per head, the (B, H) first-layer contribution of the user context: once per user (float32 out).
+
+        dtype bfloat16 runs the readout under a bf16 autocast (None: float32, as generate() runs it).
+        """
         with self._inference(dtype=dtype):
             # A teacher encoder may live on another device than the heads: bring its (B, T, D) output over once.
             ctx = self.student.context(encoded.states.float().to(self.device), encoded.mask.to(self.device))
@@ -204,8 +211,9 @@ class AcceleratedRecommender(nn.Module):
                dtype: Optional[torch.dtype] = None) -> GenerationOutput:
         """Constrained beam search over the folded heads on the selected backend (decode/backends.py).
 
-        dtype bfloat16: the heads' GEMMs of the reference and cpu backends run in bf16 (autocast); the
-        fused Triton step computes in float32 either way; beam scores are float32.
+        dtype bfloat16: the heads' GEMMs of the reference and cpu backends run in bf16 (autocast; None:
+        float32, as generate() runs them); the fused Triton step computes in float32 either way;
+        beam scores are float32.
         """
         with self._inference(dtype=dtype):
             return decode_folded(self.folded, ctx_proj, self.catalog, beam_size, top_n, backend=self.backend)
@@ -236,8 +244,8 @@ class AcceleratedRecommender(nn.Module):
         - this package's: `generate(input_ids, attention_mask, beam_size, top_n)` (beam_size or
           top_n given, by position or name) returns GenerationOutput(items, codes, scores).
         Mixing the two is a TypeError. dtype (either convention; None: self.compute_dtype, float32 unless
-        from_pretrained(dtype=) said otherwise): torch.float32, or torch.bfloat16 for a bf16 autocast of the
-        encoder, the context readout and the heads (weights unchanged, beam scores float32).
+        from_pretrained(dtype=) said otherwise): the encoder's, torch.float32 or torch.bfloat16 (a bf16
+        autocast; weights unchanged); the context readout, heads and beam scores stay float32.
 
         Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
         mode the caller left the teacher or this model in (their modes are restored afterwards).
@@ -266,11 +274,11 @@ class AcceleratedRecommender(nn.Module):
 
     def _ranked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int,
                 top_n: int, dtype: Optional[torch.dtype] = None) -> GenerationOutput:
-        """encode -> context projection -> constrained decode of the folded heads."""
+        """encode (in dtype) -> context projection -> constrained decode of the folded heads (float32)."""
         dtype = check_dtype(self.compute_dtype if dtype is None else dtype)
-        with self._inference(with_teacher=True, dtype=dtype):
+        with self._inference(with_teacher=True):
             encoded = self.encode(input_ids, attention_mask, dtype)
-            return self.decode(self.context_projection(encoded, dtype), beam_size, top_n, dtype)
+            return self.decode(self.context_projection(encoded), beam_size, top_n)
 
     def generate_batched(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int = 50, top_n: int = 10,
@@ -322,7 +330,7 @@ class AcceleratedRecommender(nn.Module):
     ) -> "AcceleratedRecommender":
         """Load and validate a saved recommender; SID-MLP needs its teacher, catalog/layout are checked if given.
 
-        dtype (torch.float32 or torch.bfloat16) sets compute_dtype, generate()'s default compute dtype.
+        dtype (torch.float32 or torch.bfloat16) sets compute_dtype, the default dtype of generate()'s encoder.
         """
         dtype = torch.float32 if dtype is None else check_dtype(dtype)
         directory = Path(directory)

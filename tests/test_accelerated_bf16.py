@@ -28,16 +28,20 @@ def model():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_bf16_full_beam_equals_exhaustive_scoring_in_bf16(model, backend):
+@pytest.mark.parametrize("heads", [torch.float32, BF16])
+def test_bf16_full_beam_equals_exhaustive_scoring(model, backend, heads):
     rec, cat, ids, mask = model
     rec.backend = backend
     try:
-        out = rec.generate(ids, mask, beam_size=cat.num_items, top_n=10, dtype=BF16)
+        proj = rec.context_projection(rec.encode(ids, mask, dtype=BF16), dtype=heads)
+        out = rec.decode(proj, beam_size=cat.num_items, top_n=10, dtype=heads)
+        if heads == torch.float32:  # what generate(dtype=bf16) runs: bf16 encoder, float32 readout and heads
+            assert torch.equal(rec.generate(ids, mask, beam_size=cat.num_items, top_n=10, dtype=BF16).scores,
+                               out.scores)
     finally:
         rec.backend = None
-    # The oracle scores every catalog item with the plain-PyTorch folded heads under the same autocast.
-    proj = rec.context_projection(rec.encode(ids, mask, dtype=BF16), dtype=BF16)
-    with torch.autocast("cpu", dtype=BF16):
+    # The oracle scores every catalog item with the plain-PyTorch folded heads in the same dtype.
+    with torch.autocast("cpu", dtype=BF16, enabled=heads == BF16):
         oracle = exhaustive_search(lambda l, p: folded_logits(rec.folded, l, proj[l], p), cat, ids.shape[0], 10)
     # A beam as wide as the catalog is exhaustive: the same ranked items (no near-ties among these scores).
     assert float((oracle.scores[:, :-1] - oracle.scores[:, 1:]).min()) > 1e-4
