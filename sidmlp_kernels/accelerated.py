@@ -38,13 +38,28 @@ from .teacher.hf_output import SequenceFormat, hf_output
 from .training import TrainResult, barrier, dist_info, forked_rng
 from .errors import InvalidInput, InvalidInputType
 
-__all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "new_mlp_encoder", "new_student", "FORMAT_VERSION"]
+__all__ = ["AcceleratedRecommender", "AccelerateConfig", "accelerate", "new_mlp_encoder", "new_student", "FORMAT_VERSION",
+           "INFERENCE_DTYPES"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-accelerated"
 _META = "accelerated.json"
+# generate()'s encoder dtypes. bfloat16 runs the encoder (the teacher's or the MLP encoder: ~90% of generate()'s
+# time) under torch.autocast; weights stay float32, so neither model is changed. The context readout and the
+# heads stay float32 in generate(): on the ML-100K quickstart SID-MLP each of them in bf16 cost about 0.7 points
+# of top-10 overlap with fp32 for a few percent of the time (bench/results/bf16_ml100k.json, "ablation");
+# context_projection(dtype=) and decode(dtype=) still offer it.
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def check_dtype(dtype, name: str = "dtype") -> torch.dtype:
+    """torch.float32 or torch.bfloat16 (or their names); anything else is an InvalidInput naming `name`."""
+    value = INFERENCE_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if value not in INFERENCE_DTYPES.values():
+        raise InvalidInput(f"{name} must be torch.float32 or torch.bfloat16 (or their names), got {dtype!r}")
+    return value
 
 
 @contextlib.contextmanager
@@ -98,6 +113,9 @@ class AcceleratedRecommender(nn.Module):
         # Decode backend: None picks automatically (CUDA -> Triton + CUDA ops, CPU -> C++ ops,
         # no extension -> PyTorch reference; SIDMLP_BACKEND overrides), or 'reference'|'cpu'|'triton'.
         self.backend: Optional[str] = None
+        # The encoder's dtype in generate() and encode() when their dtype argument is None
+        # (from_pretrained(dtype=) sets it).
+        self.compute_dtype: torch.dtype = torch.float32
         self.info = dict(info or {})
         # How the teacher's HF generate lays out sequences (generate()'s HF convention): from the teacher's
         # model, else as recorded by accelerate() (SID-MLP++ keeps no teacher), else an encoder-decoder.
@@ -133,15 +151,20 @@ class AcceleratedRecommender(nn.Module):
         """True for SID-MLP (teacher encoder), False for SID-MLP++ (MLP encoder)."""
         return self.encoder is None
 
-    def _inference(self, with_teacher: bool = False) -> contextlib.ExitStack:
+    def _inference(self, with_teacher: bool = False, dtype: Optional[torch.dtype] = None) -> contextlib.ExitStack:
         """inference_mode with this model (and, for encoding, the teacher) in eval mode; modes restored after.
 
         Only encoding runs the teacher, so the per-digit decode does not walk the teacher's modules.
+        dtype bfloat16 adds a bf16 autocast on the devices involved (None: float32, none).
         """
         stack = contextlib.ExitStack()
         teacher_model = getattr(self.teacher, "model", None) if with_teacher else None
         stack.enter_context(_eval_mode(self, teacher_model))
         stack.enter_context(torch.inference_mode())
+        if dtype is not None and check_dtype(dtype) == torch.bfloat16:
+            devices = {self.device.type, self.encoder_device.type} if with_teacher else {self.device.type}
+            for device_type in sorted(devices):
+                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
         return stack
 
     # ---------------------------------------------------------------- serving
@@ -164,24 +187,35 @@ class AcceleratedRecommender(nn.Module):
                 raise InvalidInput(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
         self.layout.check_inputs(input_ids, attention_mask)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
-        """Encoder states once per user (teacher encoder or MLP encoder)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               dtype: Optional[torch.dtype] = None) -> Encoded:
+        """Encoder states once per user (teacher encoder or MLP encoder), computed in `dtype` (None: compute_dtype)."""
         self.check_inputs(input_ids, attention_mask)
-        with self._inference(with_teacher=True):
+        with self._inference(with_teacher=True, dtype=self.compute_dtype if dtype is None else dtype):
             if self.encoder is not None:
                 return self.encoder(input_ids, attention_mask)
             return self.teacher.encode(input_ids, attention_mask)
 
-    def context_projection(self, encoded: Encoded) -> list[torch.Tensor]:
-        """Per head, the (B, H) first-layer contribution of the user context: once per user."""
-        with self._inference():
+    def context_projection(self, encoded: Encoded, dtype: Optional[torch.dtype] = None) -> list[torch.Tensor]:
+        """Per head, the (B, H) first-layer contribution of the user context: once per user (float32 out).
+
+        dtype bfloat16 runs the readout under a bf16 autocast (None: float32, as generate() runs it).
+        """
+        with self._inference(dtype=dtype):
             # A teacher encoder may live on another device than the heads: bring its (B, T, D) output over once.
             ctx = self.student.context(encoded.states.float().to(self.device), encoded.mask.to(self.device))
-            return project_context(self.folded, ctx)
+            # float32 whatever the compute dtype: every decode backend takes the same inputs.
+            return [p.float() for p in project_context(self.folded, ctx)]
 
-    def decode(self, ctx_proj: list[torch.Tensor], beam_size: int = 50, top_n: int = 10) -> GenerationOutput:
-        """Constrained beam search over the folded heads on the selected backend (decode/backends.py)."""
-        with self._inference():
+    def decode(self, ctx_proj: list[torch.Tensor], beam_size: int = 50, top_n: int = 10,
+               dtype: Optional[torch.dtype] = None) -> GenerationOutput:
+        """Constrained beam search over the folded heads on the selected backend (decode/backends.py).
+
+        dtype bfloat16: the heads' GEMMs of the reference and cpu backends run in bf16 (autocast; None:
+        float32, as generate() runs them); the fused Triton step computes in float32 either way;
+        beam scores are float32.
+        """
+        with self._inference(dtype=dtype):
             return decode_folded(self.folded, ctx_proj, self.catalog, beam_size, top_n, backend=self.backend)
 
     def generate(
@@ -196,6 +230,7 @@ class AcceleratedRecommender(nn.Module):
         return_dict_in_generate: bool = False,
         output_scores: bool = False,
         length_penalty: float = 1.0,
+        dtype: Optional[torch.dtype] = None,
     ) -> Union[GenerationOutput, GenerateOutput, torch.Tensor]:
         """Top catalog items per user (ranked, distinct, all valid) for inputs in the teacher's layout.
 
@@ -208,7 +243,9 @@ class AcceleratedRecommender(nn.Module):
           items, codes, scores). attention_mask=None means all ones.
         - this package's: `generate(input_ids, attention_mask, beam_size, top_n)` (beam_size or
           top_n given, by position or name) returns GenerationOutput(items, codes, scores).
-        Mixing the two is a TypeError.
+        Mixing the two is a TypeError. dtype (either convention; None: self.compute_dtype, float32 unless
+        from_pretrained(dtype=) said otherwise): the encoder's, torch.float32 or torch.bfloat16 (a bf16
+        autocast; weights unchanged); the context readout, heads and beam scores stay float32.
 
         Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
         mode the caller left the teacher or this model in (their modes are restored afterwards).
@@ -226,25 +263,26 @@ class AcceleratedRecommender(nn.Module):
                     "(returns sequences): use one convention")
             beam_size, top_n = 50 if beam_size is None else beam_size, 10 if top_n is None else top_n
             check_beam_args(beam_size, top_n)
-            return self._ranked(input_ids, attention_mask, beam_size, top_n)
+            return self._ranked(input_ids, attention_mask, beam_size, top_n, dtype)
         num_beams = 50 if num_beams is None else num_beams
         num_return_sequences = 10 if num_return_sequences is None else num_return_sequences
         check_generate_args(num_beams, num_return_sequences, length_penalty)
-        out = self._ranked(input_ids, attention_mask, num_beams, num_return_sequences)
+        out = self._ranked(input_ids, attention_mask, num_beams, num_return_sequences, dtype)
         return hf_output(out, self.layout, self.sequence_format, input_ids, attention_mask,
                          length_penalty=length_penalty, return_dict_in_generate=return_dict_in_generate,
                          output_scores=output_scores)
 
     def _ranked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int,
-                top_n: int) -> GenerationOutput:
-        """encode -> context projection -> constrained decode of the folded heads."""
+                top_n: int, dtype: Optional[torch.dtype] = None) -> GenerationOutput:
+        """encode (in dtype) -> context projection -> constrained decode of the folded heads (float32)."""
+        dtype = check_dtype(self.compute_dtype if dtype is None else dtype)
         with self._inference(with_teacher=True):
-            encoded = self.encode(input_ids, attention_mask)
+            encoded = self.encode(input_ids, attention_mask, dtype)
             return self.decode(self.context_projection(encoded), beam_size, top_n)
 
     def generate_batched(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int = 50, top_n: int = 10,
-        batch_size: int = 256,
+        batch_size: int = 256, dtype: Optional[torch.dtype] = None,
     ) -> GenerationOutput:
         """generate() over many users in chunks of batch_size (bounded memory)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -252,7 +290,7 @@ class AcceleratedRecommender(nn.Module):
         check_beam_args(beam_size, top_n)
         self.check_inputs(input_ids, attention_mask)  # also refuses an empty batch, before any work
         outs = [
-            self._ranked(input_ids[s : s + batch_size], attention_mask[s : s + batch_size], beam_size, top_n)
+            self._ranked(input_ids[s : s + batch_size], attention_mask[s : s + batch_size], beam_size, top_n, dtype)
             for s in range(0, input_ids.shape[0], batch_size)
         ]
         return GenerationOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("items", "codes", "scores")))
@@ -288,8 +326,13 @@ class AcceleratedRecommender(nn.Module):
         teacher=None,
         catalog: Optional[SIDCatalog] = None,
         layout: Optional[TokenLayout] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> "AcceleratedRecommender":
-        """Load and validate a saved recommender; SID-MLP needs its teacher, catalog/layout are checked if given."""
+        """Load and validate a saved recommender; SID-MLP needs its teacher, catalog/layout are checked if given.
+
+        dtype (torch.float32 or torch.bfloat16) sets compute_dtype, the default dtype of generate()'s encoder.
+        """
+        dtype = torch.float32 if dtype is None else check_dtype(dtype)
         directory = Path(directory)
         meta_path = directory / _META
         if not meta_path.is_file():
@@ -354,6 +397,7 @@ class AcceleratedRecommender(nn.Module):
         ):
             raise ArtifactError(folded_path, "does not match student.safetensors (corrupted save?)", hint)
         rec.folded = FoldedHeads.from_tensors(stored, rec.folded.num_levels, meta["ln_eps"])
+        rec.compute_dtype = dtype
         return rec
 
     # The names this class had before it followed the HF convention.

@@ -26,7 +26,7 @@ LAYERS = [
     ("teacher",),
     ("distill",),
     ("accelerated",),
-    ("evaluation",),
+    ("evaluation", "recommend"),
     ("analysis",),
     ("cli",),
 ]

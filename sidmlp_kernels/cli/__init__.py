@@ -11,9 +11,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from . import analyze, compare, distill, import_teacher, prepare, quickstart, teacher
+from . import analyze, compare, distill, import_teacher, prepare, quickstart, recommend, teacher
 
-COMMAND_MODULES = (prepare, teacher, import_teacher, distill, quickstart, compare, analyze)
+COMMAND_MODULES = (prepare, teacher, import_teacher, distill, quickstart, compare, analyze, recommend)
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -5,7 +5,8 @@ import pytest
 
 from sidmlp_kernels.cli import build_parser, main
 
-COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "compare", "analyze"]
+COMMANDS = ["prepare", "train-teacher", "eval", "distill", "quickstart", "compare", "analyze", "recommend",
+            "export-users"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
