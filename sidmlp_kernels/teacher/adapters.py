@@ -116,6 +116,14 @@ def _check_prefix_codes(layout: TokenLayout, prefix_codes: torch.Tensor, batch: 
     return layout.codes_to_tokens(full)[:, : num_levels - 1]
 
 
+def digit_rows(weight: torch.Tensor, layout: TokenLayout, level: int) -> torch.Tensor:
+    """(K_l, ...) rows of a per-token tensor (embedding, output head, bias) for digit `level`'s codes, in code
+    order: a view of a contiguous layout's range, else gathered through the layout's token table."""
+    if layout.contiguous:
+        return weight[slice(*layout.digit_token_range(level))]
+    return weight[layout.digit_token_ids(level, weight.device)]
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """Name of the KV-cache argument of model.forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
     params = inspect.signature(model.forward).parameters
@@ -146,8 +154,7 @@ class T5TeacherAdapter:
 
     def digit_head(self, level: int) -> torch.Tensor:
         """(K_l, D) lm_head rows of digit `level`, output scale folded in."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.lm_head.weight[start:stop] * self.output_scale
+        return digit_rows(self.model.lm_head.weight, self.layout, level) * self.output_scale
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Run the T5 encoder once per user."""
@@ -172,8 +179,7 @@ class T5TeacherAdapter:
 
     def code_embeddings(self, level: int) -> torch.Tensor:
         """(K_l, D) rows of the shared token embedding for digit `level`."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.get_input_embeddings().weight[start:stop]
+        return digit_rows(self.model.get_input_embeddings().weight, self.layout, level)
 
 
 def decoder_output_scale(model: nn.Module) -> float:
@@ -235,10 +241,9 @@ class CausalLMTeacherAdapter:
 
     def digit_head(self, level: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(K_l, D) output-head rows of digit `level` and their bias (or None)."""
-        start, stop = self.layout.digit_token_range(level)
         head = self.model.get_output_embeddings()
         bias = getattr(head, "bias", None)
-        return head.weight[start:stop], None if bias is None else bias[start:stop]
+        return digit_rows(head.weight, self.layout, level), None if bias is None else digit_rows(bias, self.layout, level)
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states (after the final norm) of left-padded inputs."""
@@ -285,8 +290,7 @@ class CausalLMTeacherAdapter:
 
     def code_embeddings(self, level: int) -> torch.Tensor:
         """(K_l, D) rows of the input token embedding for digit `level`."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.get_input_embeddings().weight[start:stop]
+        return digit_rows(self.model.get_input_embeddings().weight, self.layout, level)
 
 
 def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> TeacherAdapter:

@@ -43,8 +43,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, left_positions,
-                       output_cache)
+from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, digit_rows,
+                       left_positions, output_cache)
 from ..data.catalog import SIDCatalog
 from ..decode.constrained import constrained_beam_search
 from ..decode.final_token import FinalLogp
@@ -132,7 +132,7 @@ def _check_decode_args(
 
 def digit_allowed_tokens_fn(layout: TokenLayout, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
     """prefix_allowed_tokens_fn for HF generate: digit l's code tokens at new token l, then EOS."""
-    allowed = [list(range(*layout.digit_token_range(level))) for level in range(layout.num_levels)]
+    allowed = [layout.digit_token_ids(level).tolist() for level in range(layout.num_levels)]
     eos = [layout.eos_id]
 
     def fn(batch_id: int, ids: torch.Tensor) -> list[int]:
@@ -276,7 +276,7 @@ class T5CachedDecoder:
         self.self_v: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
         self.steps = 0
         self.vocab_head = model.lm_head.weight * self.scale  # (V, D), the whole vocabulary
-        self.heads = [self.vocab_head[slice(*layout.digit_token_range(level))] for level in range(layout.num_levels)]
+        self.heads = [digit_rows(self.vocab_head, layout, level) for level in range(layout.num_levels)]
 
     def _self_bias(self, length: int, device: torch.device) -> torch.Tensor:
         """(H, length) relative-position bias of the newest query over all cached keys."""
@@ -362,8 +362,8 @@ class _CausalStepper:
         bias = getattr(self.head, "bias", None)
         self.heads = []
         for level in range(layout.num_levels):
-            start, stop = layout.digit_token_range(level)
-            self.heads.append((self.head.weight[start:stop], None if bias is None else bias[start:stop]))
+            self.heads.append((digit_rows(self.head.weight, layout, level),
+                               None if bias is None else digit_rows(bias, layout, level)))
         self.width = 1
 
     def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
@@ -388,7 +388,7 @@ class _CausalStepper:
         self.width = w
         rows = torch.arange(b, device=parents.device).repeat_interleave(w)
         mask = torch.cat([self.mask[rows], self.mask.new_ones(b * w, level)], dim=1)
-        tokens = (prefixes[:, :, -1] + self.layout.offsets[level - 1]).reshape(b * w, 1)
+        tokens = self.layout.digit_tokens(level - 1, prefixes[:, :, -1]).reshape(b * w, 1)
         pos = (self.last_pos[rows] + level).unsqueeze(1)
         out = self.base(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
                         **{self.cache_kw: self.cache})
@@ -427,7 +427,7 @@ class _T5Stepper:
             tokens = torch.full((prefixes.shape[0], 1), self.start, dtype=torch.long, device=self.device)
         else:
             self.dec.reorder(parents.to(self.device))
-            tokens = prefixes[:, :, -1].to(self.device) + self.layout.offsets[level - 1]
+            tokens = self.layout.digit_tokens(level - 1, prefixes[:, :, -1].to(self.device))
         return self.dec.step(tokens)
 
 
