@@ -208,7 +208,8 @@ class AcceleratedRecommender(nn.Module):
           items, codes, scores). attention_mask=None means all ones.
         - this package's: `generate(input_ids, attention_mask, beam_size, top_n)` (beam_size or
           top_n given, by position or name) returns GenerationOutput(items, codes, scores).
-        Mixing the two is a TypeError.
+        Mixing the two is a TypeError. A catalog with shared SIDs returns every item of each ranked SID
+        (SIDCatalog.expand: (B, N) SIDs -> (B, M) items; HF-style sequences stay one per SID).
 
         Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
         mode the caller left the teacher or this model in (their modes are restored afterwards).
@@ -226,14 +227,14 @@ class AcceleratedRecommender(nn.Module):
                     "(returns sequences): use one convention")
             beam_size, top_n = 50 if beam_size is None else beam_size, 10 if top_n is None else top_n
             check_beam_args(beam_size, top_n)
-            return self._ranked(input_ids, attention_mask, beam_size, top_n)
+            return self.catalog.expand(self._ranked(input_ids, attention_mask, beam_size, top_n))
         num_beams = 50 if num_beams is None else num_beams
         num_return_sequences = 10 if num_return_sequences is None else num_return_sequences
         check_generate_args(num_beams, num_return_sequences, length_penalty)
         out = self._ranked(input_ids, attention_mask, num_beams, num_return_sequences)
         return hf_output(out, self.layout, self.sequence_format, input_ids, attention_mask,
                          length_penalty=length_penalty, return_dict_in_generate=return_dict_in_generate,
-                         output_scores=output_scores)
+                         output_scores=output_scores, catalog=self.catalog)
 
     def _ranked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int,
                 top_n: int) -> GenerationOutput:

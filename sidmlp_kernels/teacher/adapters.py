@@ -38,7 +38,9 @@ __all__ = [
 # "eos"   [user, SIDs..., EOS], then the target SID: TIGER's prompt, trained per prefix;
 # "items" [user, SIDs...], the next item's first digit follows the last history item: the
 #         full-sequence teacher (teacher/sequence.py), trained with a loss at every position.
-PROMPT_FORMATS = ("eos", "items")
+# "text"  a text prompt given as it is (an LLM with SID tokens in its tokenizer: teacher/llm.py);
+#         the answer is the L SID tokens, then model.config.sid_answer_suffix (token ids), then EOS.
+PROMPT_FORMATS = ("eos", "items", "text")
 
 
 @runtime_checkable
@@ -214,6 +216,8 @@ def prompt_ids(
     if fmt not in PROMPT_FORMATS:
         raise InvalidInput(f"prompt format must be one of {PROMPT_FORMATS}, got {fmt!r}")
     ids, mask = to_left_padding(input_ids, attention_mask)
+    if fmt == "text" and layout.contiguous:
+        raise InvalidInput("prompt format 'text' goes with a 'tokenizer' token layout (teacher/llm.py)")
     if fmt == "items":
         if ids.shape[0] and not bool((ids[:, -1] == layout.eos_id).all()):
             raise InvalidInput("input_ids rows must end with the layout's EOS token ([user, SIDs..., EOS])")

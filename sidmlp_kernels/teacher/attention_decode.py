@@ -54,6 +54,7 @@ from ..decode.types import GenerationOutput, StepFn, check_beam_args
 from ..data.layout import TokenLayout
 from ..errors import InvalidInput, InvalidInputType
 from .hf_output import SequenceFormat
+from .llm_decode import SharedPromptStepper, uses_shared_prompt
 
 __all__ = [
     "DecodeOutput",
@@ -444,12 +445,20 @@ def _step_fn(stepper, over_vocab: bool) -> StepFn:
     return step_fn
 
 
-def _eos_logp(stepper, eos_id: int) -> FinalLogp:
-    """final_token.FinalLogp: each final beam's log-probability of EOS under the whole vocabulary (step L+1)."""
+def _final_logp(stepper, tokens: tuple[int, ...]) -> FinalLogp:
+    """final_token.FinalLogp: each final beam's log-probability of the fixed tokens after its digits (the answer
+    suffix, then EOS), each under the whole vocabulary (HF's steps L+1, L+2, ...)."""
 
     def final_logp(prefixes: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-        full = stepper.vocab_logits(stepper.hidden(prefixes.shape[2], prefixes, parents)).float()
-        return full[..., eos_id] - torch.logsumexp(full, dim=-1)
+        hidden = stepper.hidden(prefixes.shape[2], prefixes, parents)
+        total = None
+        for j, token in enumerate(tokens):
+            if j:  # feed the previous fixed token to every beam (only the shared-prompt stepper has suffixes)
+                hidden = stepper.feed(torch.full(hidden.shape[:2], tokens[j - 1], dtype=torch.long))
+            full = stepper.vocab_logits(hidden).float()
+            logp = full[..., token] - torch.logsumexp(full, dim=-1)
+            total = logp if total is None else total + logp
+        return total
 
     return final_logp
 
@@ -502,6 +511,8 @@ def attention_beam_search(
         else:
             if getattr(model.config, "is_encoder_decoder", False):
                 stepper = _T5Stepper(model, layout, input_ids, attention_mask)
+            elif uses_shared_prompt(model):  # LLaMA family: one prompt cache per user, shared by its beams
+                stepper = SharedPromptStepper(model, layout, input_ids, attention_mask)
             else:
                 stepper = _CausalStepper(model, layout, input_ids, attention_mask)
             step_fn = _step_fn(stepper, over_vocab=not renormalize)
@@ -511,8 +522,9 @@ def attention_beam_search(
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
-        if not renormalize and SequenceFormat.of(model).ends_with_eos:
-            final = _eos_logp(stepper, layout.eos_id)
+        fmt = SequenceFormat.of(model)
+        if not renormalize and fmt.ends_with_eos:
+            final = _final_logp(stepper, fmt.suffix + (layout.eos_id,))
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
                                       renormalize=renormalize, final_logp=final)
     finally:
