@@ -162,7 +162,11 @@ class AcceleratedRecommender(nn.Module):
             if isinstance(tensor, torch.Tensor) and tensor.device != expected:
                 owner = "the MLP encoder" if self.encoder is not None else "the teacher's encoder"
                 raise InvalidInput(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
-        self.layout.check_inputs(input_ids, attention_mask)
+        # A text prompt (a 'tokenizer' layout) may use any token of the teacher's vocabulary.
+        model = getattr(self.teacher, "model", None)
+        vocab = model.get_input_embeddings().weight.shape[0] if not self.layout.contiguous and model is not None \
+            else None
+        self.layout.check_inputs(input_ids, attention_mask, vocab_size=vocab)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encoder states once per user (teacher encoder or MLP encoder)."""
@@ -463,6 +467,11 @@ def accelerate(
     dcfg = cfg.distill
     adapter = as_adapter(teacher, catalog, layout)
     layout = adapter.layout
+    if cfg.replace_encoder and not layout.contiguous:
+        # An LLM's text prompt: the MLP encoder (one embedding per vocabulary token, mean-pooled context, no
+        # attention) would have to relearn the LLM's reading of the text; SID-MLP keeps the LLM's prefill.
+        raise InvalidInput("replace_encoder=True (SID-MLP++) does not apply to a text-prompt LLM teacher ('tokenizer' "
+                           "layout): use SID-MLP (replace_encoder=False), whose context is the LLM's prompt states")
     work = Path(work_dir) if work_dir is not None else None
     rank, _ = dist_info()
     with _eval_mode(getattr(adapter, "model", None)):  # a frozen teacher: no dropout in its features

@@ -144,3 +144,32 @@ def test_a_user_template_and_bad_inputs(case):
         llm_teacher(teacher.model, teacher.tokenizer, {"0": ["<a_1>", "<b_2>", "<z_3>"]}, "minionerec")
     with pytest.raises(ValueError, match="format"):
         llm_teacher(teacher.model, teacher.tokenizer, index, "tiger")
+
+
+def test_accelerate_an_llm_teacher_returns_only_catalog_items(tmp_path):
+    from sidmlp_kernels.accelerated import AcceleratedRecommender
+
+    teacher, _ = llm_case("minionerec")
+    hist = histories(48, seed=7)
+    g = torch.Generator().manual_seed(8)
+    targets = torch.randint(0, 60, (48,), generator=g).tolist()
+    train = teacher.examples(hist, targets)
+    tiny = dict(head_hidden=16, ffn_dim=16, num_heads=2, batch_size=16)
+    rec = sk.accelerate(teacher.model, teacher.catalog, train, train.subset(torch.arange(8)), epochs=1,
+                        layout=teacher.layout, **tiny)
+    ids, mask = teacher.prompts(hist[:4])
+    out = rec.generate(ids, mask, beam_size=20, top_n=20)
+    every = set(teacher.catalog.all_item_ids.tolist())
+    for row in out.items.tolist():
+        got = [i for i in row if i >= 0]
+        assert got and set(got) <= every and len(set(got)) == len(got)
+    # HF-style: one sequence per SID, the prompt then SID tokens, "\n", EOS, as the teacher's generate lays it out.
+    seqs = rec.generate(ids, mask, num_beams=5, num_return_sequences=3)
+    tail = seqs[:, ids.shape[1]:]
+    assert tail.shape[1] == 3 + 1 + 1 and bool((tail[:, 3] == teacher.model.config.sid_answer_suffix[0]).all())
+    assert bool((tail[:, -1] == teacher.layout.eos_id).all())
+    rec.save_pretrained(tmp_path / "fast")
+    again = AcceleratedRecommender.from_pretrained(tmp_path / "fast", teacher=teacher.model)
+    assert torch.equal(again.generate(ids, mask, 5, 3).items, rec.generate(ids, mask, 5, 3).items)
+    with pytest.raises(ValueError, match="SID-MLP\\+\\+"):
+        sk.accelerate(teacher.model, teacher.catalog, train, replace_encoder=True, layout=teacher.layout, **tiny)
