@@ -126,6 +126,26 @@ def digit_rows(weight: torch.Tensor, layout: TokenLayout, level: int) -> torch.T
     return weight[layout.digit_token_ids(level, weight.device)]
 
 
+class CausalOutputHeads:
+    """A causal LM's output head and its rows per digit: the steppers' digit and whole-vocabulary logits."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout):
+        self.head = model.get_output_embeddings()
+        bias = getattr(self.head, "bias", None)
+        self.heads = [(digit_rows(self.head.weight, layout, level), None if bias is None else digit_rows(bias, layout, level))
+                      for level in range(layout.num_levels)]
+
+    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, W, K_level) logits of digit `level`'s codes only."""
+        weight, bias = self.heads[level]
+        out = hidden @ weight.T
+        return out if bias is None else out + bias
+
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
+        return self.head(hidden)
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """Name of the KV-cache argument of model.forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
     params = inspect.signature(model.forward).parameters

@@ -43,8 +43,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, digit_rows,
-                       left_positions, output_cache)
+from .adapters import (CausalOutputHeads, cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale,
+                       digit_rows, left_positions, output_cache)
 from ..data.catalog import SIDCatalog
 from ..decode.constrained import constrained_beam_search
 from ..decode.final_token import FinalLogp
@@ -343,7 +343,7 @@ class T5CachedDecoder:
         return hidden @ self.vocab_head.T
 
 
-class _CausalStepper:
+class _CausalStepper(CausalOutputHeads):
     """Step-by-step decoder-only LM over (B, W) beams with the model's own KV cache (reordered per step)."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -359,23 +359,8 @@ class _CausalStepper:
                         use_cache=True)
         self.cache = output_cache(out)
         self.first = out.last_hidden_state[:, -1:]  # (B, 1, D)
-        self.head = model.get_output_embeddings()
-        bias = getattr(self.head, "bias", None)
-        self.heads = []
-        for level in range(layout.num_levels):
-            self.heads.append((digit_rows(self.head.weight, layout, level),
-                               None if bias is None else digit_rows(bias, layout, level)))
+        CausalOutputHeads.__init__(self, model, layout)
         self.width = 1
-
-    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """(B, W, K_level) logits of digit `level`'s codes only."""
-        weight, bias = self.heads[level]
-        out = hidden @ weight.T
-        return out if bias is None else out + bias
-
-    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
-        return self.head(hidden)
 
     def hidden(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
         """(B, W, D) last hidden state after feeding each beam's digit level-1 (level 0: the prompt's)."""

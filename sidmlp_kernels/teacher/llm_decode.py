@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data.layout import TokenLayout
 from ..errors import InvalidInput
-from .adapters import causal_prompt, digit_rows, left_positions, output_cache
+from .adapters import CausalOutputHeads, causal_prompt, left_positions, output_cache
 
 __all__ = ["SHARED_PROMPT_MODEL_TYPES", "SharedPromptDecoder", "SharedPromptStepper", "uses_shared_prompt"]
 
@@ -134,28 +134,15 @@ class SharedPromptDecoder:
         return self.base.norm(x)
 
 
-class SharedPromptStepper:
+class SharedPromptStepper(CausalOutputHeads):
     """attention_decode's stepper interface (hidden, digit_logits, vocab_logits, feed) on a SharedPromptDecoder."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         ids, mask = causal_prompt(model, layout, input_ids, attention_mask)
         self.dec = SharedPromptDecoder(model, ids, mask)
         self.layout = layout
-        self.head = model.get_output_embeddings()
-        bias = getattr(self.head, "bias", None)
-        self.heads = [(digit_rows(self.head.weight, layout, level), None if bias is None else digit_rows(bias, layout, level))
-                      for level in range(layout.num_levels)]
+        super().__init__(model, layout)
         self.device = ids.device
-
-    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """(B, W, K_level) logits of digit `level`'s codes only."""
-        weight, bias = self.heads[level]
-        out = hidden @ weight.T
-        return out if bias is None else out + bias
-
-    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
-        return self.head(hidden)
 
     def hidden(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
         """(B, W, D) last hidden state after feeding each beam's digit level-1 (level 0: the prompt's)."""
