@@ -507,8 +507,8 @@ def attention_beam_search(
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
-        fmt = SequenceFormat.of(model)
-        if not renormalize and fmt.ends_with_eos:
+        fmt = None if renormalize else SequenceFormat.of(model)
+        if fmt is not None and fmt.ends_with_eos:
             final = _final_logp(stepper, fmt.suffix + (layout.eos_id,))
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
                                       renormalize=renormalize, final_logp=final)
