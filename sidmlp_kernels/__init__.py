@@ -32,6 +32,8 @@ _PUBLIC = {
     "import_teacher": "teacher.importers",
     "build_t5_teacher": "teacher.models",
     "adapter_for": "teacher.adapters",
+    "llm_teacher": "teacher.llm",
+    "load_llm_teacher": "teacher.llm_import",
     "FastT5Encoder": "teacher.fast_encoder",
     "SIDMLP": "distill.student",
     "SASRec": "analysis.sasrec",
@@ -54,6 +56,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the explicit imports
     from .teacher.exact_generate import constrained_generate
     from .teacher.fast_encoder import FastT5Encoder
     from .teacher.importers import import_teacher
+    from .teacher.llm import llm_teacher
+    from .teacher.llm_import import load_llm_teacher
     from .teacher.models import build_t5_teacher, load_teacher, save_teacher
 
 

@@ -185,7 +185,11 @@ class AcceleratedRecommender(nn.Module):
             if isinstance(tensor, torch.Tensor) and tensor.device != expected:
                 owner = "the MLP encoder" if self.encoder is not None else "the teacher's encoder"
                 raise InvalidInput(f"{name} is on {tensor.device} but {owner} is on {expected}; move the batch there")
-        self.layout.check_inputs(input_ids, attention_mask)
+        # A text prompt (a 'tokenizer' layout) may use any token of the teacher's vocabulary.
+        model = getattr(self.teacher, "model", None)
+        vocab = model.get_input_embeddings().weight.shape[0] if not self.layout.contiguous and model is not None \
+            else None
+        self.layout.check_inputs(input_ids, attention_mask, vocab_size=vocab)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                dtype: Optional[torch.dtype] = None) -> Encoded:
@@ -246,6 +250,8 @@ class AcceleratedRecommender(nn.Module):
         Mixing the two is a TypeError. dtype (either convention; None: self.compute_dtype, float32 unless
         from_pretrained(dtype=) said otherwise): the encoder's, torch.float32 or torch.bfloat16 (a bf16
         autocast; weights unchanged); the context readout, heads and beam scores stay float32.
+        A catalog with shared SIDs returns every item of each ranked SID
+        (SIDCatalog.expand: (B, N) SIDs -> (B, M) items; HF-style sequences stay one per SID).
 
         Deterministic: runs under torch.inference_mode() with every module in eval mode, whatever
         mode the caller left the teacher or this model in (their modes are restored afterwards).
@@ -263,14 +269,14 @@ class AcceleratedRecommender(nn.Module):
                     "(returns sequences): use one convention")
             beam_size, top_n = 50 if beam_size is None else beam_size, 10 if top_n is None else top_n
             check_beam_args(beam_size, top_n)
-            return self._ranked(input_ids, attention_mask, beam_size, top_n, dtype)
+            return self.catalog.expand(self._ranked(input_ids, attention_mask, beam_size, top_n, dtype))
         num_beams = 50 if num_beams is None else num_beams
         num_return_sequences = 10 if num_return_sequences is None else num_return_sequences
         check_generate_args(num_beams, num_return_sequences, length_penalty)
         out = self._ranked(input_ids, attention_mask, num_beams, num_return_sequences, dtype)
         return hf_output(out, self.layout, self.sequence_format, input_ids, attention_mask,
                          length_penalty=length_penalty, return_dict_in_generate=return_dict_in_generate,
-                         output_scores=output_scores)
+                         output_scores=output_scores, catalog=self.catalog)
 
     def _ranked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beam_size: int,
                 top_n: int, dtype: Optional[torch.dtype] = None) -> GenerationOutput:
@@ -506,6 +512,11 @@ def accelerate(
     dcfg = cfg.distill
     adapter = as_adapter(teacher, catalog, layout)
     layout = adapter.layout
+    if cfg.replace_encoder and not layout.contiguous:
+        # An LLM's text prompt: the MLP encoder (one embedding per vocabulary token, mean-pooled context, no
+        # attention) would have to relearn the LLM's reading of the text; SID-MLP keeps the LLM's prefill.
+        raise InvalidInput("replace_encoder=True (SID-MLP++) does not apply to a text-prompt LLM teacher ('tokenizer' "
+                           "layout): use SID-MLP (replace_encoder=False), whose context is the LLM's prompt states")
     work = Path(work_dir) if work_dir is not None else None
     rank, _ = dist_info()
     with _eval_mode(getattr(adapter, "model", None)):  # a frozen teacher: no dropout in its features

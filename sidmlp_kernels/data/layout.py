@@ -28,6 +28,12 @@ tokens), decoder start 0, vocab_size = EOS + 1.
 ``"custom"``: every id given explicitly (offsets, pad_id, eos_id, user_base when U > 0,
 decoder_start_id defaults to pad_id, input_eos to True).
 
+``"tokenizer"`` (a causal LLM with SID tokens added to its tokenizer: MiniOneRec, LC-Rec): each
+code's token id given per digit (``token_ids[l][c]``, any ids: ``add_tokens(sorted(...))`` orders
+them as strings, so they are neither contiguous in code order nor ``offset + code``), pad_id and
+eos_id (they may be one id); no user token, no EOS in inputs, decoder start = pad. Its inputs are
+text prompts (teacher/llm.py builds them): any tokens of the vocabulary, SID tokens or not.
+
 An encoder input (history) is ``[user token (if U > 0), SID tokens of history items (oldest
 first)..., EOS (if input_eos)]``. Padding is on the right by default (T5's relative positions
 make both sides equivalent for the encoder); causal LMs use left padding so the prompt's last
@@ -50,7 +56,7 @@ from ..errors import InvalidInput, InvalidInputType
 
 FORMAT_VERSION = 1
 _FORMAT = "sidmlp-token-layout"
-_KINDS = ("tiger", "sidmlp-official", "tiger-xlt", "custom")
+_KINDS = ("tiger", "sidmlp-official", "tiger-xlt", "custom", "tokenizer")
 PADDING_SIDES = ("right", "left")
 # The ids a layout can be given explicitly (kind "custom") and that presets derive.
 _ID_FIELDS = ("offsets", "pad_id", "eos_id", "user_base", "decoder_start_id", "input_eos")
@@ -79,7 +85,7 @@ def _preset_ids(kind: str, sizes: tuple[int, ...], users: int) -> dict:
 
 
 # Each kind's default number of user tokens, which is also its least (tiger-xlt has none at all).
-_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0}
+_USERS = {"tiger": 1, "sidmlp-official": 1, "tiger-xlt": 0, "custom": 0, "tokenizer": 0}
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class TokenLayout:
     user_base: Optional[int] = None
     decoder_start_id: Optional[int] = None
     input_eos: Optional[bool] = None
+    token_ids: Optional[tuple[tuple[int, ...], ...]] = None  # kind "tokenizer": token_ids[l][c]
 
     def __post_init__(self) -> None:
         sizes = tuple(self.codebook_sizes) if not isinstance(self.codebook_sizes, int) else None
@@ -112,15 +119,24 @@ class TokenLayout:
             raise InvalidInput(f"kind must be one of {_KINDS}, got {self.kind!r}")
         users = _USERS[self.kind] if self.num_user_tokens is None else self.num_user_tokens
         least = _USERS[self.kind]
-        if not _is_int(users) or users < least or (self.kind == "tiger-xlt" and users != 0):
-            need = "0 (it has no user tokens)" if self.kind == "tiger-xlt" else f"an int >= {least}"
+        no_users = self.kind in ("tiger-xlt", "tokenizer")
+        if not _is_int(users) or users < least or (no_users and users != 0):
+            need = "0 (it has no user tokens)" if no_users else f"an int >= {least}"
             raise InvalidInput(f"num_user_tokens must be {need} for kind {self.kind!r}, got {self.num_user_tokens!r}")
         users = int(users)
         if self.kind == "tiger-xlt" and max(sizes) > _XLT_STRIDE:
             raise InvalidInput(f"kind 'tiger-xlt' puts digits {_XLT_STRIDE} ids apart: codebook_sizes must be "
                                f"<= {_XLT_STRIDE}, got {list(sizes)}")
+        if (self.token_ids is not None) != (self.kind == "tokenizer"):
+            raise InvalidInput("token_ids go with kind 'tokenizer' (and it needs them): got kind "
+                               f"{self.kind!r} with token_ids={'given' if self.token_ids is not None else None}")
         given = {name: getattr(self, name) for name in _ID_FIELDS if getattr(self, name) is not None}
-        ids = self._custom_ids(sizes, users, given) if self.kind == "custom" else _preset_ids(self.kind, sizes, users)
+        if self.kind == "tokenizer":
+            ids = self._tokenizer_ids(sizes, given)
+        elif self.kind == "custom":
+            ids = self._custom_ids(sizes, users, given)
+        else:
+            ids = _preset_ids(self.kind, sizes, users)
         for name, value in given.items():
             value = tuple(int(v) for v in value) if name == "offsets" else value
             if value != ids[name]:
@@ -133,6 +149,31 @@ class TokenLayout:
         for name, value in ids.items():
             object.__setattr__(self, name, value)
         self._check_ranges()
+
+    def _tokenizer_ids(self, sizes: tuple[int, ...], given: dict) -> dict:
+        """Validated ids of a tokenizer layout; stores token_ids as a tuple of int tuples."""
+        table = self.token_ids
+        if isinstance(table, (int, str)) or len(table) != len(sizes):
+            raise InvalidInput(f"token_ids must hold one sequence per digit ({len(sizes)}), got {len(table)!r}")
+        rows = []
+        for level, (row, k) in enumerate(zip(table, sizes)):
+            row = tuple(row)
+            if len(row) != k or not all(_is_int(t) for t in row):
+                raise InvalidInput(f"token_ids[{level}] must hold {k} int token ids (codebook size), got {len(row)}")
+            rows.append(tuple(int(t) for t in row))
+        object.__setattr__(self, "token_ids", tuple(rows))
+        for name in ("pad_id", "eos_id"):
+            if not _is_int(given.get(name)):
+                raise InvalidInput(f"kind 'tokenizer' needs {name} (an int token id), got {given.get(name)!r}")
+        for name in ("offsets", "user_base"):
+            if name in given:
+                raise InvalidInput(f"kind 'tokenizer' takes token_ids, not {name}")
+        if given.get("input_eos", False) is not False:
+            raise InvalidInput("kind 'tokenizer' inputs are prompts: input_eos must be False")
+        pad = int(given["pad_id"])
+        start = given.get("decoder_start_id", pad)
+        return dict(offsets=None, pad_id=pad, eos_id=int(given["eos_id"]), user_base=None,
+                    decoder_start_id=int(start), input_eos=False)
 
     @staticmethod
     def _custom_ids(sizes: tuple[int, ...], users: int, given: dict) -> dict:
@@ -159,6 +200,9 @@ class TokenLayout:
 
     def _check_ranges(self) -> None:
         """ValueError for negative ids or overlapping digit / user / special-token ranges."""
+        if self.token_ids is not None:
+            self._check_table()
+            return
         ranges = [(f"digit {level}'s codes", *self.digit_token_range(level)) for level in range(self.num_levels)]
         if self.num_user_tokens:
             ranges.append(("the user tokens", self.user_base, self.user_base + self.num_user_tokens))
@@ -177,6 +221,25 @@ class TokenLayout:
             for range_name, lo, hi in ranges:
                 if lo <= value < hi:
                     raise InvalidInput(f"token layout: {name} {value} lies inside {range_name} [{lo}, {hi})")
+
+    def _check_table(self) -> None:
+        """ValueError for negative, repeated or shared token ids of a tokenizer layout, or pad/EOS among them."""
+        owner: dict[int, tuple[int, int]] = {}
+        for level, row in enumerate(self.token_ids):
+            for code, tok in enumerate(row):
+                if tok < 0:
+                    raise InvalidInput(f"token layout: token_ids[{level}][{code}] is {tok}; token ids must be >= 0")
+                if tok in owner:
+                    lv, c = owner[tok]
+                    raise InvalidInput(f"token layout: token {tok} names both digit {lv} code {c} and digit {level} "
+                                       f"code {code}")
+                owner[tok] = (level, code)
+        for name in ("pad_id", "eos_id", "decoder_start_id"):
+            value = getattr(self, name)
+            if value < 0:
+                raise InvalidInput(f"token layout: {name} is {value}; token ids must be >= 0")
+            if name != "decoder_start_id" and value in owner:
+                raise InvalidInput(f"token layout: {name} {value} is digit {owner[value][0]}'s code {owner[value][1]}")
 
     @classmethod
     def for_catalog(cls, catalog: SIDCatalog, num_user_tokens: Optional[int] = None,
@@ -200,6 +263,9 @@ class TokenLayout:
     def vocab_size(self) -> int:
         """Number of token ids the layout uses: 1 + its largest id (a model may have more rows)."""
         tops = [self.pad_id, self.eos_id, self.decoder_start_id]
+        if self.token_ids is not None:
+            tops += [max(row) for row in self.token_ids]
+            return 1 + max(tops)
         tops += [off + k - 1 for off, k in zip(self.offsets, self.codebook_sizes)]
         if self.num_user_tokens:
             tops.append(self.user_base + self.num_user_tokens - 1)
@@ -210,16 +276,41 @@ class TokenLayout:
         """Tokens an encoder input holds besides its SIDs: the user token (if any) and EOS (if input_eos)."""
         return int(self.num_user_tokens > 0) + int(self.input_eos)
 
+    @property
+    def contiguous(self) -> bool:
+        """Whether code c of digit l is token offsets[l] + c (every kind but "tokenizer")."""
+        return self.token_ids is None
+
     def digit_token_range(self, level: int) -> tuple[int, int]:
-        """[start, stop) token ids of digit `level`'s codes."""
+        """[start, stop) token ids of digit `level`'s codes (contiguous layouts; else digit_token_ids)."""
         if not 0 <= level < self.num_levels:
             raise InvalidInput(f"level must be in [0, {self.num_levels}), got {level}")
+        if self.token_ids is not None:
+            raise InvalidInput("a 'tokenizer' layout's digit tokens are not a contiguous range; use digit_token_ids")
         start = self.offsets[level]
         return start, start + self.codebook_sizes[level]
+
+    def digit_token_ids(self, level: int, device=None) -> torch.Tensor:
+        """(K_l,) token id of each code of digit `level`, code order: rows of an embedding or output head."""
+        if not 0 <= level < self.num_levels:
+            raise InvalidInput(f"level must be in [0, {self.num_levels}), got {level}")
+        if self.token_ids is not None:
+            return torch.tensor(self.token_ids[level], dtype=torch.long, device=device)
+        return torch.arange(*self.digit_token_range(level), device=device)
+
+    def digit_tokens(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        """Token ids of digit `level`'s codes (any shape; codes must be in [0, K_l))."""
+        codes = torch.as_tensor(codes).long()
+        if self.token_ids is None:
+            return codes + self.offsets[level]
+        return self.digit_token_ids(level, codes.device)[codes]
 
     def is_code_token(self, tokens: torch.Tensor) -> torch.Tensor:
         """Bool mask of `tokens` that name a code of some digit (inside a digit's range)."""
         tokens = torch.as_tensor(tokens)
+        if self.token_ids is not None:
+            every = torch.cat([self.digit_token_ids(level, tokens.device) for level in range(self.num_levels)])
+            return torch.isin(tokens, every)
         out = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
         for level in range(self.num_levels):
             start, stop = self.digit_token_range(level)
@@ -251,6 +342,8 @@ class TokenLayout:
                 f"codes[{', '.join(map(str, pos))}] = {int(codes[tuple(pos)])} is outside digit "
                 f"{pos[-1]}'s codebook [0, {self.codebook_sizes[pos[-1]]})"
             )
+        if self.token_ids is not None:
+            return torch.stack([self.digit_tokens(level, codes[..., level]) for level in range(self.num_levels)], -1)
         return codes.long() + torch.tensor(self.offsets, device=codes.device)
 
     def tokens_to_codes(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -258,10 +351,20 @@ class TokenLayout:
         tokens = torch.as_tensor(tokens).long()
         if tokens.dim() == 0 or tokens.shape[-1] != self.num_levels:
             raise InvalidInput(f"tokens must have shape (..., {self.num_levels}), got {tuple(tokens.shape)}")
+        if self.token_ids is not None:
+            return torch.stack([self._table_codes(level, tokens[..., level]) for level in range(self.num_levels)], -1)
         codes = tokens - torch.tensor(self.offsets, device=tokens.device)
         sizes = torch.tensor(self.codebook_sizes, device=tokens.device)
         ok = (codes >= 0) & (codes < sizes)
         return torch.where(ok, codes, torch.full_like(codes, -1))
+
+    def _table_codes(self, level: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Code of each token under digit `level`'s table; -1 where it is no code of that digit."""
+        ids = self.digit_token_ids(level, tokens.device)
+        order = torch.argsort(ids)
+        pos = torch.searchsorted(ids[order], tokens.contiguous()).clamp(max=ids.numel() - 1)
+        hit = ids[order][pos] == tokens
+        return torch.where(hit, order[pos], torch.full_like(tokens, -1))
 
     # ---- validation --------------------------------------------------------------
 
@@ -302,6 +405,10 @@ class TokenLayout:
             raise InvalidInput(f"input_ids must be in [0, {top}), got values in [{lo}, {hi}]")
         mask = attention_mask.bool()
         real = mask.sum(dim=1)
+        if self.token_ids is not None:  # a text prompt: any tokens, at least one
+            if not bool((real > 0).all()):
+                raise InvalidInput(f"input_ids row {int((real == 0).nonzero()[0])} is an empty prompt (no real token)")
+            return
         # A non-empty history has at least [user] + one item's L tokens + [EOS].
         need = self.num_levels + self.input_length_extra
         short = (real < need).nonzero().flatten()
@@ -343,6 +450,9 @@ class TokenLayout:
         """Encode item histories as [user, SIDs..., EOS] (user / EOS as the layout has them) -> input_ids, attention_mask (B, T)."""
         if padding_side not in PADDING_SIDES:
             raise InvalidInput(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+        if self.token_ids is not None:
+            raise InvalidInput("a 'tokenizer' layout's inputs are text prompts: build them with "
+                               "teacher.llm.PromptBuilder, not encode_histories")
         if max_history is not None and max_history < 1:
             raise InvalidInput(f"max_history must be None or >= 1, got {max_history}")
         if len(histories) == 0:
@@ -469,13 +579,15 @@ def layout_to_dict(layout: TokenLayout) -> dict:
         "num_user_tokens": layout.num_user_tokens,
         # Derived for the presets, written for humans and other tools; checked on load.
         "pad_id": layout.pad_id,
-        "offsets": list(layout.offsets),
+        "offsets": None if layout.offsets is None else list(layout.offsets),
         "eos_id": layout.eos_id,
         "user_base": layout.user_base,
         "vocab_size": layout.vocab_size,
     }
     if layout.kind != "tiger":
         blob.update(decoder_start_id=layout.decoder_start_id, input_eos=layout.input_eos)
+    if layout.token_ids is not None:
+        blob["token_ids"] = [list(row) for row in layout.token_ids]
     return blob
 
 
@@ -504,10 +616,13 @@ def layout_from_dict(blob: dict) -> TokenLayout:
     explicit = {}
     if kind == "custom":  # the ids are the layout; the presets derive theirs (checked below)
         explicit = {name: blob[name] for name in _ID_FIELDS if blob.get(name) is not None}
+    if kind == "tokenizer":
+        explicit = {name: blob.get(name) for name in ("pad_id", "eos_id", "decoder_start_id", "token_ids")}
+        explicit["token_ids"] = tuple(tuple(row) for row in (blob.get("token_ids") or ()))
     layout = TokenLayout(sizes, num_user_tokens=users, kind=kind, **explicit)
     for name in ("pad_id", "eos_id", "user_base", "vocab_size", "decoder_start_id", "input_eos"):
         if name in blob and blob[name] != getattr(layout, name):
             raise InvalidInput(f"token layout JSON says {name}={blob[name]} but its sizes give {getattr(layout, name)}")
-    if "offsets" in blob and list(blob["offsets"]) != list(layout.offsets):
+    if blob.get("offsets") is not None and list(blob["offsets"]) != list(layout.offsets or ()):
         raise InvalidInput(f"token layout JSON says offsets={blob['offsets']} but its sizes give {list(layout.offsets)}")
     return layout

@@ -88,16 +88,14 @@ class MLPEncoder(nn.Module):
         cfg = MLPEncoderConfig(vocab_size=layout.vocab_size, hidden_size=hidden_size, num_levels=layout.num_levels, **sizes)
         role = torch.full((layout.vocab_size,), layout.num_levels, dtype=torch.long)
         for level in range(layout.num_levels):
-            start, stop = layout.digit_token_range(level)
-            role[start:stop] = level
+            role[layout.digit_token_ids(level)] = level
         enc = cls(cfg, role)
         if adapter is not None:
             with torch.no_grad():
                 for level in range(layout.num_levels):
-                    start, stop = layout.digit_token_range(level)
                     emb = adapter.code_embeddings(level).detach().float()
                     if emb.shape[1] == hidden_size:
-                        enc.token_emb.weight[start:stop] = emb
+                        enc.token_emb.weight[layout.digit_token_ids(level)] = emb
         return enc
 
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

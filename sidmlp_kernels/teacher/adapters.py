@@ -38,7 +38,9 @@ __all__ = [
 # "eos"   [user, SIDs..., EOS], then the target SID: TIGER's prompt, trained per prefix;
 # "items" [user, SIDs...], the next item's first digit follows the last history item: the
 #         full-sequence teacher (teacher/sequence.py), trained with a loss at every position.
-PROMPT_FORMATS = ("eos", "items")
+# "text"  a text prompt given as it is (an LLM with SID tokens in its tokenizer: teacher/llm.py);
+#         the answer is the L SID tokens, then model.config.sid_answer_suffix (token ids), then EOS.
+PROMPT_FORMATS = ("eos", "items", "text")
 
 
 @runtime_checkable
@@ -116,6 +118,34 @@ def _check_prefix_codes(layout: TokenLayout, prefix_codes: torch.Tensor, batch: 
     return layout.codes_to_tokens(full)[:, : num_levels - 1]
 
 
+def digit_rows(weight: torch.Tensor, layout: TokenLayout, level: int) -> torch.Tensor:
+    """(K_l, ...) rows of a per-token tensor (embedding, output head, bias) for digit `level`'s codes, in code
+    order: a view of a contiguous layout's range, else gathered through the layout's token table."""
+    if layout.contiguous:
+        return weight[slice(*layout.digit_token_range(level))]
+    return weight[layout.digit_token_ids(level, weight.device)]
+
+
+class CausalOutputHeads:
+    """A causal LM's output head and its rows per digit: the steppers' digit and whole-vocabulary logits."""
+
+    def __init__(self, model: nn.Module, layout: TokenLayout):
+        self.head = model.get_output_embeddings()
+        bias = getattr(self.head, "bias", None)
+        self.heads = [(digit_rows(self.head.weight, layout, level), None if bias is None else digit_rows(bias, layout, level))
+                      for level in range(layout.num_levels)]
+
+    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, W, K_level) logits of digit `level`'s codes only."""
+        weight, bias = self.heads[level]
+        out = hidden @ weight.T
+        return out if bias is None else out + bias
+
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
+        return self.head(hidden)
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """Name of the KV-cache argument of model.forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
     params = inspect.signature(model.forward).parameters
@@ -146,8 +176,7 @@ class T5TeacherAdapter:
 
     def digit_head(self, level: int) -> torch.Tensor:
         """(K_l, D) lm_head rows of digit `level`, output scale folded in."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.lm_head.weight[start:stop] * self.output_scale
+        return digit_rows(self.model.lm_head.weight, self.layout, level) * self.output_scale
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Run the T5 encoder once per user."""
@@ -172,8 +201,7 @@ class T5TeacherAdapter:
 
     def code_embeddings(self, level: int) -> torch.Tensor:
         """(K_l, D) rows of the shared token embedding for digit `level`."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.get_input_embeddings().weight[start:stop]
+        return digit_rows(self.model.get_input_embeddings().weight, self.layout, level)
 
 
 def decoder_output_scale(model: nn.Module) -> float:
@@ -208,6 +236,8 @@ def prompt_ids(
     if fmt not in PROMPT_FORMATS:
         raise InvalidInput(f"prompt format must be one of {PROMPT_FORMATS}, got {fmt!r}")
     ids, mask = to_left_padding(input_ids, attention_mask)
+    if fmt == "text" and layout.contiguous:
+        raise InvalidInput("prompt format 'text' goes with a 'tokenizer' token layout (teacher/llm.py)")
     if fmt == "items":
         if ids.shape[0] and not bool((ids[:, -1] == layout.eos_id).all()):
             raise InvalidInput("input_ids rows must end with the layout's EOS token ([user, SIDs..., EOS])")
@@ -235,10 +265,9 @@ class CausalLMTeacherAdapter:
 
     def digit_head(self, level: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(K_l, D) output-head rows of digit `level` and their bias (or None)."""
-        start, stop = self.layout.digit_token_range(level)
         head = self.model.get_output_embeddings()
         bias = getattr(head, "bias", None)
-        return head.weight[start:stop], None if bias is None else bias[start:stop]
+        return digit_rows(head.weight, self.layout, level), None if bias is None else digit_rows(bias, self.layout, level)
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states (after the final norm) of left-padded inputs."""
@@ -285,8 +314,7 @@ class CausalLMTeacherAdapter:
 
     def code_embeddings(self, level: int) -> torch.Tensor:
         """(K_l, D) rows of the input token embedding for digit `level`."""
-        start, stop = self.layout.digit_token_range(level)
-        return self.model.get_input_embeddings().weight[start:stop]
+        return digit_rows(self.model.get_input_embeddings().weight, self.layout, level)
 
 
 def adapter_for(model: nn.Module, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> TeacherAdapter:

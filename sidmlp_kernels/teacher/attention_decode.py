@@ -43,8 +43,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .adapters import (cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale, left_positions,
-                       output_cache)
+from .adapters import (CausalOutputHeads, cache_kwarg, causal_prompt, check_model_layout, decoder_output_scale,
+                       digit_rows, left_positions, output_cache)
 from ..data.catalog import SIDCatalog
 from ..decode.constrained import constrained_beam_search
 from ..decode.final_token import FinalLogp
@@ -54,6 +54,7 @@ from ..decode.types import GenerationOutput, StepFn, check_beam_args
 from ..data.layout import TokenLayout
 from ..errors import InvalidInput, InvalidInputType
 from .hf_output import SequenceFormat
+from .llm_decode import SharedPromptStepper, uses_shared_prompt
 
 __all__ = [
     "DecodeOutput",
@@ -132,7 +133,7 @@ def _check_decode_args(
 
 def digit_allowed_tokens_fn(layout: TokenLayout, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
     """prefix_allowed_tokens_fn for HF generate: digit l's code tokens at new token l, then EOS."""
-    allowed = [list(range(*layout.digit_token_range(level))) for level in range(layout.num_levels)]
+    allowed = [layout.digit_token_ids(level).tolist() for level in range(layout.num_levels)]
     eos = [layout.eos_id]
 
     def fn(batch_id: int, ids: torch.Tensor) -> list[int]:
@@ -276,7 +277,7 @@ class T5CachedDecoder:
         self.self_v: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
         self.steps = 0
         self.vocab_head = model.lm_head.weight * self.scale  # (V, D), the whole vocabulary
-        self.heads = [self.vocab_head[slice(*layout.digit_token_range(level))] for level in range(layout.num_levels)]
+        self.heads = [digit_rows(self.vocab_head, layout, level) for level in range(layout.num_levels)]
 
     def _self_bias(self, length: int, device: torch.device) -> torch.Tensor:
         """(H, length) relative-position bias of the newest query over all cached keys."""
@@ -342,7 +343,7 @@ class T5CachedDecoder:
         return hidden @ self.vocab_head.T
 
 
-class _CausalStepper:
+class _CausalStepper(CausalOutputHeads):
     """Step-by-step decoder-only LM over (B, W) beams with the model's own KV cache (reordered per step)."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -358,23 +359,8 @@ class _CausalStepper:
                         use_cache=True)
         self.cache = output_cache(out)
         self.first = out.last_hidden_state[:, -1:]  # (B, 1, D)
-        self.head = model.get_output_embeddings()
-        bias = getattr(self.head, "bias", None)
-        self.heads = []
-        for level in range(layout.num_levels):
-            start, stop = layout.digit_token_range(level)
-            self.heads.append((self.head.weight[start:stop], None if bias is None else bias[start:stop]))
+        CausalOutputHeads.__init__(self, model, layout)
         self.width = 1
-
-    def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """(B, W, K_level) logits of digit `level`'s codes only."""
-        weight, bias = self.heads[level]
-        out = hidden @ weight.T
-        return out if bias is None else out + bias
-
-    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, W, V) logits over the whole vocabulary (the model's output head)."""
-        return self.head(hidden)
 
     def hidden(self, level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
         """(B, W, D) last hidden state after feeding each beam's digit level-1 (level 0: the prompt's)."""
@@ -388,7 +374,7 @@ class _CausalStepper:
         self.width = w
         rows = torch.arange(b, device=parents.device).repeat_interleave(w)
         mask = torch.cat([self.mask[rows], self.mask.new_ones(b * w, level)], dim=1)
-        tokens = (prefixes[:, :, -1] + self.layout.offsets[level - 1]).reshape(b * w, 1)
+        tokens = self.layout.digit_tokens(level - 1, prefixes[:, :, -1]).reshape(b * w, 1)
         pos = (self.last_pos[rows] + level).unsqueeze(1)
         out = self.base(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
                         **{self.cache_kw: self.cache})
@@ -427,7 +413,7 @@ class _T5Stepper:
             tokens = torch.full((prefixes.shape[0], 1), self.start, dtype=torch.long, device=self.device)
         else:
             self.dec.reorder(parents.to(self.device))
-            tokens = prefixes[:, :, -1].to(self.device) + self.layout.offsets[level - 1]
+            tokens = self.layout.digit_tokens(level - 1, prefixes[:, :, -1].to(self.device))
         return self.dec.step(tokens)
 
 
@@ -444,12 +430,20 @@ def _step_fn(stepper, over_vocab: bool) -> StepFn:
     return step_fn
 
 
-def _eos_logp(stepper, eos_id: int) -> FinalLogp:
-    """final_token.FinalLogp: each final beam's log-probability of EOS under the whole vocabulary (step L+1)."""
+def _final_logp(stepper, tokens: tuple[int, ...]) -> FinalLogp:
+    """final_token.FinalLogp: each final beam's log-probability of the fixed tokens after its digits (the answer
+    suffix, then EOS), each under the whole vocabulary (HF's steps L+1, L+2, ...)."""
 
     def final_logp(prefixes: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-        full = stepper.vocab_logits(stepper.hidden(prefixes.shape[2], prefixes, parents)).float()
-        return full[..., eos_id] - torch.logsumexp(full, dim=-1)
+        hidden = stepper.hidden(prefixes.shape[2], prefixes, parents)
+        total = None
+        for j, token in enumerate(tokens):
+            if j:  # feed the previous fixed token to every beam (only the shared-prompt stepper has suffixes)
+                hidden = stepper.feed(torch.full(hidden.shape[:2], tokens[j - 1], dtype=torch.long))
+            full = stepper.vocab_logits(hidden).float()
+            logp = full[..., token] - torch.logsumexp(full, dim=-1)
+            total = logp if total is None else total + logp
+        return total
 
     return final_logp
 
@@ -502,6 +496,8 @@ def attention_beam_search(
         else:
             if getattr(model.config, "is_encoder_decoder", False):
                 stepper = _T5Stepper(model, layout, input_ids, attention_mask)
+            elif uses_shared_prompt(model):  # LLaMA family: one prompt cache per user, shared by its beams
+                stepper = SharedPromptStepper(model, layout, input_ids, attention_mask)
             else:
                 stepper = _CausalStepper(model, layout, input_ids, attention_mask)
             step_fn = _step_fn(stepper, over_vocab=not renormalize)
@@ -511,8 +507,9 @@ def attention_beam_search(
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
-        if not renormalize and SequenceFormat.of(model).ends_with_eos:
-            final = _eos_logp(stepper, layout.eos_id)
+        fmt = None if renormalize else SequenceFormat.of(model)
+        if fmt is not None and fmt.ends_with_eos:
+            final = _final_logp(stepper, fmt.suffix + (layout.eos_id,))
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
                                       renormalize=renormalize, final_logp=final)
     finally:

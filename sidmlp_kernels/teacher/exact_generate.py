@@ -50,6 +50,8 @@ def constrained_generate(
     TokenLayout (default: the adapter's, else the catalog's `tiger` layout). input_ids /
     attention_mask in the encoder layout ([user, SIDs..., EOS]); attention_mask=None means all ones.
     length_penalty: HF's (sequences_scores = summed log-probs / new_tokens**length_penalty).
+    A catalog with shared SIDs: `sequences` hold one row per SID (HF's beams), the GenerateOutput's
+    items / codes / scores every item of those SIDs (SIDCatalog.expand).
     """
     check_generate_args(num_beams, num_return_sequences, length_penalty)
     if not isinstance(catalog, SIDCatalog):
@@ -67,4 +69,4 @@ def constrained_generate(
                                 num_return_sequences, renormalize=renormalize)
     return hf_output(out, adapter.layout, SequenceFormat.of(model), input_ids, attention_mask,
                      length_penalty=length_penalty, return_dict_in_generate=return_dict_in_generate,
-                     output_scores=output_scores)
+                     output_scores=output_scores, catalog=catalog)

@@ -31,17 +31,26 @@ class SequenceFormat:
 
     encoder_decoder: bool = True
     prompt: str = "eos"  # decoder-only only: adapters.PROMPT_FORMATS
+    suffix: tuple[int, ...] = ()  # "text" prompts: tokens between the L digits and EOS (MiniOneRec: "\n")
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_FORMATS:
             raise InvalidInput(f"SequenceFormat.prompt must be one of {PROMPT_FORMATS}, got {self.prompt!r}")
+        suffix = tuple(self.suffix)
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in suffix):
+            raise InvalidInput(f"SequenceFormat.suffix must hold token ids (ints >= 0), got {self.suffix!r}")
+        if suffix and self.prompt != "text":
+            raise InvalidInput("an answer suffix goes with the 'text' prompt format only")
+        object.__setattr__(self, "suffix", suffix)
 
     @classmethod
     def of(cls, model: nn.Module) -> "SequenceFormat":
         """The format of a HF model (T5-style encoder-decoder, or a decoder-only LM and its prompt format)."""
         if getattr(model.config, "is_encoder_decoder", False):
             return cls(True)
-        return cls(False, prompt_format(model))
+        fmt = prompt_format(model)
+        suffix = (getattr(model.config, "sid_answer_suffix", None) or ()) if fmt == "text" else ()
+        return cls(False, fmt, tuple(int(t) for t in suffix))
 
     @classmethod
     def from_dict(cls, blob: Optional[dict]) -> "SequenceFormat":
@@ -49,16 +58,18 @@ class SequenceFormat:
         return cls(**(blob or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        blob = asdict(self)
+        blob["suffix"] = list(self.suffix)
+        return blob
 
     @property
     def ends_with_eos(self) -> bool:
         """Whether an item's L digit tokens are followed by EOS (HF generate with max_new_tokens = L + 1)."""
-        return self.encoder_decoder or self.prompt == "eos"
+        return self.encoder_decoder or self.prompt in ("eos", "text")
 
     def new_tokens(self, layout: TokenLayout) -> int:
-        """Tokens HF generates per item: L digits, plus EOS if ends_with_eos."""
-        return layout.num_levels + int(self.ends_with_eos)
+        """Tokens HF generates per item: L digits, the answer suffix, plus EOS if ends_with_eos."""
+        return layout.num_levels + len(self.suffix) + int(self.ends_with_eos)
 
     def prefix(self, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, P) tokens HF's sequences start with: the decoder start id, or the left-padded prompt."""
@@ -78,11 +89,14 @@ def hf_output(
     length_penalty: float = 1.0,
     return_dict_in_generate: bool = False,
     output_scores: bool = False,
+    catalog=None,
 ) -> Union[torch.Tensor, GenerateOutput]:
     """Ranked results (B, N) -> HF's `sequences` (B * N, S), or a GenerateOutput with return_dict_in_generate.
 
     sequences_scores = scores / new_tokens**length_penalty (HF's beam score), only with output_scores.
     An empty slot (item -1) gets pad tokens in place of its digits and EOS.
+    catalog: where SIDs are shared, the GenerateOutput's items / codes / scores list every item of the
+    ranked SIDs (catalog.expand) while sequences stay one per SID (docs/architecture.md, "Decoding semantics").
     """
     for name, flag in (("return_dict_in_generate", return_dict_in_generate), ("output_scores", output_scores)):
         if not isinstance(flag, bool):
@@ -93,6 +107,8 @@ def hf_output(
     alive = (items >= 0).reshape(batch * n, 1)
     digits = layout.codes_to_tokens(torch.where(codes >= 0, codes, torch.zeros_like(codes))).reshape(batch * n, -1)
     parts = [fmt.prefix(layout, input_ids, attention_mask).repeat_interleave(n, dim=0), digits]
+    if fmt.suffix:
+        parts.append(torch.tensor(fmt.suffix, dtype=torch.long, device=device).expand(batch * n, -1))
     if fmt.ends_with_eos:
         parts.append(torch.full((batch * n, 1), layout.eos_id, dtype=torch.long, device=device))
     tail = torch.cat(parts[1:], dim=1)
@@ -101,4 +117,7 @@ def hf_output(
     if not return_dict_in_generate:
         return sequences
     seq_scores = scores.reshape(-1) / float(fmt.new_tokens(layout)) ** length_penalty if output_scores else None
+    if catalog is not None:
+        ranked = catalog.expand(GenerationOutput(items=items, codes=codes, scores=scores))
+        items, codes, scores = ranked.items, ranked.codes, ranked.scores
     return GenerateOutput(sequences=sequences, sequences_scores=seq_scores, items=items, codes=codes, scores=scores)

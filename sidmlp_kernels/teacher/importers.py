@@ -35,6 +35,7 @@ from ..data.sid_files import SID_FILE_FORMATS, codes_for_items
 from ..errors import InvalidInput, MissingDependency
 from ..io import ArtifactError, atomic_directory, write_json
 from .digit_head_formats import DIGIT_HEAD_FORMATS, read_digit_heads
+from .llm_import import LLM_FORMATS, import_llm_teacher
 from .models import save_teacher
 
 __all__ = ["IMPORT_FORMATS", "import_teacher", "read_code_base_config"]
@@ -237,8 +238,14 @@ def import_teacher(
             raise InvalidInput(f"prepared (--prepared) works with the SID-file formats {sorted(IMPORT_FORMATS)}; "
                                f"a {format} checkpoint holds its own SIDs")
         return _import_digit_heads(format, checkpoint, sids, out, config, options)
+    if format in LLM_FORMATS:  # checkpoint = the save_pretrained directory, sids = its index.json
+        unknown = sorted(k for k, v in options.items() if v is not None and k != "base_model")
+        if unknown or config is not None:
+            raise InvalidInput(f"format {format!r} reads its sizes from the model directory: options "
+                               f"{unknown + (['config'] if config is not None else [])} do not apply")
+        return import_llm_teacher(format, checkpoint, sids, out, base_model=options.get("base_model"))
     if format not in IMPORT_FORMATS:
-        raise InvalidInput(f"format must be one of {sorted(IMPORT_FORMATS) + sorted(DIGIT_HEAD_FORMATS)}, "
+        raise InvalidInput(f"format must be one of {sorted(IMPORT_FORMATS) + sorted(DIGIT_HEAD_FORMATS) + sorted(LLM_FORMATS)}, "
                            f"got {format!r}")
     known = {"n_user_tokens", "num_heads", "d_kv", "d_model", "d_ff", "num_layers", "num_decoder_layers",
              "feed_forward_proj", "codebook_sizes"}

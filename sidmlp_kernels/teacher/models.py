@@ -205,6 +205,8 @@ def load_teacher(
         from transformers import T5ForConditionalGeneration as cls
     elif arch == "gpt2":
         from transformers import GPT2LMHeadModel as cls
+    elif arch == "causal-lm":  # an LLM with SID tokens (teacher/llm_import.py)
+        from transformers import AutoModelForCausalLM as cls
     else:
         raise InvalidInput(f"{meta_path} names unknown arch {arch!r}; expected one of {ARCHS}")
     # HF's own errors name neither the file nor the fix: check the two files it reads first.

@@ -23,4 +23,4 @@ GPT2_PRESETS: dict[str, dict[str, Any]] = {
 
 
 
-ARCHS = ("t5", "gpt2")
+ARCHS = ("t5", "gpt2", "causal-lm")

@@ -110,3 +110,67 @@ def test_corrupted_files(tmp_path):
     (tmp_path / "catalog.json").write_text(json.dumps({**meta}))
     with pytest.raises(ValueError, match="must be < codebook size 2"):
         SIDCatalog.load(tmp_path)
+
+
+# ---- shared SIDs (several items per SID) ------------------------------------------------------
+
+
+def shared_catalog():
+    # Items 7 and 3 share (0, 1); items 9, 5 and 8 share (2, 0); item 4 is alone.
+    items = torch.tensor([7, 4, 9, 3, 5, 8])
+    codes = torch.tensor([[0, 1], [1, 1], [2, 0], [0, 1], [2, 0], [2, 0]])
+    return SIDCatalog.with_shared_sids(items, codes, [3, 2]), items, codes
+
+
+def test_shared_sids_rows_are_distinct_sids_named_by_their_smallest_item():
+    cat, items, codes = shared_catalog()
+    assert cat.shares_sids and cat.num_items == 3 and cat.num_all_items == 6
+    assert cat.codes.tolist() == [[0, 1], [1, 1], [2, 0]]  # first appearance
+    assert cat.item_ids.tolist() == [3, 4, 5]
+    assert sorted(cat.all_item_ids.tolist()) == sorted(items.tolist())
+    # Every member, not only the representative, has its SID.
+    assert torch.equal(cat.codes_of(items), codes)
+    assert torch.equal(cat.lookup(codes), torch.tensor([3, 4, 5, 3, 5, 5]))
+
+
+def test_expand_returns_every_item_of_each_sid_at_its_rank():
+    from sidmlp_kernels.decode.types import GenerationOutput
+
+    cat, _, _ = shared_catalog()
+    # User 0 ranked SIDs (2,0), (1,1); user 1 ranked (0,1) then an empty slot.
+    ranked = GenerationOutput(items=torch.tensor([[5, 4], [3, -1]]),
+                              codes=torch.tensor([[[2, 0], [1, 1]], [[0, 1], [-1, -1]]]),
+                              scores=torch.tensor([[-1.0, -2.0], [-0.5, float("-inf")]]))
+    out = cat.expand(ranked)
+    assert out.items.tolist() == [[5, 8, 9, 4], [3, 7, -1, -1]]
+    assert out.scores[0].tolist() == [-1.0, -1.0, -1.0, -2.0]
+    assert out.scores[1, :2].tolist() == [-0.5, -0.5] and bool(torch.isinf(out.scores[1, 2:]).all())
+    assert out.codes[0].tolist() == [[2, 0], [2, 0], [2, 0], [1, 1]]
+    assert out.codes[1, 2:].tolist() == [[-1, -1], [-1, -1]]
+    # Brute force: each returned item's SID is the SID ranked at its slot, and every member is there.
+    for b in range(2):
+        want = [i for r in ranked.items[b].tolist() if r >= 0 for i in sorted(
+            cat.all_item_ids[(cat.codes_of(cat.all_item_ids) == cat.codes_of([r])).all(1)].tolist())]
+        assert [i for i in out.items[b].tolist() if i >= 0] == want
+
+
+def test_unique_catalogs_are_unchanged_by_the_shared_constructor_and_expand(tmp_path):
+    base = small_catalog()
+    same = SIDCatalog.with_shared_sids(base.item_ids, base.codes, list(base.codebook_sizes))
+    assert same == base and not same.shares_sids and same.fingerprint() == base.fingerprint()
+    from sidmlp_kernels.decode.types import GenerationOutput
+    ranked = GenerationOutput(items=base.item_ids[:2].view(1, 2), codes=base.codes[:2].view(1, 2, 3),
+                              scores=torch.zeros(1, 2))
+    assert base.expand(ranked) is ranked
+    with pytest.raises(ValueError, match="unique per item"):  # the plain constructor still refuses shared SIDs
+        SIDCatalog.from_codes([0, 1], [[0, 1], [0, 1]], [2, 2])
+
+
+def test_shared_catalog_roundtrip_and_fingerprint(tmp_path):
+    cat, items, codes = shared_catalog()
+    cat.save(tmp_path)
+    again = SIDCatalog.load(tmp_path)
+    assert again == cat and again.shares_sids and again.fingerprint() == cat.fingerprint()
+    # The members are part of the fingerprint: another grouping of the same SIDs differs.
+    other = SIDCatalog.with_shared_sids(torch.tensor([7, 4, 9, 3, 5, 10]), codes, [3, 2])
+    assert other.fingerprint() != cat.fingerprint() and other != cat

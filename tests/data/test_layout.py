@@ -323,3 +323,57 @@ def test_tiger_json_keeps_the_version_1_fields():
     old = {"format": "sidmlp-token-layout", "format_version": 1, "kind": "tiger", "codebook_sizes": [3, 3],
            "num_user_tokens": 2}
     assert TokenLayout.from_json(json.dumps(old)) == TokenLayout((3, 3), num_user_tokens=2)
+
+
+# ---- kind "tokenizer": per-digit token tables (a causal LLM's added SID tokens) ------------------
+
+
+def tokenizer_layout():
+    # Sorted-string add_tokens order: <a_0> <a_1> <a_10> <a_2> ... so code order is not id order.
+    return TokenLayout((3, 2), kind="tokenizer", token_ids=((52, 50, 51), (61, 60)), pad_id=7, eos_id=7)
+
+
+def test_tokenizer_layout_maps_codes_through_its_tables():
+    layout = tokenizer_layout()
+    assert not layout.contiguous and layout.vocab_size == 62
+    codes = torch.tensor([[0, 1], [2, 0], [1, 1]])
+    tokens = layout.codes_to_tokens(codes)
+    assert tokens.tolist() == [[52, 60], [51, 61], [50, 60]]
+    assert torch.equal(layout.tokens_to_codes(tokens), codes)
+    assert layout.tokens_to_codes(torch.tensor([[60, 52], [7, 61]])).tolist() == [[-1, -1], [-1, 0]]
+    assert layout.is_code_token(torch.tensor([50, 7, 61, 62])).tolist() == [True, False, True, False]
+    assert layout.digit_token_ids(0).tolist() == [52, 50, 51]
+    with pytest.raises(ValueError, match="digit_token_ids"):
+        layout.digit_token_range(0)
+    with pytest.raises(ValueError, match="outside digit 1"):
+        layout.codes_to_tokens(torch.tensor([[0, 2]]))
+
+
+def test_tokenizer_layout_roundtrip_and_prompt_inputs(tmp_path):
+    layout = tokenizer_layout()
+    layout.save(tmp_path)
+    assert TokenLayout.load(tmp_path) == layout
+    # Inputs are text prompts: any tokens (no SID token needed), at least one real token per row.
+    ids = torch.tensor([[7, 3, 4], [1, 2, 5]])
+    layout.check_inputs(ids, torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    with pytest.raises(ValueError, match="empty prompt"):
+        layout.check_inputs(ids, torch.tensor([[0, 0, 0], [1, 1, 1]]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(token_ids=((1, 2, 3), (3, 4))), "names both"),
+    (dict(token_ids=((1, 2, 3), (4,))), r"token_ids\[1\] must hold 2"),
+    (dict(token_ids=((1, 2, 3), (4, 5)), pad_id=2), "pad_id 2 is digit 0"),
+    (dict(token_ids=((1, -2, 3), (4, 5))), ">= 0"),
+    (dict(token_ids=None), "token_ids go with"),
+    (dict(token_ids=((1, 2, 3), (4, 5)), offsets=(1, 4)), "not offsets"),
+])
+def test_tokenizer_layout_rejects_bad_tables(kwargs, match):
+    args = dict(kind="tokenizer", pad_id=9, eos_id=9) | kwargs
+    with pytest.raises(ValueError, match=match):
+        TokenLayout((3, 2), **args)
+
+
+def test_token_tables_only_with_the_tokenizer_kind():
+    with pytest.raises(ValueError, match="token_ids go with"):
+        TokenLayout((3, 2), token_ids=((1, 2, 3), (4, 5)))
