@@ -18,6 +18,8 @@ docs/architecture.md, "Decoding semantics" exactly. Both modes run the one drive
 `renormalize=False` scores as HF generate with a catalog-trie `prefix_allowed_tokens_fn` does
 (log-softmax over the whole vocabulary, then the mask; EOS's log-probability at step L+1 added
 and the final beams re-ranked): what `sk.constrained_generate` runs (teacher/exact_generate.py).
+A per-digit-head teacher (teacher/digit_heads.py) has no vocabulary head: there it is the log-softmax
+over each digit's own head, then the mask, and no EOS, as cornac's own beam search scores.
 
 Exact agreement with HF (a tested property): `attention_beam_search(...,
 constrained=False)` returns the same beams, with the same scores up to float
@@ -484,7 +486,7 @@ def attention_beam_search(
     every beam at every step (distillation records the teacher's beam tree with it).
     renormalize=False (constrained only): HF generate's scores under a catalog-trie prefix_allowed_tokens_fn
     (log-softmax over the whole vocabulary, masked; EOS scored at step L+1 where the teacher ends items
-    with it); observe then sees those log-probabilities.
+    with it; a per-digit-head teacher: over each digit's head, no EOS); observe then sees those log-probabilities.
     """
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
     if not isinstance(renormalize, bool):
@@ -494,11 +496,9 @@ def attention_beam_search(
     was_training = model.training
     model.eval()
     try:
-        if hasattr(model, "beam_step_fn"):  # the model's own step function (teacher/digit_heads.py)
-            if not renormalize:
-                raise InvalidInput("renormalize=False scores under the whole vocabulary: this teacher has "
-                                   "per-digit heads and no vocabulary head")
-            step_fn = model.beam_step_fn(layout, input_ids, attention_mask)
+        own = hasattr(model, "beam_step_fn")
+        if own:  # the model's own step function (teacher/digit_heads.py); its "vocabulary" is each digit's head
+            step_fn = model.beam_step_fn(layout, input_ids, attention_mask, log_probs=not renormalize)
         else:
             if getattr(model.config, "is_encoder_decoder", False):
                 stepper = _T5Stepper(model, layout, input_ids, attention_mask)
@@ -511,7 +511,7 @@ def attention_beam_search(
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
-        if not renormalize and SequenceFormat.of(model).ends_with_eos:
+        if not renormalize and not own and SequenceFormat.of(model).ends_with_eos:  # per-digit heads score no EOS
             final = _eos_logp(stepper, layout.eos_id)
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
                                       renormalize=renormalize, final_logp=final)
