@@ -127,9 +127,11 @@ def imported(request, tmp_path):
     return model, layout, sk.SIDCatalog.load(tmp_path / "imported")
 
 
-def test_constrained_decode_equals_the_reference_search_on_its_logits(imported):
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_constrained_decode_equals_the_reference_search_on_its_logits(imported, renormalize):
     """attention_beam_search on the model's own step function == beam_search_reference over the adapter's
-    teacher-forced logits of each prefix (a different code path: one decoder pass per prefix)."""
+    teacher-forced logits of each prefix (a different code path: one decoder pass per prefix).
+    renormalize=False: the code bases' own scoring, log-softmax over each digit's head, then the mask."""
     model, layout, catalog = imported
     adapter = adapter_for(model, layout, catalog)
     hist = histories(catalog.num_items, 3, seed=4)
@@ -141,11 +143,12 @@ def test_constrained_decode_equals_the_reference_search_on_its_logits(imported):
         b, w = prefixes.shape[:2]
         full = torch.cat([prefixes, prefixes.new_zeros(b, w, layout.num_levels - level)], dim=2).reshape(b * w, -1)
         states = type(enc)(states=enc.states.repeat_interleave(w, 0), mask=enc.mask.repeat_interleave(w, 0))
-        return adapter.digit_logits(states, full)[level].view(b, w, -1)
+        logits = adapter.digit_logits(states, full)[level].view(b, w, -1)
+        return logits if renormalize else logits.log_softmax(-1)
 
     with torch.no_grad():
-        ours = attention_beam_search(model, layout, catalog, ids, mask, beam_size=6, top_n=4)
-        ref = beam_search_reference(step_fn, catalog, batch_size=3, beam_size=6, top_n=4)
+        ours = attention_beam_search(model, layout, catalog, ids, mask, beam_size=6, top_n=4, renormalize=renormalize)
+        ref = beam_search_reference(step_fn, catalog, batch_size=3, beam_size=6, top_n=4, renormalize=renormalize)
     assert torch.equal(ours.items, ref.items)
     torch.testing.assert_close(ours.scores, ref.scores.float(), atol=1e-5, rtol=0)
     assert set(ours.items.flatten().tolist()) <= set(catalog.item_ids.tolist())
