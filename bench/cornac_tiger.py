@@ -29,7 +29,6 @@ Writes bench/results/<--name>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -67,29 +66,14 @@ def cornac_tiger(items: int, sizes: dict, codebook: int, max_len: int, epochs: i
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--beam", type=int, default=50)
-    p.add_argument("--top-n", type=int, default=10)
     p.add_argument("--items", type=int, default=1682, help="catalog items (default: ML-100K's 1,682)")
     p.add_argument("--codebook", type=int, default=256, help="codes per rkmeans level (3 levels + cornac's dedup)")
     p.add_argument("--history", type=int, default=20, help="history items per user (cornac's max_len)")
     p.add_argument("--epochs", type=int, default=0, help="cornac fit epochs (0: cornac's random initial weights)")
     p.add_argument("--exact", action="store_true", help="also time cornac's scoring='exact'")
-    p.add_argument("--train-examples", type=int, default=512, help="random examples of the one distillation epoch")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--budget-s", type=float, default=40.0, help="time budget per provider (fewer repeats if slow)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the harness")
-    p.add_argument("--name", default="cornac_tiger", help="results file name (without .json)")
-    p.add_argument("--out", default=str(common.RESULTS), help="output directory (default bench/results)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.batch, args.beam, args.top_n, args.items, args.codebook = 2, 4, 3, 120, 4
-        args.history, args.train_examples, args.repeats, args.warmup = 4, 32, 1, 0
-    if args.top_n > args.beam:
-        p.error(f"--top-n ({args.top_n}) must be <= --beam ({args.beam})")
+    common.add_generate_args(p, "cornac_tiger", repeats=5)
+    args = common.parse_generate_args(p, argv, quick=dict(batch=2, beam=4, top_n=3, items=120, codebook=4, history=4,
+                                                          train_examples=32, repeats=1, warmup=0))
     try:
         import cornac
     except ImportError:
@@ -146,32 +130,18 @@ def main(argv=None) -> int:
     stats["accelerated_generate"]["speedup_vs_constrained_generate"] = (
         stats["constrained_generate"]["median_ms"] / stats["accelerated_generate"]["median_ms"])
     equal = [a == b for a, b in zip(outputs["cornac_rank"], outputs["constrained_generate"])]
-    record = {
-        "benchmark": "cornac 3.0.1 TIGER (its own rank) vs sk.constrained_generate vs AcceleratedRecommender.generate",
-        "format_version": 1,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": common.machine_info(),
-        "config": {"teacher": f"cornac {cornac.__version__} TIGER, rkmeans SIDs over random features, "
-                              + ("cornac's random initial weights" if args.epochs == 0 else
-                                 f"{args.epochs} epochs of cornac's fit on random sessions"),
-                   "t5": sizes, "level_sizes": [int(k) for k in rec.level_sizes], "items": catalog.num_items,
-                   "batch": args.batch, "beam": args.beam, "top_n": args.top_n, "history_items": args.history,
-                   "input_len": int(ids.shape[1]), "threads": threads, "dtype": "float32",
-                   "repeats": args.repeats, "warmup": args.warmup,
-                   "distillation": f"1 epoch on {args.train_examples} random examples (speed only)"},
-        "agreement": {"cornac_rank_equals_constrained_generate_users": int(sum(equal)), "users": len(equal)},
-        "providers": stats,
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{args.name}.json"
-    path.write_text(json.dumps(record, indent=1))
+    weights = ("cornac's random initial weights" if args.epochs == 0 else
+               f"{args.epochs} epochs of cornac's fit on random sessions")
+    record = common.generate_record(
+        "cornac 3.0.1 TIGER (its own rank) vs sk.constrained_generate vs AcceleratedRecommender.generate", argv,
+        {"teacher": f"cornac {cornac.__version__} TIGER, rkmeans SIDs over random features, {weights}", "t5": sizes,
+         "level_sizes": [int(k) for k in rec.level_sizes], "items": catalog.num_items,
+         **common.generate_config(args, ids.shape[1], threads)}, stats,
+        agreement={"cornac_rank_equals_constrained_generate_users": int(sum(equal)), "users": len(equal)})
+    path = common.write_record(record, args.out, args.name)
     print(f"cornac TIGER vs ours: batch {args.batch}, beam {args.beam}, top {args.top_n}, {catalog.num_items} items "
           f"(levels {record['config']['level_sizes']}), {threads} threads, loadavg {record['machine']['loadavg']}")
-    print(f"{'provider':<24}{'median ms':>12}{'vs cornac':>11}{'valid':>8}")
-    for name, st in stats.items():
-        print(f"{name:<24}{common.fmt_ms(st['median_ms']):>12}{common.fmt_x(st['speedup_vs_cornac_rank']):>11}"
-              f"{st['valid_returned_share']:>8.2f}")
+    common.print_speed_table(stats, "cornac_rank", "vs cornac")
     print(f"top-{args.top_n} lists equal to cornac's: {sum(equal)} of {len(equal)} users")
     print(f"wrote {path}")
     return 0
