@@ -583,3 +583,74 @@ def set_threads(threads: Optional[int]) -> int:
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- side-by-side generate scripts
+
+
+def add_generate_args(p, name: str, repeats: int = 3) -> None:
+    """The options of the side-by-side generate benches (drop_in_generate.py, cornac_tiger.py): batch, beam,
+    top-n, the one distillation epoch, timing, threads, seed, --quick, where the JSON goes."""
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--beam", type=int, default=50)
+    p.add_argument("--top-n", type=int, default=10)
+    p.add_argument("--train-examples", type=int, default=512, help="random examples of the one distillation epoch")
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--budget-s", type=float, default=40.0, help="time budget per provider (fewer repeats if slow)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the harness")
+    p.add_argument("--name", default=name, help="results file name (without .json)")
+    p.add_argument("--out", default=str(RESULTS), help="output directory (default bench/results)")
+
+
+def parse_generate_args(p, argv: Optional[list[str]], quick: dict[str, Any]):
+    """p's parsed arguments (add_generate_args' and the script's own); --quick sets `quick`'s values."""
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value)
+    if args.top_n > args.beam:
+        p.error(f"--top-n ({args.top_n}) must be <= --beam ({args.beam})")
+    return args
+
+
+def command_line(argv: Optional[list[str]]) -> str:
+    """How the script was run, for its JSON record."""
+    import sys
+
+    return " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+
+
+def generate_record(benchmark: str, argv: Optional[list[str]], config: dict, providers: dict, **extra) -> dict:
+    """A side-by-side bench's JSON record: what ran, how, on which machine, the providers' stats (+ extra keys)."""
+    return {"benchmark": benchmark, "format_version": 1, "command": command_line(argv), "machine": machine_info(),
+            "config": config, **extra, "providers": providers}
+
+
+def write_record(record: dict, out: str | Path, name: str) -> Path:
+    """record as <out>/<name>.json (indented); returns the path."""
+    import json
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def generate_config(args, input_len: int, threads: int) -> dict:
+    """The record's run settings every side-by-side generate bench shares (add_generate_args' options)."""
+    return {"batch": args.batch, "beam": args.beam, "top_n": args.top_n, "history_items": args.history,
+            "input_len": int(input_len), "threads": threads, "dtype": "float32", "repeats": args.repeats,
+            "warmup": args.warmup, "distillation": f"1 epoch on {args.train_examples} random examples (speed only)"}
+
+
+def print_speed_table(stats: dict, base: str, label: str) -> None:
+    """One row per provider: median ms, speed-up over provider `base` (column `label`), share of valid items."""
+    ref = stats[base]["median_ms"]
+    print(f"{'provider':<24}{'median ms':>12}{label:>11}{'valid':>8}")
+    for name, st in stats.items():
+        print(f"{name:<24}{fmt_ms(st['median_ms']):>12}{fmt_x(ref / st['median_ms']):>11}"
+              f"{st['valid_returned_share']:>8.2f}")

@@ -81,27 +81,12 @@ def random_inputs(catalog, layout, batch: int, history: int, seed: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--beam", type=int, default=50)
-    p.add_argument("--top-n", type=int, default=10)
     p.add_argument("--items", type=int, default=4000, help="catalog items (random SIDs)")
     p.add_argument("--user-tokens", type=int, default=2000)
     p.add_argument("--history", type=int, default=20, help="history items per user")
-    p.add_argument("--train-examples", type=int, default=512, help="random examples of the one distillation epoch")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--budget-s", type=float, default=40.0, help="time budget per provider (fewer repeats if slow)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the harness")
-    p.add_argument("--name", default="drop_in_generate", help="results file name (without .json)")
-    p.add_argument("--out", default=str(common.RESULTS), help="output directory (default bench/results)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.batch, args.beam, args.top_n, args.items, args.user_tokens = 2, 4, 3, 200, 10
-        args.history, args.train_examples, args.repeats, args.warmup = 3, 32, 1, 0
-    if args.top_n > args.beam:
-        p.error(f"--top-n ({args.top_n}) must be <= --beam ({args.beam})")
+    common.add_generate_args(p, "drop_in_generate", repeats=3)
+    args = common.parse_generate_args(p, argv, quick=dict(batch=2, beam=4, top_n=3, items=200, user_tokens=10,
+                                                          history=3, train_examples=32, repeats=1, warmup=0))
     threads = common.set_threads(args.threads)
     sizes, codebook = (TINY, 16) if args.quick else (PAPER, 256)
 
@@ -147,29 +132,15 @@ def main(argv=None) -> int:
         stats[name]["speedup_vs_hf_generate"] = base / stats[name]["median_ms"]
     stats["accelerated_generate"]["speedup_vs_constrained_generate"] = (
         stats["constrained_generate"]["median_ms"] / stats["accelerated_generate"]["median_ms"])
-    record = {
-        "benchmark": "drop-in generate: HF generate vs sk.constrained_generate vs AcceleratedRecommender.generate",
-        "format_version": 1,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": common.machine_info(),
-        "config": {"teacher": "sidmlp-official import, random weights", "t5": sizes, "codebook_size": codebook,
-                   "user_tokens": args.user_tokens, "vocab_size": int(teacher.config.vocab_size),
-                   "items": catalog.num_items, "batch": args.batch, "beam": args.beam, "top_n": args.top_n,
-                   "history_items": args.history, "input_len": int(ids.shape[1]), "threads": threads,
-                   "dtype": "float32", "repeats": args.repeats, "warmup": args.warmup,
-                   "distillation": f"1 epoch on {args.train_examples} random examples (speed only)"},
-        "providers": stats,
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{args.name}.json"
-    path.write_text(json.dumps(record, indent=1))
+    record = common.generate_record(
+        "drop-in generate: HF generate vs sk.constrained_generate vs AcceleratedRecommender.generate", argv,
+        {"teacher": "sidmlp-official import, random weights", "t5": sizes, "codebook_size": codebook,
+         "user_tokens": args.user_tokens, "vocab_size": int(teacher.config.vocab_size), "items": catalog.num_items,
+         **common.generate_config(args, ids.shape[1], threads)}, stats)
+    path = common.write_record(record, args.out, args.name)
     print(f"drop-in generate: batch {args.batch}, beam {args.beam}, top {args.top_n}, {catalog.num_items} items, "
           f"{threads} threads, loadavg {record['machine']['loadavg']}")
-    print(f"{'provider':<24}{'median ms':>12}{'vs HF':>9}{'valid':>8}")
-    for name, st in stats.items():
-        print(f"{name:<24}{common.fmt_ms(st['median_ms']):>12}{common.fmt_x(base / st['median_ms']):>9}"
-              f"{st['valid_returned_share']:>8.2f}")
+    common.print_speed_table(stats, "hf_generate", "vs HF")
     print(f"wrote {path}")
     return 0
 

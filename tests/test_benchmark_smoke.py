@@ -162,3 +162,22 @@ def test_aot_compile_quick_run(tmp_path):
     (rec,) = rep["runs"]["smoke"]["records"]
     assert rec["ptx_target"] == "sm_90a" and 0 < rec["n_regs"] <= 255 and rec["shared_bytes"] > 0
     assert rec["spill_stores_bytes"] >= 0 and rec["ptx_ops"]["fma.rn.f32"] > 0  # fp32 heads: plain FMA
+
+
+def test_cornac_tiger_quick_run(tmp_path):
+    """bench/cornac_tiger.py --quick: cornac's own TIGER and ours on its imported model, one JSON; our exact
+    decode returns cornac's own top-n lists (its scoring rule, renormalize=False)."""
+    pytest.importorskip("cornac")
+    proc = subprocess.run([sys.executable, str(BENCH / "cornac_tiger.py"), "--quick", "--exact", "--out",
+                           str(tmp_path), "--name", "smoke", "--threads", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    rep = _strict_json((tmp_path / "smoke.json").read_text())
+    assert rep["format_version"] == 1 and "loadavg" in rep["machine"]
+    prov = rep["providers"]
+    assert set(prov) == {"cornac_rank", "cornac_exact", "constrained_generate", "accelerated_generate"}
+    for name, p in prov.items():
+        assert math.isfinite(p["median_ms"]) and p["median_ms"] > 0, name
+        assert p["valid_returned_share"] == 1.0, name
+    agree = rep["agreement"]
+    assert agree["cornac_rank_equals_constrained_generate_users"] == agree["users"] == rep["config"]["batch"]

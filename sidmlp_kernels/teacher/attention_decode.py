@@ -18,6 +18,8 @@ docs/architecture.md, "Decoding semantics" exactly. Both modes run the one drive
 `renormalize=False` scores as HF generate with a catalog-trie `prefix_allowed_tokens_fn` does
 (log-softmax over the whole vocabulary, then the mask; EOS's log-probability at step L+1 added
 and the final beams re-ranked): what `sk.constrained_generate` runs (teacher/exact_generate.py).
+A per-digit-head teacher (teacher/digit_heads.py) has no vocabulary head: there it is the log-softmax
+over each digit's own head, then the mask, and no EOS, as cornac's own beam search scores.
 
 Exact agreement with HF (a tested property): `attention_beam_search(...,
 constrained=False)` returns the same beams, with the same scores up to float
@@ -55,6 +57,7 @@ from ..data.layout import TokenLayout
 from ..errors import InvalidInput, InvalidInputType
 from .hf_output import SequenceFormat
 from .llm_decode import SharedPromptStepper, uses_shared_prompt
+from .t5_cache import T5StackCache
 
 __all__ = [
     "DecodeOutput",
@@ -249,90 +252,24 @@ def _greedy_scores(new_tokens: torch.Tensor, step_scores, layout: TokenLayout, l
 
 
 class T5CachedDecoder:
-    """Step-by-step T5 decoder over (B, W) beams: cross K/V once per user, self-attention KV cache.
-
-    Uses the model's own modules (layer norms, projections, feed-forward), in eval
-    semantics (no dropout).
-    """
+    """Step-by-step HF T5 decoder over (B, W) beams: token embeddings into a T5StackCache (cross K/V once per
+    user, self-attention KV cache), logits from lm_head's rows. Eval semantics (no dropout)."""
 
     def __init__(self, model: nn.Module, layout: TokenLayout, enc_states: torch.Tensor, enc_mask: torch.Tensor):
         self.model = model
         self.layout = layout
-        cfg = model.config
-        self.blocks = list(model.decoder.block)
-        self.num_heads = int(cfg.num_heads)
-        self.d_kv = int(cfg.d_kv)
+        self.cache = T5StackCache(model.decoder, enc_states, enc_mask)
         self.scale = decoder_output_scale(model)
-        self.batch, t = enc_mask.shape
-        b, h, d = self.batch, self.num_heads, self.d_kv
-        self.cross_k, self.cross_v = [], []
-        for block in self.blocks:
-            att = block.layer[1].EncDecAttention
-            self.cross_k.append(att.k(enc_states).view(b, t, h, d).transpose(1, 2))  # (B, H, T, d)
-            self.cross_v.append(att.v(enc_states).view(b, t, h, d).transpose(1, 2))
-        neg = torch.finfo(enc_states.dtype).min
-        self.cross_bias = torch.zeros(b, 1, 1, t, dtype=enc_states.dtype, device=enc_states.device)
-        self.cross_bias.masked_fill_(~enc_mask.bool().view(b, 1, 1, t), neg)
-        self.self_k: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
-        self.self_v: list[Optional[torch.Tensor]] = [None] * len(self.blocks)
-        self.steps = 0
         self.vocab_head = model.lm_head.weight * self.scale  # (V, D), the whole vocabulary
         self.heads = [digit_rows(self.vocab_head, layout, level) for level in range(layout.num_levels)]
 
-    def _self_bias(self, length: int, device: torch.device) -> torch.Tensor:
-        """(H, length) relative-position bias of the newest query over all cached keys."""
-        att = self.blocks[0].layer[0].SelfAttention
-        rel = torch.arange(length, device=device) - (length - 1)  # memory - query <= 0
-        bucket = att._relative_position_bucket(
-            rel,
-            bidirectional=False,
-            num_buckets=att.relative_attention_num_buckets,
-            max_distance=att.relative_attention_max_distance,
-        )
-        return att.relative_attention_bias(bucket).T  # (H, length)
-
     def reorder(self, parents: torch.Tensor) -> None:
         """Keep, for each new beam (B, W'), the cache of its parent beam."""
-        rows = torch.arange(self.batch, device=parents.device).unsqueeze(1)
-        for i in range(len(self.blocks)):
-            self.self_k[i] = self.self_k[i][rows, parents]
-            self.self_v[i] = self.self_v[i][rows, parents]
+        self.cache.reorder(parents)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed (B, W) tokens, return the (B, W, D) decoder output (after the final norm and T5's scale)."""
-        b, w = tokens.shape
-        h, d = self.num_heads, self.d_kv
-        hidden = self.model.decoder.embed_tokens(tokens)
-        bias = self._self_bias(self.steps + 1, tokens.device).view(1, 1, h, -1)
-        for i, block in enumerate(self.blocks):
-            sa_layer, ca_layer = block.layer[0], block.layer[1]
-            sa = sa_layer.SelfAttention
-            x = sa_layer.layer_norm(hidden)
-            q = sa.q(x).view(b, w, h, d)
-            k_new = sa.k(x).view(b, w, h, 1, d)
-            v_new = sa.v(x).view(b, w, h, 1, d)
-            if self.self_k[i] is None:
-                self.self_k[i], self.self_v[i] = k_new, v_new
-            else:
-                self.self_k[i] = torch.cat([self.self_k[i], k_new], dim=3)
-                self.self_v[i] = torch.cat([self.self_v[i], v_new], dim=3)
-            # T5 does not scale q.k; the relative bias carries the positions.
-            scores = torch.einsum("bwhd,bwhtd->bwht", q, self.self_k[i]) + bias
-            probs = torch.softmax(scores.float(), dim=-1).type_as(scores)
-            attn = torch.einsum("bwht,bwhtd->bwhd", probs, self.self_v[i]).reshape(b, w, h * d)
-            hidden = hidden + sa.o(attn)
-
-            ca = ca_layer.EncDecAttention
-            x = ca_layer.layer_norm(hidden)
-            q = ca.q(x).view(b, w, h, d).transpose(1, 2)  # (B, H, W, d): all beams of a user in one matmul
-            scores = q @ self.cross_k[i].transpose(-1, -2) + self.cross_bias
-            probs = torch.softmax(scores.float(), dim=-1).type_as(scores)
-            attn = (probs @ self.cross_v[i]).transpose(1, 2).reshape(b, w, h * d)
-            hidden = hidden + ca.o(attn)
-
-            hidden = block.layer[-1](hidden)
-        self.steps += 1
-        return self.model.decoder.final_layer_norm(hidden)
+        """Feed (B, W) tokens, return the (B, W, D) decoder output (after the final norm; T5's scale is in the heads)."""
+        return self.cache.step(self.model.decoder.embed_tokens(tokens))
 
     def digit_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """(B, W, K_level) logits from decoder outputs, using only digit `level`'s lm_head rows."""
@@ -478,7 +415,7 @@ def attention_beam_search(
     every beam at every step (distillation records the teacher's beam tree with it).
     renormalize=False (constrained only): HF generate's scores under a catalog-trie prefix_allowed_tokens_fn
     (log-softmax over the whole vocabulary, masked; EOS scored at step L+1 where the teacher ends items
-    with it); observe then sees those log-probabilities.
+    with it; a per-digit-head teacher: over each digit's head, no EOS); observe then sees those log-probabilities.
     """
     _check_decode_args(model, layout, catalog, input_ids, attention_mask, beam_size, top_n)
     if not isinstance(renormalize, bool):
@@ -488,11 +425,9 @@ def attention_beam_search(
     was_training = model.training
     model.eval()
     try:
-        if hasattr(model, "beam_step_fn"):  # the model's own step function (teacher/digit_heads.py)
-            if not renormalize:
-                raise InvalidInput("renormalize=False scores under the whole vocabulary: this teacher has "
-                                   "per-digit heads and no vocabulary head")
-            step_fn = model.beam_step_fn(layout, input_ids, attention_mask)
+        own = hasattr(model, "beam_step_fn")
+        if own:  # the model's own step function (teacher/digit_heads.py); its "vocabulary" is each digit's head
+            step_fn = model.beam_step_fn(layout, input_ids, attention_mask, log_probs=not renormalize)
         else:
             if getattr(model.config, "is_encoder_decoder", False):
                 stepper = _T5Stepper(model, layout, input_ids, attention_mask)
@@ -507,7 +442,7 @@ def attention_beam_search(
         if not constrained:
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
-        fmt = None if renormalize else SequenceFormat.of(model)
+        fmt = None if renormalize or own else SequenceFormat.of(model)  # per-digit heads score no EOS
         if fmt is not None and fmt.ends_with_eos:
             final = _final_logp(stepper, fmt.suffix + (layout.eos_id,))
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,

@@ -1,7 +1,7 @@
 """Readers of per-digit-head teachers (FORMATS.md, "Family 2"), for importers.import_teacher.
 
 Each reader turns a code base's checkpoint into (DigitHeadsConfig, a DigitHeadsT5 state_dict,
-SID codes (N, L), item keys), with an ArtifactError naming the file and the key it could not use:
+SID codes (N, L), item ids, item keys), with an ArtifactError naming the file and the key it could not use:
 
 grid    snap-research/GRID SemanticIDEncoderDecoder: a Lightning .ckpt ({"state_dict": ...}) with
         encoder.encoder.encoder.* (T5EncoderModel's stack), decoder.decoder.* (T5Stack),
@@ -14,8 +14,10 @@ rqvae   EdoardoBotta/RQ-VAE-Recommender (HF-T5 EncoderDecoderRetrievalModel): ch
         optional user_embedding, sep_token; SIDs in its `codebooks` buffer [N, L] (dedup stripped).
 cornac  cornac 3.0.1 TIGER: Recommender.save's pickle (<dir>/TIGER/<timestamp>.pkl) of the recommender;
         its `model` is a TIGERSeq2Seq (token_emb with pad 0 and code c of level l at offsets[l] + c,
-        encoder / decoder T5Stacks, bos, heads.{l}); SIDs in `sid_table` [N, L+1], items by `sid_to_item`.
-        Read without cornac: its classes unpickle as inert stand-ins (pickle_stubs.py).
+        encoder / decoder T5Stacks, bos, heads.{l}); SIDs in `sid_table` [N, L+1], item ids = cornac's item
+        indices by `sid_to_item`, item keys = its raw item ids (`iid_map`, raw id -> index).
+        Read without cornac: its classes unpickle as inert stand-ins (pickle_stubs.py). cornac's own
+        score() feeds the last `max_len` history items only; the imported teacher reads what it is given.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def read_grid(checkpoint: Path, sids: Path | None, settings: dict):
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.dtype.is_floating_point:
         raise ArtifactError(sids, "must hold an integer tensor [L+1, N] (one column per item)")
     codes = codes.T.long().numpy()
-    return config, ours, codes, list(range(codes.shape[0]))
+    return config, ours, codes, list(range(codes.shape[0])), list(range(codes.shape[0]))
 
 
 def read_rqvae(checkpoint: Path, sids: Path | None, settings: dict):
@@ -241,7 +243,7 @@ def read_rqvae(checkpoint: Path, sids: Path | None, settings: dict):
               "t5_decoder.embed_tokens.weight")  # T5's own token tables: the model feeds embeddings
     ours, name_of = _rename(state, checkpoint, renames, unused, "model._orig_mod.")
     config, ours = _build(ours, name_of, checkpoint, _strided, "rqvae", {})
-    return config, ours, codes, list(range(codes.shape[0]))
+    return config, ours, codes, list(range(codes.shape[0])), list(range(codes.shape[0]))
 
 
 def read_cornac(checkpoint: Path, sids: Path | None, settings: dict):
@@ -277,7 +279,19 @@ def read_cornac(checkpoint: Path, sids: Path | None, settings: dict):
         if sid not in rec.sid_to_item:
             raise ArtifactError(checkpoint, f"sid_table row {sid} is not a key of sid_to_item")
         items.append(int(rec.sid_to_item[sid]))
-    return config, ours, codes, items
+    return config, ours, codes, items, _cornac_keys(rec, items, checkpoint)
+
+
+def _cornac_keys(rec: Any, items: list[int], path: Path) -> list:
+    """cornac's raw item ids of `items` (its indices) from `iid_map` (raw id -> index); the indices without one."""
+    iid_map = getattr(rec, "iid_map", None)
+    if not isinstance(iid_map, dict):
+        return list(items)
+    raw_of = {int(index): raw for raw, index in iid_map.items()}
+    missing = [i for i in items if i not in raw_of]
+    if missing:
+        raise ArtifactError(path, f"item index {missing[0]} of sid_to_item has no raw id in iid_map")
+    return [raw_of[i].item() if isinstance(raw_of[i], np.generic) else raw_of[i] for i in items]
 
 
 DIGIT_HEAD_FORMATS = {
@@ -290,7 +304,7 @@ DIGIT_HEAD_FORMATS = {
 def read_digit_heads(fmt: str, checkpoint: Path, sids: Path | None, settings: dict):
     """(DigitHeadsT5 with the checkpoint's weights, SID codes (N, L), item ids, item keys) of a Family-2 format."""
     reader, _ = DIGIT_HEAD_FORMATS[fmt]
-    config, state, codes, items = reader(checkpoint, sids, settings)
+    config, state, codes, items, keys = reader(checkpoint, sids, settings)
     model = DigitHeadsT5(config)
     model.load_state_dict(state)
-    return model.eval(), codes, items
+    return model.eval(), codes, items, keys

@@ -17,7 +17,8 @@ digit l's codes from 1 + K_0 + ... + K_{l-1}, an EOS id no input carries, user t
 it, input_eos False): [user token (if it has a user embedding), SID tokens of the history...].
 `encode` turns them into the code base's own encoder input (embedding rows, separators, user
 row). The attention decoders (attention_decode.py) run it through `check_layout` and
-`beam_step_fn`; `teacher_adapter` gives its TeacherAdapter; `save` / `load_digit_heads` keep it
+`beam_step_fn` (KV-cached, t5_cache.py); `teacher_adapter` gives its TeacherAdapter; `sequence_format` says how its
+results are laid out as HF sequences (hf_output.SequenceFormat); `save` / `load_digit_heads` keep it
 as digit_heads.json + model.safetensors in a teacher directory (models.save_teacher / load_teacher).
 """
 
@@ -36,6 +37,8 @@ from ..decode.types import Encoded
 from ..errors import InvalidInput
 from ..io import ArtifactError, load_tensors, read_json, save_tensors, write_json
 from .adapters import _check_prefix_codes
+from .hf_output import SequenceFormat
+from .t5_cache import T5StackCache
 
 __all__ = ["DigitHeadsConfig", "DigitHeadsT5", "DigitHeadsAdapter", "MultiLayerFF", "digit_heads_layout",
            "load_digit_heads"]
@@ -157,6 +160,9 @@ class DigitHeadsT5(nn.Module):
         self.user_embedding = nn.Embedding(config.num_user_bins, d) if config.num_user_bins else None
         self.sep = nn.Parameter(torch.zeros(d)) if config.sep_token else None
         self.layout = digit_heads_layout(config)
+        # No HF generate of its own: results are laid out as an encoder-decoder's, [decoder start (= pad 0),
+        # the digits' tokens in self.layout, EOS], as a model distilled from it lays them out too.
+        self.sequence_format = SequenceFormat()
         self.register_buffer("_rows", torch.tensor(config.embedding_offsets, dtype=torch.long), persistent=False)
 
     # ---- hooks the package's teacher code calls ----
@@ -172,17 +178,28 @@ class DigitHeadsT5(nn.Module):
     def teacher_adapter(self, layout: TokenLayout, catalog: Optional[SIDCatalog] = None) -> "DigitHeadsAdapter":
         return DigitHeadsAdapter(self, layout, catalog)
 
-    def beam_step_fn(self, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """A step_fn (decode.types.StepFn) for decode.search.beam_search: the decoder rerun over [BOS, prefix]."""
+    def beam_step_fn(self, layout: TokenLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     log_probs: bool = False):
+        """A stateful step_fn (decode.types.StepFn) for decode.search.beam_search: the decoder stepped one digit at
+        a time over [BOS, emb(c_0), ...] with cross-attention K/V once per user and a self-attention KV cache
+        (t5_cache.T5StackCache), reordered by each kept beam's parent.
+
+        log_probs=False: the head's logits (the search renormalises over the valid children).
+        log_probs=True: their log-softmax over the head's K_l codes, for a search that only masks them
+        (renormalize=False): how the code bases' own beam searches score (cornac's generate_beam)."""
         enc = self.encode_inputs(input_ids, attention_mask)
         device = enc.states.device
+        cache = T5StackCache(self.decoder, enc.states, enc.mask)
 
         def step_fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
             b, w = prefixes.shape[:2]
-            hidden = self.decode_states(
-                enc.states.repeat_interleave(w, dim=0), enc.mask.repeat_interleave(w, dim=0),
-                prefixes.reshape(b * w, level).to(device))
-            return self.heads[level](hidden[:, -1]).view(b, w, -1)
+            if level == 0:
+                inputs = self.bos.view(1, 1, -1).expand(b, w, -1)
+            else:
+                cache.reorder(parents.to(device))
+                inputs = self.sid_embedding(self._rows[level - 1] + prefixes[:, :, -1].to(device))
+            logits = self.heads[level](cache.step(inputs))
+            return logits.float().log_softmax(-1) if log_probs else logits
 
         return step_fn
 

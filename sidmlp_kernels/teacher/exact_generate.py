@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-from torch import nn
 
 from ..data.catalog import SIDCatalog
 from ..data.layout import TokenLayout
@@ -44,7 +43,8 @@ def constrained_generate(
     length_penalty: float = 1.0,
     layout: Optional[TokenLayout] = None,
 ) -> Union[torch.Tensor, GenerateOutput]:
-    """Catalog-constrained beam search of a HF teacher (T5 or decoder-only), returned as HF generate returns it.
+    """Catalog-constrained beam search of a teacher (HF T5, decoder-only, or per-digit heads), returned as HF
+    generate returns it.
 
     teacher: the HF model, or its adapter (`sk.adapter_for(model, layout)`); layout: the teacher's
     TokenLayout (default: the adapter's, else the catalog's `tiger` layout). input_ids /
@@ -60,9 +60,9 @@ def constrained_generate(
         raise InvalidInputType(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     adapter = as_adapter(teacher, catalog, layout)
     model = getattr(adapter, "model", None)
-    if not (isinstance(model, nn.Module) and hasattr(model, "config")):
-        raise InvalidInputType("teacher must be a HF model or an adapter holding one as .model, "
-                               f"got {type(teacher).__name__}")
+    if not SequenceFormat.known(model):
+        raise InvalidInputType("teacher must be a HF model, a per-digit-head teacher (load_teacher / import_teacher) "
+                               f"or an adapter holding one as .model, got {type(teacher).__name__}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     out = attention_beam_search(model, adapter.layout, catalog, input_ids, attention_mask, num_beams,

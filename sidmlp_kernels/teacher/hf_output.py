@@ -44,8 +44,18 @@ class SequenceFormat:
         object.__setattr__(self, "suffix", suffix)
 
     @classmethod
+    def known(cls, model: Any) -> bool:
+        """Whether `of` can tell `model`'s format: a HF model, or one that declares its `sequence_format`."""
+        return isinstance(model, nn.Module) and (isinstance(getattr(model, "sequence_format", None), cls)
+                                                 or hasattr(model, "config"))
+
+    @classmethod
     def of(cls, model: nn.Module) -> "SequenceFormat":
-        """The format of a HF model (T5-style encoder-decoder, or a decoder-only LM and its prompt format)."""
+        """The format of a HF model (T5-style encoder-decoder, or a decoder-only LM and its prompt format), or the
+        one a model without HF generate declares as `model.sequence_format` (teacher/digit_heads.py)."""
+        declared = getattr(model, "sequence_format", None)
+        if isinstance(declared, cls):
+            return declared
         if getattr(model.config, "is_encoder_decoder", False):
             return cls(True)
         fmt = prompt_format(model)

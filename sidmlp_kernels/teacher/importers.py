@@ -298,7 +298,7 @@ def _import_digit_heads(format: str, checkpoint, sids, out, config, options: dic
     _check_out(out)
     if sids is not None and not sids.is_file():
         raise FileNotFoundError(f"no SID file at {sids}")
-    model, codes, items = read_digit_heads(format, checkpoint, sids, settings)
+    model, codes, items, keys = read_digit_heads(format, checkpoint, sids, settings)
     layout = model.layout
     where = sids if sids is not None else checkpoint
     if codes.ndim != 2 or codes.shape[1] != layout.num_levels:
@@ -307,7 +307,7 @@ def _import_digit_heads(format: str, checkpoint, sids, out, config, options: dic
     catalog = _catalog(codes, layout, where, format, item_ids=items)
     out = Path(out)
     with atomic_directory(out) as tmp:
-        _write(tmp, model, layout, catalog, items, {"format": format, "code_base": DIGIT_HEAD_FORMATS[format][1],
+        _write(tmp, model, layout, catalog, keys, {"format": format, "code_base": DIGIT_HEAD_FORMATS[format][1],
                                                     "checkpoint": str(checkpoint),
                                                     "sids": None if sids is None else str(sids)})
     return model, layout, catalog

@@ -1,24 +1,17 @@
-"""Small faithful re-implementations of the per-digit-head code bases' models (their forward as their sources
-define it), and artifacts written the way each code base saves them. Used by test_import_digit_heads.py.
+"""Small faithful re-implementations of the per-digit-head code bases that are not on the package registry
+(their forward as their sources define it), and artifacts written the way each code base saves them. Used by
+test_import_digit_heads.py. (cornac installs from the registry: its tests use cornac itself, cornac_tiger.py.)
 
 GRID: src/models/modules/semantic_id/tiger_generation_model.py (SemanticIDEncoderDecoder, T5MultiLayerFF),
 src/models/components/network_blocks/mlp.py (MLP). RQ-VAE-Recommender: modules/model.py
 (EncoderDecoderRetrievalModel, HF-T5 version), train_decoder.py (torch.compile, checkpoint dict).
-cornac 3.0.1: cornac/models/tiger/tiger.py (TIGERSeq2Seq), recom_tiger.py (_build_semantic_ids),
-cornac/models/recommender.py (save: pickle of a deepcopy to <dir>/TIGER/<timestamp>.pkl).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import pickle
-import sys
-import types
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5LayerFF, T5LayerNorm, T5Stack
@@ -221,96 +214,4 @@ def write_rqvae(tmp_path, model, iteration=999):
     path = tmp_path / f"checkpoint_{iteration}.pt"
     torch.save({"iter": iteration, "model": compiled.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict()}, path)
-    return path
-
-
-# ---- cornac 3.0.1 TIGER ------------------------------------------------------------------------
-
-
-class TIGERSeq2Seq(nn.Module):
-    """cornac/models/tiger/tiger.py TIGERSeq2Seq: __init__, encode_history, _decode, as there."""
-
-    def __init__(self, level_sizes, d_model=16, d_ff=24, num_heads=2, d_kv=6, num_enc_layers=2, num_dec_layers=1,
-                 dropout=0.1):
-        super().__init__()
-        self.level_sizes = [int(s) for s in level_sizes]
-        self.num_levels = len(self.level_sizes)
-        offsets = np.concatenate(([1], 1 + np.cumsum(self.level_sizes[:-1])))
-        self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.long))
-        self.token_emb = nn.Embedding(1 + sum(self.level_sizes), d_model, padding_idx=0)
-        cfg = T5Config(vocab_size=1, d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_heads=num_heads,
-                       num_layers=num_enc_layers, dropout_rate=dropout, is_encoder_decoder=False, use_cache=False)
-        enc_cfg = copy.deepcopy(cfg)
-        enc_cfg.is_decoder = False
-        dec_cfg = copy.deepcopy(cfg)
-        dec_cfg.is_decoder = True
-        dec_cfg.num_layers = num_dec_layers
-        self.encoder = T5Stack(enc_cfg)
-        self.decoder = T5Stack(dec_cfg)
-        self.bos = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
-        self.heads = nn.ModuleList([nn.Linear(d_model, s, bias=False) for s in self.level_sizes])
-
-    def encode_history(self, enc_tokens, enc_mask):
-        return self.encoder(inputs_embeds=self.token_emb(enc_tokens), attention_mask=enc_mask).last_hidden_state
-
-    def _decode(self, dec_sids, enc_out, enc_mask):
-        inputs = self.bos.expand(enc_out.size(0), -1, -1)
-        if dec_sids is not None and dec_sids.size(1) > 0:
-            emb = self.token_emb(dec_sids + self.offsets[: dec_sids.size(1)])
-            inputs = torch.cat([inputs, emb], dim=1)
-        return self.decoder(inputs_embeds=inputs, encoder_hidden_states=enc_out, encoder_attention_mask=enc_mask,
-                            use_cache=False).last_hidden_state
-
-    def digit_logprobs(self, enc_tokens, enc_mask, target_sids):
-        """forward's teacher-forced pass, per level log_softmax (as score_all_items takes them)."""
-        enc_out = self.encode_history(enc_tokens, enc_mask)
-        h = self._decode(target_sids[:, :-1], enc_out, enc_mask)
-        return [F.log_softmax(self.heads[level](h[:, level]), dim=-1) for level in range(self.num_levels)]
-
-
-class TIGER:
-    """The recommender's attributes Recommender.save pickles (recom_tiger.py)."""
-
-    def __init__(self, name="TIGER"):
-        self.name = name
-
-
-def cornac_semantic_ids(codes):
-    """recom_tiger._build_semantic_ids: dedup level = count of earlier items with the same codes (from 0)."""
-    counters, dedup = {}, np.zeros(len(codes), dtype="int64")
-    for i, row in enumerate(map(tuple, codes)):
-        dedup[i] = counters.get(row, 0)
-        counters[row] = dedup[i] + 1
-    sid_table = np.concatenate([codes, dedup[:, None]], axis=1)
-    return sid_table, {tuple(int(v) for v in row): i for i, row in enumerate(sid_table)}
-
-
-def cornac_enc_tokens(sid_table, level_sizes, histories, max_len):
-    """recom_tiger: enc_token_table = sid_table + offsets (pad item row of zeros), histories left-padded."""
-    offsets = np.concatenate(([1], 1 + np.cumsum(level_sizes[:-1])))
-    table = np.zeros((len(sid_table) + 1, len(level_sizes)), dtype="int64")
-    table[: len(sid_table)] = sid_table + offsets
-    pad = len(sid_table)
-    rows = [[pad] * (max_len - len(h[-max_len:])) + list(h[-max_len:]) for h in histories]
-    tokens = torch.tensor(table[rows].reshape(len(histories), -1))
-    return tokens, (tokens != 0).float()
-
-
-def write_cornac(save_dir, rec, monkeypatch, stamp="2026-01-02_03-04-05-000006"):
-    """Recommender.save: pickle.dump(copy.deepcopy(self)) to <dir>/TIGER/<timestamp>.pkl, under cornac's class
-    paths (cornac.models.tiger.recom_tiger.TIGER, cornac.models.tiger.tiger.TIGERSeq2Seq)."""
-    mods = {}
-    for name in ("cornac", "cornac.models", "cornac.models.tiger", "cornac.models.tiger.tiger",
-                 "cornac.models.tiger.recom_tiger"):
-        mods[name] = types.ModuleType(name)
-    for cls, mod in ((TIGERSeq2Seq, "cornac.models.tiger.tiger"), (TIGER, "cornac.models.tiger.recom_tiger")):
-        monkeypatch.setattr(cls, "__module__", mod)
-        setattr(mods[mod], cls.__name__, cls)
-    with monkeypatch.context() as m:
-        for name, mod in mods.items():
-            m.setitem(sys.modules, name, mod)
-        path = save_dir / rec.name / f"{stamp}.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            pickle.dump(copy.deepcopy(rec), f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
