@@ -128,9 +128,11 @@ def compile_one(mode: str, hidden: int, beam: int, k: int, level: int, arch: str
 
 
 def sass_ops(cubin) -> dict | None:
-    """Counts of tensor-core (HGMMA = wgmma, HMMA = mma.sync) and local-memory (LDL, STL) SASS instructions.
+    """SASS instruction counts: tensor cores (HGMMA = wgmma, HMMA = mma.sync), local memory (LDL, STL = spills).
 
-    Read with the cuobjdump Triton ships; None when there is none (older Triton) or no cubin.
+    `inner_loops`: per innermost loop (a backward branch containing no other), its length and
+    local-memory ops, so a spill in a hot loop shows apart from one in once-per-block code. Read
+    with the cuobjdump Triton ships; None when there is none (older Triton) or no cubin.
     """
     try:
         from triton import knobs
@@ -146,8 +148,24 @@ def sass_ops(cubin) -> dict | None:
         proc = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
         return None
-    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)", proc.stdout, re.M)
-    return {name: sum(op == name for op in ops) for name in ("HGMMA", "HMMA", "LDL", "STL")}
+    ins = []  # (address, opcode without modifiers, operands)
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)\S*\s*([^;]*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    names = ("HGMMA", "HMMA", "LDL", "STL")
+    out = {name: sum(op == name for _, op, _ in ins) for name in names}
+    loops = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+    out["inner_loops"] = []
+    for lo, hi in sorted(inner):
+        body = [op for addr, op, _ in ins if lo <= addr <= hi]
+        out["inner_loops"].append({"instructions": len(body), **{n: body.count(n) for n in names}})
+    return out
 
 
 def main(argv=None) -> int:
