@@ -1,6 +1,6 @@
 """Fused SID-MLP beam step for one digit (docs/architecture.md, "Fast paths"): one Triton launch per digit.
 
-The kernel takes the folded head's raw tensors (see sidmlp_kernels/folded.py):
+The kernel takes the folded head's raw tensors (see sidmlp_kernels/decode/folded.py):
 
     h      = ctx_proj[b] + sum_j prefix_tables[j][d_j]        (gather-and-add)
     h      = GELU(LayerNorm(h) * ln_w + ln_b)                   (exact erf GELU)
@@ -9,29 +9,26 @@ The kernel takes the folded head's raw tensors (see sidmlp_kernels/folded.py):
 then masks invalid children, takes the log-softmax over the valid ones, adds the
 beam score and keeps the best `beam_size` (beam, token) candidates per user with
 the tie-break of decoding.beam_step_reference: equal scores by (beam, token)
-ascending, missing candidates dead (-inf, parent 0, token 0).
+ascending, missing candidates dead (-inf), and beam > W * K padded (-inf, parent 0, token 0).
 
-Design: grid = (B,), one program per user owns all W beams, so top-k needs no
-second launch and no cross-program sync. Per user:
+Design: grid = (B,), one program per user owns all W beams, so top-k needs no second launch.
+Per block of BLOCK_W (<= 64) beams:
 
-  A. per block of beams: gather + LayerNorm + GELU on full rows in registers,
-     activations written to a (B, W, H) scratch in the GEMM dtype;
-  B. per block of 16 beams: logits tiles by tl.dot over hidden chunks (fp32
-     accumulate), stored to a (B, W, K) fp32 scratch while an online
-     max / sum-exp gives each row's log-sum-exp over its valid children;
-  C. same beam block: reread the logits tiles, form candidate scores and pack each
-     as one int64 key, (order-preserving float bits << 32) | (2**32 - 1 - flat
-     index), so keys are unique and key order *is* the reference order (score
-     descending, then (beam, token) ascending). A running set of the best
-     `beam_pad` keys (unordered, in registers) absorbs each tile by repeatedly
-     swapping its minimum for the tile's maximum while that is larger: zero
-     swaps for most tiles once good beams (which come first) have filled it.
-  D. rank the kept keys (beam_pad x beam_pad compares) and scatter-store the
-     top `beam_size` as scores / parents / tokens.
+  1. row statistics: one sweep over hidden chunks (gather, Chan's merge of chunk mean/variance);
+  2. logits: a second sweep rebuilds each hidden chunk on chip (gather, LayerNorm, GELU) and
+     multiplies it with that chunk of out_w (tensor cores in bf16/fp16/tf32; fp32 accumulation),
+     so hidden rows never go through global memory and out_w is read once per block;
+  3. log-softmax of the (BLOCK_W, K) tile in registers, candidate scores, and order-preserving
+     int32 score keys (NaN above everything, -0.0 = +0.0);
+  4. radix select of the best beam_size over (kept set + tile): a bitwise binary search for the
+     beam_size-th key, a second over the flat index (beam * K + token) only on ties; the winners
+     are compacted through a per-program scratch row (bar.sync-ordered) and become the kept set.
 
-Why not tl.topk per tile: it is a bitonic network that the CPU interpreter runs
-element-wise in Python (~2 s per 1024-key tile), too slow for the CI tests;
-the swap loop is exact, branch-light and vectorised in both worlds.
+A block whose best beam cannot beat the weakest kept candidate is skipped. Codebooks wider than
+one tile (K > MAX_TILE / BLOCK_W) take K tiles: a log-sum-exp sweep, then a sweep that recomputes
+each tile's logits and selects. At the end the kept (unique) candidates are ranked pairwise and
+stored. Every step is data-parallel (no serial insertion loop), and the same code runs in the
+CPU interpreter, which emulates the low-precision GEMMs by rounding (its own casts truncate).
 
 `fused_step_reference` is the plain-PyTorch definition this kernel is tested against.
 """
@@ -63,6 +60,9 @@ __all__ = [
     "MAX_PREFIX",
     "MAX_HIDDEN",
     "MAX_BEAM",
+    "PRECISIONS",
+    "default_precision",
+    "check_precision",
     "folded_logits_reference",
     "fused_step_reference",
     "fused_step",
@@ -70,11 +70,11 @@ __all__ = [
 
 # Prefix tables are passed as separate pointer arguments (no per-step concat copy).
 MAX_PREFIX = 8
-# Phase A keeps whole hidden rows in registers; beyond this they would spill badly.
+# Hidden rows are processed in chunks (any size works); the cap only bounds the sweeps per block.
 MAX_HIDDEN = 16384
-# One program keeps a user's best beam_size keys in registers and ranks them pairwise
-# (BEAM_PAD^2 compares): beyond 256 the kernel spills and compiles for minutes (beam 1024:
-# ~400 s for sm_90a), and past 1024 it does not compile at all.
+# One program keeps a user's best beam_size candidates in registers and ranks them pairwise at the
+# end (BEAM_PAD^2 compares, in registers): at 256 that is 256 per thread and the sm_90a build
+# compiles in ~6 s (bench/results/gpu/compile.json); wider beams go to backend='cpu'.
 MAX_BEAM = 256
 _MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
