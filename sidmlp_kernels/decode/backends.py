@@ -213,16 +213,26 @@ _CAST_CACHE: dict = {}
 _CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _kernel_copy(tensor: torch.Tensor, precision: str) -> torch.Tensor:
-    """`tensor` contiguous, stored in the GEMM's dtype for a low precision (cached per source tensor)."""
+def _kernel_copy(tensor: torch.Tensor, precision: str, operand: bool = False) -> torch.Tensor:
+    """`tensor` contiguous as the fused step wants it in `precision` (cached per source tensor).
+
+    bf16/fp16: stored in that dtype. tf32: a GEMM `operand` (out_w) rounded to TF32 values
+    (round_to_tf32), so the tensor cores' truncation is exact. Otherwise unchanged.
+    """
+    from .kernels.fused_step import round_to_tf32  # imported here: see _FusedSteps.step
+
     dtype = _CAST_DTYPES.get(precision)
-    if dtype is None or tensor.dtype == dtype:
+    if dtype is not None and tensor.dtype != dtype:
+        convert = lambda t: t.to(dtype)  # noqa: E731
+    elif precision == "tf32" and operand and tensor.dtype == torch.float32:
+        convert = round_to_tf32
+    else:
         return tensor.contiguous()
-    key = (id(tensor), dtype)
+    key = (id(tensor), precision)
     hit = _CAST_CACHE.get(key)
     if hit is not None and hit[0]() is tensor and hit[1] == tensor._version:
         return hit[2]
-    copy = tensor.detach().to(dtype).contiguous()
+    copy = convert(tensor.detach()).contiguous()
     ref = weakref.ref(tensor, lambda _, key=key: _CAST_CACHE.pop(key, None))
     _CAST_CACHE[key] = (ref, tensor._version, copy)
     return copy
@@ -247,8 +257,8 @@ class _FusedSteps(_constrained.IndexSteps):
         # fused_step validates its inputs fully at level 0 (no device sync: no codes yet);
         # deeper levels reuse _check_inputs' shape/device checks and feed back the kernel's
         # own in-range outputs, so they skip the per-step range check and its sync.
-        # bf16/fp16: the big per-head tensors (prefix tables, out_w) in that dtype; ctx_proj,
-        # LayerNorm and bias stay as they are (fp32), and so does all arithmetic but the GEMM's.
+        # bf16/fp16: the big per-head tensors (prefix tables, out_w) in that dtype (tf32: out_w
+        # rounded to TF32); ctx_proj, LayerNorm and bias stay fp32, as does all arithmetic but the GEMM's.
         scores, parents, tokens = fused_step(
             self.ctx_proj[level].contiguous(),
             [_kernel_copy(t, self.precision) for t in folded.prefix_tables[level]],
@@ -256,7 +266,7 @@ class _FusedSteps(_constrained.IndexSteps):
             folded.ln_weight[level].contiguous(),
             folded.ln_bias[level].contiguous(),
             float(folded.ln_eps),
-            _kernel_copy(folded.out_weight[level], self.precision),
+            _kernel_copy(folded.out_weight[level], self.precision, operand=True),
             folded.out_bias[level].contiguous(),
             scores,
             valid,

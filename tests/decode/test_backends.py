@@ -546,3 +546,7 @@ def test_bf16_copies_of_the_heads_are_made_once_and_follow_changes():
     again = backends._kernel_copy(table, "bf16")
     assert torch.equal(again, table.to(torch.bfloat16))
     assert backends._kernel_copy(table, "fp32") is table
+    assert backends._kernel_copy(table, "tf32") is table  # not a GEMM operand: kept exact
+    rounded = backends._kernel_copy(table, "tf32", operand=True)
+    assert rounded.dtype == torch.float32 and (rounded.view(torch.int32) & 0x1FFF == 0).all()
+    assert (rounded - table).abs().max() <= table.abs().max() * 2.0**-11

@@ -20,6 +20,7 @@ from sidmlp_kernels.decode.kernels.fused_step import (  # noqa: E402
     folded_logits_reference,
     fused_step,
     fused_step_reference,
+    round_to_tf32,
 )
 from tests.devices import TRITON_DEVICES, to_device  # noqa: E402
 NEG_INF = float("-inf")
@@ -267,6 +268,15 @@ def test_uint8_mask_and_int32_prefixes(device):
 # --------------------------------------------------------------------------- low precision
 
 
+def test_round_to_tf32_rounds_to_nearest():
+    x = torch.randn(1000)
+    r = round_to_tf32(x)
+    assert (r.view(torch.int32) & 0x1FFF == 0).all()
+    # Nearest: no TF32 value (step 2**-10 relative) is closer than half a step.
+    assert ((r - x).abs() <= x.abs() * 2.0**-11 * (1 + 2.0**-10)).all()
+    torch.testing.assert_close(r, round_mantissa(x, 10, False), atol=0, rtol=0)
+
+
 def round_mantissa(t, keep_bits, even):
     """fp32 `t` rounded to nearest on `keep_bits` mantissa bits (even: ties to even as bf16, else ties away as tf32)."""
     drop = 23 - keep_bits
@@ -314,7 +324,10 @@ def test_low_precision_flash_attention_rule(precision, dtype, num_levels, level,
     are the reference's wherever its scores are isolated by more than that tolerance.
     """
     args = make_problem(21, 2, width, list(sizes), level, hidden, beam, mask, dtype=dtype)
-    out = _launch(*to_device(args, device), return_logits=True, precision=precision)
+    dev = to_device(args, device)
+    if precision == "tf32":  # as the triton backend passes it (unrounded, the tensor cores truncate)
+        dev[6] = round_to_tf32(dev[6])
+    out = _launch(*dev, return_logits=True, precision=precision)
     scores, parents, tokens, logits = (t.cpu() for t in out)
     exact = upcast(args)
     ref_logits = folded_logits_reference(*exact[:8])

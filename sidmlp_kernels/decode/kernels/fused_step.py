@@ -63,6 +63,7 @@ __all__ = [
     "PRECISIONS",
     "default_precision",
     "check_precision",
+    "round_to_tf32",
     "folded_logits_reference",
     "fused_step_reference",
     "fused_step",
@@ -203,11 +204,17 @@ if HAS_TRITON:
         # the operands as the GPU would, then an exact fp32 dot (products of bf16/fp16/tf32
         # values are exact in fp32, so only the order of the additions differs).
         w = w.to(tl.float32)
+        if DOT == 1:
+            # TF32: the tensor cores read the top 19 bits of each fp32 operand (truncation), so
+            # the hidden rows are rounded to nearest here; out_w comes rounded (round_to_tf32, as
+            # the triton backend passes it) or is truncated, in the emulation too.
+            a = _round_mantissa(a, 13, False)
         if DOT == 0:
             out = tl.dot(a, w, acc, input_precision="ieee")
         elif EMULATE:
             if DOT == 1:
-                out = tl.dot(_round_mantissa(a, 13, False), _round_mantissa(w, 13, False), acc, input_precision="ieee")
+                w = (w.to(tl.int32, bitcast=True) & ~((1 << 13) - 1)).to(tl.float32, bitcast=True)
+                out = tl.dot(a, w, acc, input_precision="ieee")
             elif DOT == 2:
                 out = tl.dot(_round_mantissa(a, 16, True), _round_mantissa(w, 16, True), acc, input_precision="ieee")
             else:
@@ -467,6 +474,12 @@ if HAS_TRITON:
 # --------------------------------------------------------------------------- launcher
 
 
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 `t` rounded to nearest (ties away) on TF32's 10 mantissa bits, still fp32 (cvt.rna.tf32.f32)."""
+    bits = t.float().contiguous().view(torch.int32)
+    return ((bits + (1 << 12)) & ~((1 << 13) - 1)).view(torch.float32)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -712,7 +725,8 @@ def fused_step(
     prefix range check) for callers that feed back this kernel's own outputs.
     precision: the hidden -> K GEMM's operands, 'fp32' (exact), 'tf32', 'bf16' or 'fp16', always
     with fp32 accumulation (gather, LayerNorm, GELU and the beam step are fp32 in every case);
-    None is default_precision (bf16 on CUDA).
+    None is default_precision (bf16 on CUDA). For 'tf32' pass out_w through round_to_tf32 (the
+    tensor cores truncate an unrounded one); the triton backend does.
     """
     return _launch(
         ctx_proj, prefix_tables, prefixes, ln_w, ln_b, ln_eps, out_w, out_b, beam_scores, valid, beam_size,
