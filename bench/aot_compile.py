@@ -1,14 +1,17 @@
 """Compile the fused Triton step ahead of time for a GPU target (no GPU needed) and record its resources.
 
-    python bench/aot_compile.py --label before          # fp32/bf16 x hidden 256/512 x beam 10/50/100
+    python bench/aot_compile.py --label after           # fp32/tf32/bf16 x hidden 256/512 x beam 10/50/100
     python bench/aot_compile.py --quick --out /tmp/c.json
 
-For each shape the launcher's own compile-time parameters (fused_step.launch_config) are used, the
+A mode is the heads' storage dtype and the GEMM's operand precision, as the triton backend runs
+them: fp32 (fp32 heads, exact fp32 dot), tf32 (fp32 heads, TF32 dot), bf16 (bf16 heads, bf16 dot;
+the default on CUDA). For each shape the launcher's own compile-time parameters (fused_step.launch_config) are used, the
 kernel is compiled with triton.compile for `--arch` (default sm_90a: capability 90), and the PTX is
 assembled by the ptxas Triton uses, with -v: registers per thread, spill stores/loads and stack
 frame come from ptxas, shared memory from the compiled kernel's metadata. The PTX's matrix
 instructions are counted too (wgmma = Hopper tensor cores, mma.sync = the older tensor-core path,
-fma.rn.f32 = plain FMA). Records go under `runs[LABEL]` of the JSON (other labels are kept), so
+fma.rn.f32 = plain FMA; in the SASS, HGMMA = wgmma, HMMA = mma.sync) and the local-memory
+instructions of the SASS (LDL/STL: spills). Records go under `runs[LABEL]` of the JSON (other labels are kept), so
 one file holds "before" and "after" a kernel change. Resources, not timings: nothing here runs.
 """
 
@@ -40,7 +43,8 @@ import common  # noqa: E402
 # The module, not the function of the same name that sidmlp_kernels.decode.kernels exports.
 fused = importlib.import_module("sidmlp_kernels.decode.kernels.fused_step")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# mode -> (heads' storage dtype, dot precision)
+MODES = {"fp32": (torch.float32, "fp32"), "tf32": (torch.float32, "tf32"), "bf16": (torch.bfloat16, "bf16")}
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 DEFAULT_OUT = common.RESULTS / "gpu" / "compile.json"
 
@@ -48,13 +52,29 @@ DEFAULT_OUT = common.RESULTS / "gpu" / "compile.json"
 def signature(dtype: torch.dtype, constexprs: dict) -> dict:
     """Triton argument types of _fused_step_kernel for heads of `dtype` (what the launcher passes)."""
     model = "*" + TRITON_TYPES[dtype]
-    types = {"PREFIX": "*i64", "BEAM_SCORES": "*fp32", "VALID": "*u8", "LOGITS": "*fp32", "OUT_SCORES": "*fp32",
+    types = {"PREFIX": "*i64", "BEAM_SCORES": "*fp32", "VALID": "*u8", "SCRATCH": "*i32", "LOGITS": "*fp32",
+             "OUT_SCORES": "*fp32",
              "OUT_PARENTS": "*i64", "OUT_TOKENS": "*i64", "W": "i32", "K": "i32", "H": "i32", "beam_size": "i32",
              "eps": "fp32"}
     sig = {}
     for name in fused._fused_step_kernel.arg_names:
         sig[name] = "constexpr" if name in constexprs else types.get(name, model)
     return sig
+
+
+def specialization(sig: dict, ints: dict) -> dict:
+    """The divisibility attributes Triton's launcher would give these arguments (its JIT specializes on them).
+
+    Every pointer is 16-byte aligned (torch allocations), and an int argument whose value is a
+    multiple of 16 is marked so: without them the AOT build would be more pessimistic (no
+    vectorised loads) than the kernel a launch compiles.
+    """
+    names = list(sig)
+    attrs = {}
+    for name, kind in sig.items():
+        if kind.startswith("*") or (name in ints and ints[name] % 16 == 0):
+            attrs[(names.index(name),)] = [["tt.divisibility", 16]]
+    return attrs
 
 
 def ptxas_report(ptx: str, arch: str) -> dict:
@@ -80,33 +100,80 @@ def ptxas_report(ptx: str, arch: str) -> dict:
             "stack_frame_bytes": grab(r"(\d+) bytes stack frame")}
 
 
-def compile_one(dtype_name: str, hidden: int, beam: int, k: int, level: int, arch: str) -> dict:
+def compile_one(mode: str, hidden: int, beam: int, k: int, level: int, arch: str) -> dict:
     """One shape (the deepest digit's head: W = beam beams, `level` prefix tables) compiled for `arch`."""
-    dtype = DTYPES[dtype_name]
-    config = fused.launch_config(beam, k, hidden, level, beam, dtype, "cuda")
+    dtype, precision = MODES[mode]
+    config = fused.launch_config(beam, k, hidden, level, beam, precision, "cuda")
     num_warps = config.pop("num_warps")
     names = fused._fused_step_kernel.arg_names
-    src = ASTSource(fn=fused._fused_step_kernel, signature=signature(dtype, config),
-                    constexprs={(names.index(n),): v for n, v in config.items()})
+    sig = signature(dtype, config)
+    src = ASTSource(fn=fused._fused_step_kernel, signature=sig,
+                    constexprs={(names.index(n),): v for n, v in config.items()},
+                    attrs=specialization(sig, {"W": beam, "K": k, "H": hidden, "beam_size": beam}))
     capability = int(re.sub(r"\D", "", arch))
     t0 = time.perf_counter()
     kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})
     seconds = time.perf_counter() - t0
     ptx = kernel.asm["ptx"]
-    rec = {"dtype": dtype_name, "hidden": hidden, "beam": beam, "k": k, "width": beam, "num_prefix": level,
+    rec = {"mode": mode, "dtype": TRITON_TYPES[dtype], "precision": precision, "hidden": hidden, "beam": beam, "k": k, "width": beam, "num_prefix": level,
            "num_warps": num_warps, "constexprs": config, "compile_s": round(seconds, 2),
            "shared_bytes": int(kernel.metadata.shared), "ptx_target": re.search(r"\.target (\S+)", ptx).group(1)}
     rec.update(ptxas_report(ptx, arch))
     rec["ptx_ops"] = {"wgmma": ptx.count("wgmma.mma_async"), "mma.sync": ptx.count("mma.sync"),
                       "fma.rn.f32": ptx.count("fma.rn.f32")}
+    sass = sass_ops(kernel.asm.get("cubin"))
+    if sass is not None:
+        rec["sass_ops"] = sass
     return rec
+
+
+def sass_ops(cubin) -> dict | None:
+    """SASS instruction counts: tensor cores (HGMMA = wgmma, HMMA = mma.sync), local memory (LDL, STL = spills).
+
+    `inner_loops`: per innermost loop (a backward branch containing no other), its length and
+    local-memory ops, so a spill in a hot loop shows apart from one in once-per-block code. Read
+    with the cuobjdump Triton ships; None when there is none (older Triton) or no cubin.
+    """
+    try:
+        from triton import knobs
+
+        tool = knobs.nvidia.cuobjdump.path
+    except (ImportError, AttributeError):
+        return None
+    if not cubin or not tool:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        proc = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    ins = []  # (address, opcode without modifiers, operands)
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)\S*\s*([^;]*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    names = ("HGMMA", "HMMA", "LDL", "STL")
+    out = {name: sum(op == name for _, op, _ in ins) for name in names}
+    loops = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+    out["inner_loops"] = []
+    for lo, hi in sorted(inner):
+        body = [op for addr, op, _ in ins if lo <= addr <= hi]
+        out["inner_loops"].append({"instructions": len(body), **{n: body.count(n) for n in names}})
+    return out
 
 
 def main(argv=None) -> int:
     """Compile every requested shape, print one line each, merge the records into the JSON under --label."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--label", default="current", help="key under runs/ (e.g. before, after)")
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    p.add_argument("--modes", nargs="+", default=["fp32", "tf32", "bf16"], choices=sorted(MODES),
+                   help="storage dtype + dot precision: fp32, tf32 (fp32 heads), bf16 (bf16 heads)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
     p.add_argument("--beams", type=int, nargs="+", default=[10, 50, 100])
     p.add_argument("--k", type=int, default=256, help="codebook size of the digit")
@@ -117,13 +184,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     if args.quick:
-        args.dtypes, args.hidden, args.beams, args.k = ["fp32"], [64], [4], 16
+        args.modes, args.hidden, args.beams, args.k = ["fp32"], [64], [4], 16
 
     records = []
-    for dtype_name in args.dtypes:
+    for mode in args.modes:
         for hidden in args.hidden:
             for beam in args.beams:
-                rec = compile_one(dtype_name, hidden, beam, args.k, args.level, args.arch)
+                rec = compile_one(mode, hidden, beam, args.k, args.level, args.arch)
                 print(json.dumps({k: v for k, v in rec.items() if k != "constexprs"}), flush=True)
                 records.append(rec)
 

@@ -4,7 +4,10 @@ On CUDA it times both side by side (same inputs, same run) and prints medians an
 ratios. Without CUDA the Triton kernel only runs in the (slow, semantic-only)
 interpreter, so it is not timed: the script says so and times the reference alone.
 
-    python bench/bench_fused_step.py --batch 32 --beam 50 --k 256 --levels 4 --hidden 512
+    python bench/bench_fused_step.py --batch 32 --beam 50 --k 256 --levels 4 --hidden 512 --precision bf16
+
+--precision is the kernel's GEMM precision (default: the kernel's, bf16 on CUDA); for bf16/fp16 the
+prefix tables and out_w are handed to the kernel in that dtype, as the triton backend does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import torch
 
 from common import cpu_model, time_repeats
-from sidmlp_kernels.decode.kernels.fused_step import fused_step, fused_step_reference
+from sidmlp_kernels.decode.kernels.fused_step import default_precision, fused_step, fused_step_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Fraction of valid children per digit: a full first digit, then the SID tree thins out.
@@ -56,7 +59,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=256)
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the heads' dtype (reference and inputs)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default=None,
+                   help="the fused step's GEMM precision (default: the kernel's default, bf16 on CUDA)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="also write the records to this JSON file")
@@ -69,19 +74,26 @@ def main() -> None:
     if not cuda:
         print("fused_step needs a CUDA GPU (the CPU interpreter is for tests, not timing); "
               "timing the PyTorch reference step only.", file=sys.stderr)
+    precision = args.precision or default_precision(torch.device(device), dtype)
     g = torch.Generator().manual_seed(0)
     records = []
     for level in range(args.levels):
         inputs = make_level(level, args, device, dtype, g)
+        kernel_inputs = list(inputs)
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if low is not None:  # as the triton backend: tables and out_w stored in the GEMM's dtype
+            kernel_inputs[1] = [t.to(low) for t in inputs[1]]
+            kernel_inputs[6] = inputs[6].to(low)
         rec = {
             "bench": "fused_step", "level": level, "machine": machine, "threads": torch.get_num_threads(),
-            "dtype": args.dtype, "batch": args.batch, "beam": args.beam, "k": args.k, "hidden": args.hidden,
+            "dtype": args.dtype, "precision": precision, "batch": args.batch, "beam": args.beam, "k": args.k, "hidden": args.hidden,
             "width": inputs[2].shape[1], "density": DENSITY[min(level, len(DENSITY) - 1)],
             "reference_ms": median_ms(lambda: fused_step_reference(*inputs), args.reps, args.warmup, cuda),
         }
         if cuda:
             rec["triton_ms"] = median_ms(
-                lambda: fused_step(*inputs, check_inputs=False), args.reps, args.warmup, cuda
+                lambda: fused_step(*kernel_inputs, check_inputs=False, precision=precision), args.reps,
+                args.warmup, cuda
             )
             rec["speedup"] = rec["reference_ms"] / rec["triton_ms"]
         records.append(rec)

@@ -8,7 +8,8 @@
 # and needs a registry, is never run), builds the extension in place with its CUDA ops, runs the
 # `cuda` tests (CUDA ops and the compiled Triton step against the PyTorch reference), the CPU
 # parity tests, and a short benchmark (the fused step per digit, and bench/e2e.py: HF generate,
-# our attention decode, SID-MLP on every backend, SID-MLP++; batch 32 and 1024; beam 50; fp32).
+# our attention decode, SID-MLP on every backend, SID-MLP++; batch 32 and 1024; beam 50; the fused step
+# in bf16 (the CUDA default), fp32 and TF32).
 # The dry run replaces the GPU steps by what this machine can check: syntax, the imports without
 # faiss, the interpreter parity tests (marker `interpreter`), the benchmarks in a tiny mode and
 # one ahead-of-time sm_90a compile of the fused step (bench/aot_compile.py --quick).
@@ -118,10 +119,12 @@ if [ "$MODE" = gpu ]; then
   step extension_has_cuda 60 "$PY" -c "import torch, sidmlp_kernels._C as C; assert C.compiled_with_cuda(), 'built without CUDA ops'; print('cuda ops: yes')"
   step cuda_tests 200 "${PYTEST[@]}" "${PARALLEL[@]}" -m cuda tests/decode
   step cpu_parity_tests 60 "${PYTEST[@]}" "${PARALLEL[@]}" -m "not cuda and not slow" tests/decode
-  for dtype in fp32 bf16; do
+  # fp32 heads in each GEMM precision: exact fp32, TF32, and bf16 (the CUDA default: bf16 heads).
+  for precision in bf16 fp32 tf32; do
     for batch in 32 1024; do
-      step "bench_fused_step_${dtype}_b${batch}" 45 "$PY" bench/bench_fused_step.py --batch "$batch" --beam 50 \
-        --k 256 --levels 4 --hidden 512 --dtype "$dtype" --reps 20 --warmup 3 --out "$WORK/fused_${dtype}_${batch}.json"
+      step "bench_fused_step_${precision}_b${batch}" 40 "$PY" bench/bench_fused_step.py --batch "$batch" --beam 50 \
+        --k 256 --levels 4 --hidden 512 --dtype fp32 --precision "$precision" --reps 20 --warmup 3 \
+        --out "$WORK/fused_${precision}_${batch}.json"
     done
   done
   step bench_e2e 120 "$PY" bench/e2e.py --device cuda --catalogs syn-100k --batches 32 1024 --beams 50 \

@@ -6,7 +6,9 @@
                hidden -> K only where needed) + the C++ constrained ops (beam_step, finalize).
     triton     per digit: valid_mask op -> fused Triton step (kernels/fused_step.py) ->
                advance_states op; finalize op. Runs on CUDA, or on CPU tensors under
-               TRITON_INTERPRET=1 (tests).
+               TRITON_INTERPRET=1 (tests). Its GEMM precision (`precision`) is bf16 on CUDA by
+               default: the prefix tables and out_w are cast to bf16 once (cached), fp32
+               accumulation; 'fp32' is exact, 'tf32' the fast fp32 option.
 
 Each backend is the one beam-search driver (search.beam_search) with its strategy: the
 reference's ReferenceSteps, `_FoldedIndexSteps` (cpu), `_FusedSteps` (triton).
@@ -15,6 +17,7 @@ dispatch.select_backend picks one per device; SIDMLP_BACKEND forces one.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -84,7 +87,7 @@ def _check_inputs(folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], catalog
 # ---- reference --------------------------------------------------------------------
 
 
-def _decode_reference(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+def _decode_reference(folded, ctx_proj, catalog, batch, beam_size, top_n, precision=None) -> GenerationOutput:
     device = ctx_proj[0].device
 
     def step_fn(level: int, prefixes: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
@@ -195,7 +198,7 @@ class _FoldedIndexSteps(_constrained.IndexSteps):
         return _head_logits_cpu(self.folded, level, self.ctx_proj[level], prefixes, self.state.nodes, self.index)
 
 
-def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
+def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n, precision=None) -> GenerationOutput:
     index = _constrained.index_for(catalog, ctx_proj[0].device)
     return beam_search(_FoldedIndexSteps(folded, ctx_proj, index), batch, beam_size, top_n)
 
@@ -203,13 +206,46 @@ def _decode_cpu(folded, ctx_proj, catalog, batch, beam_size, top_n) -> Generatio
 # ---- triton: valid_mask op -> fused step -> advance_states op ----------------------
 
 
+# Low-precision copies of head tensors for the fused step, per source tensor: made once, not per
+# decode (a cast per decode would add launches and traffic), remade if the source changes in
+# place, dropped with it. Keyed by id: a tensor cannot be a dict key (its == is elementwise).
+_CAST_CACHE: dict = {}
+_CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _kernel_copy(tensor: torch.Tensor, precision: str, operand: bool = False) -> torch.Tensor:
+    """`tensor` contiguous as the fused step wants it in `precision` (cached per source tensor).
+
+    bf16/fp16: stored in that dtype. tf32: a GEMM `operand` (out_w) rounded to TF32 values
+    (round_to_tf32), so the tensor cores' truncation is exact. Otherwise unchanged.
+    """
+    from .kernels.fused_step import round_to_tf32  # imported here: see _FusedSteps.step
+
+    dtype = _CAST_DTYPES.get(precision)
+    if dtype is not None and tensor.dtype != dtype:
+        convert = lambda t: t.to(dtype)  # noqa: E731
+    elif precision == "tf32" and operand and tensor.dtype == torch.float32:
+        convert = round_to_tf32
+    else:
+        return tensor.contiguous()
+    key = (id(tensor), precision)
+    hit = _CAST_CACHE.get(key)
+    if hit is not None and hit[0]() is tensor and hit[1] == tensor._version:
+        return hit[2]
+    copy = convert(tensor.detach()).contiguous()
+    ref = weakref.ref(tensor, lambda _, key=key: _CAST_CACHE.pop(key, None))
+    _CAST_CACHE[key] = (ref, tensor._version, copy)
+    return copy
+
+
 class _FusedSteps(_constrained.IndexSteps):
     """triton backend: per digit the valid_mask op, one fused Triton step, the advance_states op."""
 
-    def __init__(self, folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], index):
+    def __init__(self, folded: FoldedHeads, ctx_proj: Sequence[torch.Tensor], index, precision: str):
         super().__init__(index, step_fn=None)  # the kernel computes the logits itself
         self.folded = folded
         self.ctx_proj = ctx_proj
+        self.precision = precision
 
     def step(self, level, prefixes, parents, scores, beam_size):
         """Scores, parents and tokens (B, beam_size) of digit `level` from one kernel launch."""
@@ -221,19 +257,22 @@ class _FusedSteps(_constrained.IndexSteps):
         # fused_step validates its inputs fully at level 0 (no device sync: no codes yet);
         # deeper levels reuse _check_inputs' shape/device checks and feed back the kernel's
         # own in-range outputs, so they skip the per-step range check and its sync.
+        # bf16/fp16: the big per-head tensors (prefix tables, out_w) in that dtype (tf32: out_w
+        # rounded to TF32); ctx_proj, LayerNorm and bias stay fp32, as does all arithmetic but the GEMM's.
         scores, parents, tokens = fused_step(
             self.ctx_proj[level].contiguous(),
-            [t.contiguous() for t in folded.prefix_tables[level]],
+            [_kernel_copy(t, self.precision) for t in folded.prefix_tables[level]],
             prefixes,
             folded.ln_weight[level].contiguous(),
             folded.ln_bias[level].contiguous(),
             float(folded.ln_eps),
-            folded.out_weight[level].contiguous(),
+            _kernel_copy(folded.out_weight[level], self.precision, operand=True),
             folded.out_bias[level].contiguous(),
             scores,
             valid,
             beam_size,
             check_inputs=level == 0,
+            precision=self.precision,
         )
         try:
             self.state = self.index.advance_states(self.state, parents, tokens, scores)
@@ -245,9 +284,13 @@ class _FusedSteps(_constrained.IndexSteps):
         return scores, parents, tokens
 
 
-def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n) -> GenerationOutput:
-    index = _constrained.index_for(catalog, ctx_proj[0].device)
-    return beam_search(_FusedSteps(folded, ctx_proj, index), batch, beam_size, top_n)
+def _decode_triton(folded, ctx_proj, catalog, batch, beam_size, top_n, precision) -> GenerationOutput:
+    from .kernels.fused_step import check_precision  # imported here: see _FusedSteps.step
+
+    device = ctx_proj[0].device
+    precision = check_precision(precision, device, folded.out_weight[0].dtype)
+    index = _constrained.index_for(catalog, device)
+    return beam_search(_FusedSteps(folded, ctx_proj, index, precision), batch, beam_size, top_n)
 
 
 # ---- entry point ------------------------------------------------------------------
@@ -263,14 +306,21 @@ def decode_folded(
     beam_size: int = 50,
     top_n: int = 10,
     backend: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> GenerationOutput:
     """Catalog-constrained beam search over folded heads on the chosen (or best available) backend.
 
     ctx_proj: per head l the (B, H) projected context (folded.project_context). Every backend
     returns the reference's ranked items (docs/architecture.md, "Decoding semantics"); outputs live on ctx_proj's
     device for 'cpu'/'triton' and on the CPU for 'reference'.
+    precision: the triton backend's hidden -> K GEMM operands ('fp32', 'tf32', 'bf16', 'fp16'; None:
+    bf16 on CUDA, fp32 in the interpreter), always accumulated in fp32; the other backends compute
+    in the heads' dtype and take only None or 'fp32'.
     """
     check_beam_args(beam_size, top_n)
     batch = _check_inputs(folded, ctx_proj, catalog)
     name = select_backend(ctx_proj[0].device, backend)
-    return _DECODERS[name](folded, list(ctx_proj), catalog, batch, beam_size, top_n)
+    if name != "triton" and precision not in (None, "fp32"):
+        raise InvalidInput(f"precision={precision!r} applies to backend 'triton' only; backend {name!r} "
+                           "computes in the heads' dtype (pass precision=None or 'fp32')")
+    return _DECODERS[name](folded, list(ctx_proj), catalog, batch, beam_size, top_n, precision)

@@ -93,9 +93,15 @@ def available_backends(device="cpu"):
     return names
 
 
-def decode_on(device, folded, ctx, catalog, beam, top_n, backend):
-    """decode_folded with the heads and contexts on `device` (the reference always runs on CPU)."""
-    return decode_folded(folded.to(device), [c.to(device) for c in ctx], catalog, beam, top_n, backend=backend)
+def decode_on(device, folded, ctx, catalog, beam, top_n, backend, precision="fp32"):
+    """decode_folded with the heads and contexts on `device` (the reference always runs on CPU).
+
+    The triton backend runs in `precision` (fp32 here, so that it is compared with the fp32
+    reference exactly; its CUDA default is bf16, tested on its own below).
+    """
+    kwargs = {"precision": precision} if backend == "triton" else {}
+    return decode_folded(folded.to(device), [c.to(device) for c in ctx], catalog, beam, top_n, backend=backend,
+                         **kwargs)
 
 
 # ---- comparison -------------------------------------------------------------------
@@ -446,5 +452,101 @@ def test_a_non_finite_head_is_the_same_clear_error_on_every_backend(backend, dev
     folded = make_heads(11, sizes, hidden=16)
     folded.out_bias[level] = folded.out_bias[level].clone()
     folded.out_bias[level][:] = bad  # every child of every beam at this digit
+    for precision in ("fp32", "bf16") if backend == "triton" else ("fp32",):
+        with pytest.raises(ValueError, match="non-finite logit"):
+            decode_on(device, folded, make_ctx(11, folded, 3), catalog, 6, 4, backend, precision)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("bad_row", ["every child", "one code"])
+def test_a_non_finite_logit_of_one_prefix_is_an_error_in_bf16(device, bad_row):
+    """A NaN reaching only some beams (one code's prefix-table row) is still reported."""
+    sizes = (6, 5, 4)
+    catalog = random_catalog(12, 100, sizes)
+    folded = make_heads(12, sizes, hidden=16)
+    table = folded.prefix_tables[2][1] = folded.prefix_tables[2][1].clone()
+    if bad_row == "one code":
+        table[int(catalog.codes[0, 1])] = float("nan")
+    else:
+        folded.out_bias[2] = torch.full_like(folded.out_bias[2], float("inf"))
     with pytest.raises(ValueError, match="non-finite logit"):
-        decode_on(device, folded, make_ctx(11, folded, 3), catalog, 6, 4, backend)
+        decode_on(device, folded, make_ctx(12, folded, 2), catalog, 100, 4, "triton", "bf16")
+
+
+def all_item_scores(folded, ctx, catalog):
+    """(B, N) path log-probability of every catalog item (renormalised), in fp32, and the item ids."""
+    n = catalog.num_items
+    out = exhaustive_search(lambda level, p: folded_logits(folded, level, ctx[level], p), catalog, ctx[0].shape[0],
+                            top_n=n)
+    return out.items, out.scores
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("seed, sizes, n, hidden", [(0, [4, 5, 3], 25, 8), (3, [16, 17, 9], 150, 64),
+                                                    (5, [10, 7], 50, 96)])
+def test_bf16_decode_flash_attention_rule(device, seed, sizes, n, hidden):
+    """The default GPU precision: bf16 heads (tables and out_w cast once), fp32 accumulation.
+
+    With beam >= catalog size the decode is exhaustive, so against the fp32 oracle: each returned
+    item's score is within twice PyTorch's own bf16 error (all heads in bf16) of its fp32 score,
+    and an item is returned instead of a better one only where the two are that close.
+    """
+    cat = random_catalog(seed, n, sizes)
+    folded = make_heads(seed, sizes, hidden)
+    ctx = make_ctx(seed, folded, 2)
+    items32, scores32 = all_item_scores(folded, ctx, cat)
+    items16, scores16 = all_item_scores(folded.to(torch.bfloat16), [c.to(torch.bfloat16) for c in ctx], cat)
+    true16 = {}
+    for b in range(2):
+        exact = dict(zip(items32[b].tolist(), scores32[b].tolist()))
+        true16[b] = exact
+        torch_err = max(abs(s - exact[i]) for i, s in zip(items16[b].tolist(), scores16[b].tolist()))
+        tol = 2 * torch_err + 1e-5
+        top_n = min(10, cat.num_items)
+        out = decode_on(device, folded, ctx, cat, cat.num_items, top_n, "triton", precision="bf16")
+        assert_valid_items(out, cat)
+        got, got_scores = out.items[b].cpu().tolist(), out.scores[b].cpu().tolist()
+        assert got_scores == sorted(got_scores, reverse=True)
+        for item, score in zip(got, got_scores):
+            assert abs(score - exact[item]) <= tol, (item, score, exact[item], tol)
+        cut = scores32[b, top_n - 1].item()  # the fp32 top_n-th score
+        for item in set(items32[b, :top_n].tolist()) ^ set(got):
+            assert abs(exact[item] - cut) <= 2 * tol, (item, exact[item], cut, tol)
+
+
+def test_default_precision_is_bf16_on_cuda_and_fp32_elsewhere():
+    from sidmlp_kernels.decode.kernels.fused_step import check_precision, default_precision
+
+    assert default_precision(torch.device("cuda"), torch.float32) == "bf16"
+    assert default_precision(torch.device("cuda"), torch.float16) == "fp16"
+    assert default_precision(torch.device("cpu"), torch.float32) == "fp32"
+    assert check_precision("tf32", torch.device("cuda"), torch.float32) == "tf32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        check_precision("fp8", torch.device("cuda"), torch.float32)
+    with pytest.raises(TypeError, match="precision must be a str"):
+        check_precision(torch.bfloat16, torch.device("cuda"), torch.float32)
+
+
+def test_precision_is_refused_by_backends_without_one():
+    cat = random_catalog(8, 40, [4, 5])
+    folded = make_heads(8, [4, 5], 8)
+    ctx = make_ctx(8, folded, 1)
+    for backend in ("reference", "cpu"):
+        with pytest.raises(ValueError, match="precision='bf16' applies to backend 'triton' only"):
+            decode_folded(folded, ctx, cat, 4, 2, backend=backend, precision="bf16")
+        decode_folded(folded, ctx, cat, 4, 2, backend=backend, precision="fp32")
+
+
+def test_bf16_copies_of_the_heads_are_made_once_and_follow_changes():
+    table = torch.randn(5, 8)
+    first = backends._kernel_copy(table, "bf16")
+    assert first.dtype == torch.bfloat16 and torch.equal(first, table.to(torch.bfloat16))
+    assert backends._kernel_copy(table, "bf16") is first
+    table.mul_(2)  # in place: the copy must follow
+    again = backends._kernel_copy(table, "bf16")
+    assert torch.equal(again, table.to(torch.bfloat16))
+    assert backends._kernel_copy(table, "fp32") is table
+    assert backends._kernel_copy(table, "tf32") is table  # not a GEMM operand: kept exact
+    rounded = backends._kernel_copy(table, "tf32", operand=True)
+    assert rounded.dtype == torch.float32 and (rounded.view(torch.int32) & 0x1FFF == 0).all()
+    assert (rounded - table).abs().max() <= table.abs().max() * 2.0**-11

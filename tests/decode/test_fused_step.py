@@ -20,6 +20,7 @@ from sidmlp_kernels.decode.kernels.fused_step import (  # noqa: E402
     folded_logits_reference,
     fused_step,
     fused_step_reference,
+    round_to_tf32,
 )
 from tests.devices import TRITON_DEVICES, to_device  # noqa: E402
 NEG_INF = float("-inf")
@@ -167,7 +168,7 @@ def _sampled_sweep(n, seed=20240611):
 @pytest.mark.parametrize("case, num_levels, level, sizes, hidden, beam, width, mask", _sampled_sweep(24))
 def test_sweep_fp32(case, num_levels, level, sizes, hidden, beam, width, mask, device):
     args = make_problem(100 + case, 2, width, list(sizes), level, hidden, beam, mask)
-    assert_step_matches(fused_step(*to_device(args, device)), args)
+    assert_step_matches(fused_step(*to_device(args, device), precision="fp32"), args)
 
 
 @pytest.mark.parametrize(
@@ -180,16 +181,23 @@ def test_sweep_fp32(case, num_levels, level, sizes, hidden, beam, width, mask, d
         (16, [16, 17, 100], 2, 64, 50, "few"),  # beam > valid candidates
         (16, [16, 17, 100], 2, 64, 16, "one_item"),  # a one-item catalog below this prefix
         (50, [100, 17], 1, 256, 50, "single"),  # a single valid child per beam
+        (64, [17, 512], 1, 64, 64, "dense"),  # K > one tile: a log-sum-exp sweep, then a select sweep
+        (150, [100, 256], 1, 64, 150, "dense"),  # three beam blocks (64 rows each) merged by the select
+        (200, [16, 300], 1, 32, 20, "sparse"),  # four blocks x two K tiles
     ],
 )
 def test_edge_shapes_fp32(width, sizes, level, hidden, beam, mask, device):
     batch = 1 if hidden * width * sizes[level] > 2**22 else 2
     args = make_problem(7, batch, width, sizes, level, hidden, beam, mask)
-    assert_step_matches(fused_step(*to_device(args, device)), args)
+    assert_step_matches(fused_step(*to_device(args, device), precision="fp32"), args)
 
 
-def test_exact_ties_break_by_beam_then_token(device):
-    # Zero output layer: every valid child of every beam scores -log(n_valid) exactly.
+PRECISIONS = ["fp32", "tf32", "bf16", "fp16"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_exact_ties_break_by_beam_then_token(device, precision):
+    # Zero output layer: every valid child of every beam scores -log(n_valid) exactly (in any precision).
     args = make_problem(3, 2, 5, [16, 17], 1, 64, 12, "dense")
     args[6] = torch.zeros_like(args[6])
     args[7] = torch.zeros_like(args[7])
@@ -197,7 +205,8 @@ def test_exact_ties_break_by_beam_then_token(device):
     valid[:, :, [0, 3, 4, 9, 16]] = True
     args[9] = valid
     args[8] = torch.zeros(2, 5)
-    scores, parents, tokens = (t.cpu() for t in fused_step(*to_device(args, device), check_inputs=False))
+    out = fused_step(*to_device(args, device), check_inputs=False, precision=precision)
+    scores, parents, tokens = (t.cpu() for t in out)
     ref = fused_step_reference(*args)
     assert torch.equal(parents, ref[1]) and torch.equal(tokens, ref[2])
     assert parents[0].tolist() == [0] * 5 + [1] * 5 + [2] * 2
@@ -205,33 +214,124 @@ def test_exact_ties_break_by_beam_then_token(device):
     torch.testing.assert_close(scores, ref[0])
 
 
+def test_exact_ties_across_beam_blocks(device):
+    """All candidates tie: the top MAX_BEAM are the first in (beam, token) order, across 64-row blocks."""
+    width, k = 150, 17
+    args = make_problem(4, 2, width, [16, k], 1, 64, MAX_BEAM, "dense")
+    args[6] = torch.zeros_like(args[6])
+    args[7] = torch.zeros_like(args[7])
+    valid = torch.zeros(2, width, k, dtype=torch.bool)
+    valid[:, :, [2, 5, 11]] = True  # 3 per beam: block 0 (64 beams) holds 192 < MAX_BEAM of them
+    args[9] = valid
+    args[8] = torch.zeros(2, width)
+    scores, parents, tokens = (t.cpu() for t in fused_step(*to_device(args, device), precision="fp32"))
+    ref = fused_step_reference(*args)
+    assert torch.equal(parents, ref[1]) and torch.equal(tokens, ref[2])
+    assert parents[0, -1].item() == MAX_BEAM // 3 and tokens[0, -1].item() == [2, 5, 11][MAX_BEAM % 3 - 1]
+    torch.testing.assert_close(scores, ref[0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_beam_blocks_that_cannot_enter_are_skipped(device, precision):
+    """Beams 64.. score far below beam 0..63's best candidates: their block is never computed.
+
+    Shown by a NaN prefix-table row that only those beams use: the step still equals the
+    reference on the unpoisoned problem. When the same beams can enter, the NaN comes back as a
+    kept score (which the decode reports as a non-finite logit).
+    """
+    width, beam = 192, 16
+    args = make_problem(8, 2, width, [16, 17], 1, 64, beam, "dense")
+    args[2] = args[2].clone()
+    args[2][:, :64, 0] %= 15
+    args[2][:, 64:, 0] = 15  # code 15 only below beam 64
+    args[8] = torch.cat([torch.zeros(2, 64), torch.full((2, width - 64), -100.0)], 1)
+    args[9][:] = True
+    clean = [list(a) if isinstance(a, list) else a for a in args]
+    poisoned = [list(a) if isinstance(a, list) else a for a in args]
+    poisoned[1][0] = args[1][0].clone()
+    poisoned[1][0][15] = float("nan")
+    out = fused_step(*to_device(poisoned, device), precision=precision)
+    assert_step_matches(out, clean, atol=5e-2 if precision == "bf16" else 1e-4)
+    poisoned[8] = torch.zeros(2, width)  # now beams 64.. can enter
+    scores = fused_step(*to_device(poisoned, device), precision=precision)[0].cpu()
+    assert torch.isnan(scores).any()
+
+
 def test_uint8_mask_and_int32_prefixes(device):
     args = make_problem(11, 2, 16, [100, 17, 100], 2, 96, 16, "sparse")
     dev = to_device(args, device)
     dev[2] = dev[2].to(torch.int32)
     dev[9] = dev[9].to(torch.uint8)
-    assert_step_matches(fused_step(*dev), args)
+    assert_step_matches(fused_step(*dev, precision="fp32"), args)
 
 
 # --------------------------------------------------------------------------- low precision
 
 
-@pytest.mark.parametrize(
-    "dtype, width, sizes, level, hidden, beam, mask",
-    [
-        (torch.bfloat16, 50, [256, 100, 256], 2, 256, 50, "dense"),
-        (torch.bfloat16, 1, [100, 17], 0, 1024, 16, "sparse"),
-        (torch.bfloat16, 16, [17, 17, 17, 17, 17], 4, 64, 64, "few"),
-        (torch.float16, 16, [256, 100], 1, 96, 16, "dense"),
-    ],
-)
-def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, beam, mask, device):
-    """Kernel error vs fp32 is at most twice PyTorch's own low-precision error (logits and scores)."""
-    args = make_problem(21, 2, width, sizes, level, hidden, beam, mask, dtype=dtype)
-    scores, parents, tokens, logits = (t.cpu() for t in _launch(*to_device(args, device), return_logits=True))
+def test_round_to_tf32_rounds_to_nearest():
+    x = torch.randn(1000)
+    r = round_to_tf32(x)
+    assert (r.view(torch.int32) & 0x1FFF == 0).all()
+    # Nearest: no TF32 value (step 2**-10 relative) is closer than half a step.
+    assert ((r - x).abs() <= x.abs() * 2.0**-11 * (1 + 2.0**-10)).all()
+    torch.testing.assert_close(r, round_mantissa(x, 10, False), atol=0, rtol=0)
+
+
+def round_mantissa(t, keep_bits, even):
+    """fp32 `t` rounded to nearest on `keep_bits` mantissa bits (even: ties to even as bf16, else ties away as tf32)."""
+    drop = 23 - keep_bits
+    bits = t.float().contiguous().view(torch.int32)
+    bits = bits + ((1 << (drop - 1)) - 1) + (((bits >> drop) & 1) if even else 1)
+    return (bits & ~((1 << drop) - 1)).view(torch.float32)
+
+
+def torch_low_precision_logits(args, precision):
+    """Folded-head logits as plain PyTorch computes them in `precision` (the flash-attention rule's baseline).
+
+    bf16/fp16: every input in that dtype (PyTorch's own bf16/fp16 arithmetic). tf32: fp32 with the
+    GEMM's operands rounded to tf32 (what cuBLAS's TF32 GEMM multiplies; the CPU has no TF32).
+    """
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        low = [[t.to(dtype) for t in a] if isinstance(a, list) else a.to(dtype) if isinstance(a, torch.Tensor)
+               and a.is_floating_point() else a for a in args[:8]]
+        return folded_logits_reference(*low).float()
+    ctx, tables, prefixes, ln_w, ln_b, eps, out_w, out_b = upcast(args)[:8]
+    h = ctx.unsqueeze(1)
+    for j, table in enumerate(tables):
+        h = h + table[prefixes[:, :, j].long()]
+    h = torch.nn.functional.gelu(torch.nn.functional.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps))
+    return round_mantissa(h, 10, False) @ round_mantissa(out_w, 10, False).T + out_b
+
+
+def _low_precision_cases():
+    """The fp32 sweep's shapes (every third, so each mask kind appears), in the heads' fp32 and bf16 storage."""
+    cases = [(precision, torch.float32) + c[1:] for c in _sampled_sweep(24)[::3] for precision in ("bf16", "tf32")]
+    cases += [("bf16", torch.bfloat16, 3, 2, (256, 100, 256), 256, 50, 50, "dense"),
+              ("bf16", torch.bfloat16, 2, 0, (100, 17), 1024, 16, 1, "sparse"),
+              ("bf16", torch.bfloat16, 5, 4, (17, 17, 17, 17, 17), 64, 64, 16, "few"),
+              ("fp16", torch.float16, 2, 1, (256, 100), 96, 16, 16, "dense"),
+              ("fp16", torch.float32, 3, 2, (100, 17, 512), 64, 64, 64, "dense")]
+    return cases
+
+
+@pytest.mark.parametrize("precision, dtype, num_levels, level, sizes, hidden, beam, width, mask", _low_precision_cases())
+def test_low_precision_flash_attention_rule(precision, dtype, num_levels, level, sizes, hidden, beam, width, mask,
+                                            device):
+    """Kernel error vs fp32 is at most twice PyTorch's own error in that precision (logits and picked scores).
+
+    The beam semantics do not change: dead slots are the fp32 reference's exactly, and the picks
+    are the reference's wherever its scores are isolated by more than that tolerance.
+    """
+    args = make_problem(21, 2, width, list(sizes), level, hidden, beam, mask, dtype=dtype)
+    dev = to_device(args, device)
+    if precision == "tf32":  # as the triton backend passes it (unrounded, the tensor cores truncate)
+        dev[6] = round_to_tf32(dev[6])
+    out = _launch(*dev, return_logits=True, precision=precision)
+    scores, parents, tokens, logits = (t.cpu() for t in out)
     exact = upcast(args)
     ref_logits = folded_logits_reference(*exact[:8])
-    torch_logits = folded_logits_reference(*args[:8]).float()  # PyTorch computing in dtype
+    torch_logits = torch_low_precision_logits(args, precision)
     torch_err = (torch_logits - ref_logits).abs().max().item()
     kernel_err = (logits - ref_logits).abs().max().item()
     assert kernel_err <= 2 * torch_err + 1e-6, (kernel_err, torch_err)
@@ -241,25 +341,22 @@ def test_low_precision_flash_attention_rule(dtype, width, sizes, level, hidden, 
     cand_lp = (beam_scores.unsqueeze(-1) + masked_log_softmax(torch_logits, valid)).reshape(2, -1)
     ok = torch.isfinite(cand32)
     tol = 2 * (cand_lp[ok] - cand32[ok]).abs().max().item() + 1e-5
-    ref_scores, _, _ = fused_step_reference(*exact)
-    dead = ~torch.isfinite(ref_scores)
-    assert torch.equal(~torch.isfinite(scores), dead)
-    assert (scores[~dead] - ref_scores[~dead]).abs().max().item() <= tol
-    picked = cand32.gather(1, parents * sizes[level] + tokens)
-    assert (picked[~dead] - scores[~dead]).abs().max().item() <= tol
+    assert_step_matches((scores, parents, tokens), args, atol=tol)
 
 
 # --------------------------------------------------------------------------- whole search
 
 
-def test_kernel_driven_search_equals_exhaustive(device):
+@pytest.mark.parametrize("n_raw", [40, 240])  # 240: ~200 items, so beams span four 64-row blocks
+def test_kernel_driven_search_equals_exhaustive(device, n_raw):
     """Beam >= catalog size: a kernel-driven constrained search is exhaustive scoring (docs/architecture.md, "Decoding semantics")."""
     sizes, hidden, batch = [17, 5, 9], 64, 2
     g = torch.Generator().manual_seed(5)
-    raw = torch.stack([torch.randint(0, k, (40,), generator=g) for k in sizes], 1)
+    raw = torch.stack([torch.randint(0, k, (n_raw,), generator=g) for k in sizes], 1)
     codes = torch.unique(raw, dim=0)
     catalog = SIDCatalog.from_codes(torch.arange(codes.shape[0]), codes, sizes)
     beam = catalog.num_items
+    assert beam <= MAX_BEAM
     ctx = torch.randn(batch, hidden, generator=g)
     heads = [make_heads(50 + level, sizes, level, hidden) for level in range(len(sizes))]
 
@@ -275,7 +372,7 @@ def test_kernel_driven_search_equals_exhaustive(device):
         valid &= torch.isfinite(scores).unsqueeze(-1)
         tables, ln_w, ln_b, out_w, out_b = heads[level]
         args = [ctx, tables, prefixes, ln_w, ln_b, 1e-5, out_w, out_b, scores, valid, beam]
-        out = [t.cpu() for t in fused_step(*to_device(args, device))]
+        out = [t.cpu() for t in fused_step(*to_device(args, device), precision="fp32")]
         assert_step_matches(out, args)
         scores, parents, tokens = out
         parent_prefix = torch.gather(prefixes, 1, parents.unsqueeze(-1).expand(-1, -1, level))
@@ -334,7 +431,7 @@ def test_bad_input_names_argument(mutate, exc, text, device):
 def test_beam_cap_is_a_clear_error_and_the_cap_itself_runs(device):
     """beam_size > MAX_BEAM names the argument (with or without input checks); MAX_BEAM matches the reference."""
     args = make_problem(5, 2, 16, [16, 17], 1, 64, MAX_BEAM, "dense")
-    assert_step_matches(fused_step(*to_device(args, device)), args)
+    assert_step_matches(fused_step(*to_device(args, device), precision="fp32"), args)
     args[10] = MAX_BEAM + 1
     for check in (True, False):
         with pytest.raises(ValueError, match=rf"beam_size must be <= {MAX_BEAM}.*backend='cpu'"):
