@@ -24,7 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -181,8 +181,13 @@ def _layout(fmt: str, spec: _Format, codes: np.ndarray, vocab: int, options: dic
     return TokenLayout(tuple(sizes), num_user_tokens=int(users), kind=spec.kind)
 
 
-def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str, item_ids=None) -> SIDCatalog:
-    """Items (1..N unless given) with the file's codes; ArtifactError for codes outside the layout's codebooks."""
+def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str, item_ids=None,
+             shared: bool = False) -> SIDCatalog:
+    """Items (1..N unless given) with the file's codes; ArtifactError for codes outside the layout's codebooks.
+
+    shared: several items may share one SID (code bases that keep no dedup digit): a one-to-many catalog
+    (SIDCatalog.with_shared_sids); otherwise a repeated SID is an error in the file.
+    """
     for level, k in enumerate(layout.codebook_sizes):
         col = codes[:, level]
         if col.min() < 0 or col.max() >= k:
@@ -192,6 +197,8 @@ def _catalog(codes: np.ndarray, layout: TokenLayout, sids: Path, fmt: str, item_
             raise ArtifactError(sids, f"digit {level} holds code {bad}, outside its codebook [0, {k}){extra}")
     try:
         ids = torch.arange(1, codes.shape[0] + 1) if item_ids is None else torch.as_tensor(item_ids)
+        if shared:
+            return SIDCatalog.with_shared_sids(ids, torch.from_numpy(codes), layout.codebook_sizes)
         return SIDCatalog(ids, torch.from_numpy(codes), layout.codebook_sizes)
     except ValueError as err:
         raise ArtifactError(sids, f"does not describe a valid catalog ({err})") from err
@@ -304,23 +311,28 @@ def _import_digit_heads(format: str, checkpoint, sids, out, config, options: dic
     if codes.ndim != 2 or codes.shape[1] != layout.num_levels:
         raise ArtifactError(where, f"holds SIDs of shape {codes.shape}, but the model has {layout.num_levels} "
                                    f"digit heads")
-    catalog = _catalog(codes, layout, where, format, item_ids=items)
+    # GRID and cornac keep a dedup digit, RQ-VAE-Recommender strips it: items may share a SID there.
+    catalog = _catalog(codes, layout, where, format, item_ids=items, shared=True)
     out = Path(out)
     with atomic_directory(out) as tmp:
         _write(tmp, model, layout, catalog, keys, {"format": format, "code_base": DIGIT_HEAD_FORMATS[format][1],
                                                     "checkpoint": str(checkpoint),
-                                                    "sids": None if sids is None else str(sids)})
+                                                    "sids": None if sids is None else str(sids)},
+               item_ids=torch.arange(1, codes.shape[0] + 1) if items is None else torch.as_tensor(items))
     return model, layout, catalog
 
 
-def _write(directory: Path, model, layout: TokenLayout, catalog: SIDCatalog, keys: list, source: dict) -> None:
-    """The teacher directory: save_teacher's files, the catalog in catalog/, the item keys of the SID file."""
+def _write(directory: Path, model, layout: TokenLayout, catalog: SIDCatalog, keys: list, source: dict,
+           item_ids: Optional[torch.Tensor] = None) -> None:
+    """The teacher directory: save_teacher's files, the catalog in catalog/, the item keys of the SID file
+    (item_ids[i] is keys[i]'s item; default the catalog's items, which are all of them without shared SIDs)."""
     save_teacher(model, layout, directory, info={
         "imported_from": source,
         "catalog_fingerprint": catalog.fingerprint(),
     })
     catalog.save(directory / "catalog")
-    write_json(directory / "item_keys.json", {"item_ids": catalog.item_ids.tolist(), "keys": keys})
+    ids = catalog.item_ids if item_ids is None else item_ids
+    write_json(directory / "item_keys.json", {"item_ids": ids.tolist(), "keys": keys})
 
 
 def _load_weights(model: torch.nn.Module, state: dict, path: Path, prefix: str) -> None:

@@ -239,3 +239,32 @@ def test_cli_imports_a_grid_run(tmp_path, capsys):
     assert main(["import", "--format", "grid", "--checkpoint", str(ckpt), "--sids", str(sids), "--num-heads", "2",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "do not apply" in capsys.readouterr().err
+
+
+def test_rqvae_items_sharing_a_sid_import_as_one_to_many(tmp_path):
+    """RQ-VAE-Recommender strips the dedup digit, so items can share a SID: the catalog is one-to-many
+    and the ranked output lists every item of a SID (docs/architecture.md, "Shared SIDs")."""
+    k, levels = 6, 3
+    codes = unique_codes(20, k, levels, seed=1)
+    codes = np.concatenate([codes, codes[[3, 7, 7]]])  # items 20, 21, 22 share the SIDs of items 3, 7, 7
+    codebooks = torch.as_tensor(codes)
+    torch.manual_seed(1)
+    model = orig.RqvaeModel(codebooks, levels, k, num_user_bins=4).eval()
+    out = tmp_path / "imported"
+    sk.import_teacher("rqvae", orig.write_rqvae(tmp_path, model), None, out)
+    catalog = sk.SIDCatalog.load(out)
+    assert catalog.shares_sids and catalog.num_items == 20 and catalog.num_all_items == 23
+    import json
+
+    keys = json.loads((out / "item_keys.json").read_text())
+    assert keys["item_ids"] == list(range(23)) and len(keys["keys"]) == 23
+    teacher, layout = sk.load_teacher(out)
+    ids, mask = layout.encode_histories([[1, 2], [5]], catalog, users=[0, 1] if layout.num_user_tokens else None)
+    with torch.no_grad():
+        res = sk.constrained_generate(teacher, catalog, ids, mask, num_beams=20, num_return_sequences=20,
+                                      layout=layout, return_dict_in_generate=True)
+    for row in res.items.tolist():
+        real = [i for i in row if i >= 0]
+        assert sorted(real) == list(range(23))  # every SID ranked: every item listed once
+        assert real.index(20) == real.index(3) + 1  # a SID's items sit together, in ascending id
+        assert real.index(21) == real.index(7) + 1 and real.index(22) == real.index(7) + 2
