@@ -148,6 +148,11 @@ class StudentSizes:
     ffn_dim: int = 1024
     head_hidden: int = 512  # H
     dropout: float = 0.2
+    readout: str = "pool"  # "pool" (the paper's readout) or "pool+last" (ctx also holds the last real state)
+
+    def __post_init__(self) -> None:
+        if self.readout not in ("pool", "pool+last"):
+            raise InvalidInput(f"readout must be 'pool' or 'pool+last', got {self.readout!r}")
 
 
 @dataclass

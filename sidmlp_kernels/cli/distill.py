@@ -46,6 +46,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--num-heads", type=int, default=sizes.num_heads)
     p.add_argument("--attn-dim", type=int, default=sizes.attn_dim, help="cross-attention width (0 = context width)")
     p.add_argument("--ffn-dim", type=int, default=sizes.ffn_dim)
+    p.add_argument("--readout", choices=("pool", "pool+last"), default=sizes.readout,
+                   help="the heads' user context: pool = the paper's cross-attention readout; pool+last = also "
+                        "the last real encoder state (for a decoder-only teacher, the state its LM head reads)")
     p.add_argument("--encoder-epochs", type=int, default=enc_train.epochs, help="SID-MLP++ stage-1 epochs")
     p.add_argument("--encoder-layers", type=int, default=enc.layers)
     p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
@@ -67,7 +70,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         replace_encoder=args.replace_encoder, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         alpha=args.alpha, temperature=args.temperature, weight_decay=args.weight_decay, patience=args.patience,
         eval_beam=args.eval_beam, seed=args.seed, dropout=args.dropout, head_hidden=args.head_hidden,
-        num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, encoder_epochs=args.encoder_epochs,
+        num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, readout=args.readout,
+        encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
         teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder, select_by=args.select_by,
     )

@@ -101,7 +101,7 @@ class FoldedHeads:
 def fold_student(student) -> FoldedHeads:
     """Fold a trained SIDMLP's heads; the result is detached and contiguous."""
     cfg = student.config
-    c = cfg.context_dim
+    c = cfg.context_width
     fh = FoldedHeads([], [], [], [], [], 0.0, [], [])
     eps = None
     for level, head in enumerate(student.heads):

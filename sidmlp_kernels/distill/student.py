@@ -5,6 +5,12 @@ projection -> single-query multi-head cross-attention over the states -> residua
 + LayerNorm -> FFN -> residual + LayerNorm gives ctx (B, C). Head l reads
 [ctx, e(d_1), ..., e(d_{l-1})] through Linear -> LayerNorm -> GELU -> Linear(K_l),
 where e(d_j) are the teacher's (frozen) code embeddings of digit j.
+
+readout="pool+last" (ours) appends each user's last real encoder state to ctx (width C + D).
+For a decoder-only teacher that state is the one its LM head reads for the first digit, so a
+head can reproduce the teacher's first digit exactly and starts the later digits from the
+teacher's own summary of the prompt; it costs nothing at decode (the context is projected once
+per user).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..errors import InvalidInput
 
-__all__ = ["SIDMLPConfig", "SIDMLP", "CrossAttentionReadout"]
+__all__ = ["READOUTS", "SIDMLPConfig", "SIDMLP", "CrossAttentionReadout", "last_real_state"]
+
+READOUTS = ("pool", "pool+last")
 
 
 @dataclass
@@ -33,6 +41,7 @@ class SIDMLPConfig:
     ffn_dim: int = 1024
     head_hidden: int = 512  # H
     dropout: float = 0.2
+    readout: str = "pool"  # "pool" (the paper's) or "pool+last": ctx also holds the last real state
 
     def __post_init__(self) -> None:
         self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
@@ -57,6 +66,13 @@ class SIDMLPConfig:
             raise InvalidInput(f"attn_dim ({self.attn_dim}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise InvalidInput(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.readout not in READOUTS:
+            raise InvalidInput(f"readout must be one of {READOUTS}, got {self.readout!r}")
+
+    @property
+    def context_width(self) -> int:
+        """Width of what context() returns and the heads read: C, plus D with readout="pool+last"."""
+        return self.context_dim + (self.encoder_dim if self.readout == "pool+last" else 0)
 
     @property
     def num_levels(self) -> int:
@@ -107,6 +123,14 @@ class CrossAttentionReadout(nn.Module):
         return self.out_proj(out)
 
 
+def last_real_state(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, D): each row's state at its last real token, whatever the padding side (zeros for an all-pad row)."""
+    positions = torch.arange(states.shape[1], device=states.device)
+    last = torch.where(mask, positions, -1).amax(dim=1)
+    picked = states[torch.arange(states.shape[0], device=states.device), last.clamp_min(0)]
+    return torch.where((last >= 0)[:, None], picked, torch.zeros_like(picked))
+
+
 class SIDMLP(nn.Module):
     """The SID-MLP student: context readout + per-digit MLP heads over frozen code embeddings."""
 
@@ -135,7 +159,7 @@ class SIDMLP(nn.Module):
             self.register_buffer(f"code_emb_{j}", table)
         self.heads = nn.ModuleList()
         for level, k in enumerate(config.codebook_sizes):
-            in_dim = c + sum(config.embed_dims[:level])
+            in_dim = config.context_width + sum(config.embed_dims[:level])
             self.heads.append(
                 nn.Sequential(
                     nn.Linear(in_dim, hid), nn.LayerNorm(hid), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hid, k)
@@ -152,7 +176,7 @@ class SIDMLP(nn.Module):
         return getattr(self, f"code_emb_{level}")
 
     def context(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """User context (B, C) from encoder states (B, T, D) and mask (B, T), True = real token."""
+        """User context (B, context_width) from encoder states (B, T, D) and mask (B, T), True = real token."""
         if states.dim() != 3 or states.shape[-1] != self.config.encoder_dim:
             raise InvalidInput(
                 f"states must be (B, T, {self.config.encoder_dim}), got {tuple(states.shape)}"
@@ -164,7 +188,10 @@ class SIDMLP(nn.Module):
         pooled = (states * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
         query = self.query_proj(pooled)
         x = self.norm1(query + self.cross_attn(query, states, mask))
-        return self.norm2(x + self.ffn(x))
+        ctx = self.norm2(x + self.ffn(x))
+        if self.config.readout == "pool+last":
+            ctx = torch.cat([ctx, last_real_state(states, mask)], dim=-1)
+        return ctx
 
     def head_logits(self, level: int, ctx: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
         """Unfolded head `level`: ctx (B, C), prefixes (B, W, level) codes -> logits (B, W, K_level)."""

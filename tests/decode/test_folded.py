@@ -8,10 +8,10 @@ from sidmlp_kernels.decode.folded import FoldedHeads, folded_logits, project_con
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
 
 
-def make_student(sizes, embed, c=12, h=20, seed=0):
+def make_student(sizes, embed, c=12, h=20, seed=0, readout="pool"):
     torch.manual_seed(seed)
     cfg = SIDMLPConfig(encoder_dim=10, codebook_sizes=sizes, embed_dims=embed, context_dim=c, head_hidden=h,
-                       ffn_dim=16, num_heads=2)
+                       ffn_dim=16, num_heads=2, readout=readout)
     m = SIDMLP(cfg, [torch.randn(k, e) for k, e in zip(sizes, embed)]).eval()
     # Non-trivial LayerNorm affine so the fold is checked on every tensor it carries.
     for head in m.heads:
@@ -30,10 +30,14 @@ def random_catalog(seed, n, sizes):
     "sizes, embed, c, h",
     [((6,), (), 12, 20), ((5, 7, 3), (8, 4), 12, 20), ((3, 4, 5, 6), (5, 5, 5), 8, 32), ((256, 256), (16,), 16, 64)],
 )
-def test_fold_equals_unfold(sizes, embed, c, h):
-    m = make_student(sizes, embed, c, h)
+@pytest.mark.parametrize("readout", ["pool", "pool+last"])
+def test_fold_equals_unfold(sizes, embed, c, h, readout):
+    m = make_student(sizes, embed, c, h, readout=readout)
     folded = m.fold()
-    ctx = m.context(torch.randn(4, 7, 10), torch.ones(4, 7, dtype=torch.bool))
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, :3] = False  # a left-padded row: its last real state is still column 6
+    mask[2, 5:] = False  # a right-padded row: column 4
+    ctx = m.context(torch.randn(4, 7, 10), mask)
     proj = project_context(folded, ctx)
     for level in range(len(sizes)):
         prefixes = torch.stack([torch.randint(0, k, (4, 9)) for k in sizes[:level]], -1) if level else \

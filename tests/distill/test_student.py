@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig
+from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig, last_real_state
 
 
 def make_student(sizes=(5, 7, 3), d=16, embed=(8, 6), seed=0, **kw):
@@ -63,6 +63,7 @@ def test_code_embeddings_frozen_and_dropout_only_in_training():
     (dict(num_heads=3), "divisible"),
     (dict(dropout=1.0), "dropout"),
     (dict(codebook_sizes=()), "codebook_sizes"),
+    (dict(readout="last"), "readout"),
 ])
 def test_config_validation(kw, msg):
     base = dict(encoder_dim=16, codebook_sizes=(5, 7, 3), embed_dims=(8, 6), num_heads=2)
@@ -83,3 +84,30 @@ def test_context_dim_differs_from_encoder_dim():
     m = SIDMLP(cfg, [torch.randn(5, 8)]).eval()
     assert m.context(torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 12)
     assert SIDMLPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_last_real_state_any_padding_side():
+    states = torch.randn(4, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    got = last_real_state(states, mask)
+    torch.testing.assert_close(got[:3], torch.stack([states[0, 2], states[1, 4], states[2, 3]]))
+    assert torch.equal(got[3], torch.zeros(3))
+
+
+def test_pool_plus_last_readout_appends_the_last_state():
+    m = make_student(readout="pool+last").eval()
+    pool = make_student(readout="pool").eval()
+    assert m.config.context_width == 32 and pool.config.context_width == 16
+    pool.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("heads.")}, strict=False)
+    states = torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    ctx = m.context(states, mask)
+    assert ctx.shape == (2, 32)
+    torch.testing.assert_close(ctx[:, :16], pool.context(states, mask))
+    torch.testing.assert_close(ctx[:, 16:], torch.stack([states[0, 3], states[1, 5]]))
+    codes = torch.zeros(2, 3, dtype=torch.long)
+    assert [tuple(t.shape) for t in m(states, mask, codes)] == [(2, 5), (2, 7), (2, 3)]
+    assert SIDMLPConfig.from_dict(m.config.to_dict()) == m.config
+    # A config saved before the option existed loads as the paper's readout.
+    old = {k: v for k, v in pool.config.to_dict().items() if k != "readout"}
+    assert SIDMLPConfig.from_dict(old).readout == "pool"
