@@ -148,7 +148,9 @@ class StudentSizes:
     ffn_dim: int = 1024
     head_hidden: int = 512  # H
     dropout: float = 0.2
-    readout: str = "pool"  # "pool" (the paper's readout) or "pool+last" (ctx also holds the last real state)
+    # "pool+last": ctx also holds the last real encoder state (docs/architecture.md, "The student's user
+    # context"); "pool": the paper's readout alone.
+    readout: str = "pool+last"
 
     def __post_init__(self) -> None:
         if self.readout not in ("pool", "pool+last"):

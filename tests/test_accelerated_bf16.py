@@ -22,7 +22,8 @@ def model():
     cat = random_catalog(4, 80, (6, 5, 4))
     layout = TokenLayout.for_catalog(cat)
     teacher = build_t5_teacher(layout, "tiny", seed=0)
-    rec = AcceleratedRecommender(layout, cat, new_student(as_adapter(teacher, cat, layout), seed=0), teacher=teacher)
+    # seed 1: random heads whose bf16 scores hold no exact ties (the exhaustive comparison needs none)
+    rec = AcceleratedRecommender(layout, cat, new_student(as_adapter(teacher, cat, layout), seed=1), teacher=teacher)
     ids, mask, _, _ = random_examples(cat, layout, 32, seed=1).batch(torch.arange(32))
     return rec, cat, ids, mask
 

@@ -92,7 +92,9 @@ def run_quickstart(
 
     # alpha=1: the students learn the teacher's distributions only (no ground-truth CE term), which kept
     # them closest to it on ML-100K (docs/results/ml-1m-quality.md, "Distillation fidelity").
-    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, alpha=1.0, seed=seed, show_progress=show_progress)
+    # select_by="teacher": early stopping keeps the weights closest to the teacher's own valid top-10.
+    common = dict(eval_beam=20, patience=3, lr=2e-3, batch_size=256, alpha=1.0, select_by="teacher", seed=seed,
+                  show_progress=show_progress)
     models: dict[str, AcceleratedRecommender] = {}
     for name, replace in (("sidmlp", False), ("sidmlp++", True)):
         path = out / name
