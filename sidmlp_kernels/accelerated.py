@@ -456,11 +456,14 @@ def new_student(adapter, config: Optional[AccelerateConfig] = None, seed: Option
     cfg = config or AccelerateConfig()
     layout = adapter.layout
     code_embs = [adapter.code_embeddings(j).detach().float().cpu() for j in range(layout.num_levels - 1)]
+    sizes = asdict(cfg.student)
+    if sizes["readout"] == "auto":
+        sizes["readout"] = "pool" if cfg.replace_encoder else "pool+last"
     scfg = SIDMLPConfig(
         encoder_dim=adapter.hidden_size,
         codebook_sizes=tuple(layout.codebook_sizes),
         embed_dims=tuple(int(e.shape[1]) for e in code_embs),
-        **asdict(cfg.student),
+        **sizes,
     )
     with forked_rng(cfg.distill.seed if seed is None else seed):
         return SIDMLP(scfg, code_embs)
@@ -556,6 +559,9 @@ def accelerate(
         def shape(config):
             return {k: v for k, v in config.to_dict().items() if k != "dropout"}
 
+        # A readout change (e.g. SID-MLP++ heads from a pool+last SID-MLP) converts the heads' first layer.
+        if isinstance(init_student, SIDMLP) and init_student.config.readout != scfg.readout:
+            init_student = init_student.with_readout(scfg.readout)
         if not isinstance(init_student, SIDMLP) or shape(init_student.config) != shape(scfg):
             got = shape(init_student.config) if isinstance(init_student, SIDMLP) else type(init_student).__name__
             raise InvalidInput(f"init_student must be a SIDMLP with this run's student sizes {shape(scfg)}, "

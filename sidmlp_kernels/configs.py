@@ -148,13 +148,13 @@ class StudentSizes:
     ffn_dim: int = 1024
     head_hidden: int = 512  # H
     dropout: float = 0.2
-    # "pool+last": ctx also holds the last real encoder state (docs/architecture.md, "The student's user
-    # context"); "pool": the paper's readout alone.
-    readout: str = "pool+last"
+    # "pool+last": ctx also holds the last real encoder state; "pool": the paper's readout alone; "auto":
+    # pool+last for SID-MLP, pool for SID-MLP++ (docs/architecture.md, "The student's user context").
+    readout: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.readout not in ("pool", "pool+last"):
-            raise InvalidInput(f"readout must be 'pool' or 'pool+last', got {self.readout!r}")
+        if self.readout not in ("auto", "pool", "pool+last"):
+            raise InvalidInput(f"readout must be 'auto', 'pool' or 'pool+last', got {self.readout!r}")
 
 
 @dataclass

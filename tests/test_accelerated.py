@@ -253,6 +253,18 @@ def test_accelerate_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_readout_auto_and_sidmlp_pp_heads_from_a_pool_last_student(trained):
+    ad, cat, ex, rec, pp = trained
+    # auto: SID-MLP reads the last encoder state too, SID-MLP++ (an MLP encoder's states) the pool only.
+    assert rec.student.config.readout == "pool+last" and pp.student.config.readout == "pool"
+    pp2 = accelerate(ad, cat, ex, replace_encoder=True, epochs=1, encoder_epochs=1, encoder_ffn_dim=16,
+                     init_student=rec.student, **TINY)
+    assert pp2.student.config.readout == "pool"
+    assert accelerate(ad, cat, ex, epochs=1, readout="pool", **TINY).student.config.readout == "pool"
+    with pytest.raises(ValueError, match="readout must be"):
+        accelerate(ad, cat, ex, epochs=1, readout="last", **TINY)
+
+
 def test_accelerate_config_and_overrides():
     from sidmlp_kernels.configs import AccelerateConfig
 

@@ -215,6 +215,28 @@ class SIDMLP(nn.Module):
             return on_path
         return on_path, [self.head_logits(l, ctx, p.long()) for l, p in enumerate(beam_prefixes, start=1)]
 
+    @torch.no_grad()
+    def with_readout(self, readout: str) -> "SIDMLP":
+        """A copy reading `readout`: pool -> pool+last adds zero weights for the last state (the same logits);
+        pool+last -> pool drops them (a starting point to train on, no longer the same function)."""
+        cfg = SIDMLPConfig.from_dict({**self.config.to_dict(), "readout": readout})
+        other = SIDMLP(cfg, [self.code_embedding(j) for j in range(len(cfg.embed_dims))])
+        state = self.state_dict()
+        c_old, c_new, c = self.config.context_width, cfg.context_width, cfg.context_dim
+        for level in range(self.num_levels):
+            key = f"heads.{level}.0.weight"
+            w = state[key]
+            grown = w.new_zeros(w.shape[0], w.shape[1] - c_old + c_new)
+            keep = min(c_old, c_new)
+            grown[:, :c] = w[:, :c]  # the pooled context
+            grown[:, c_new:] = w[:, c_old:]  # the prefix embeddings
+            if keep > c:  # both read the last state
+                grown[:, c:keep] = w[:, c:keep]
+            state[key] = grown
+        other.load_state_dict(state)
+        other.train(self.training)
+        return other
+
     def fold(self):
         """Folded heads (docs/architecture.md, "Fast paths"), equal to the unfolded heads up to float rounding."""
         from ..decode.folded import fold_student

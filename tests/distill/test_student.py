@@ -111,3 +111,19 @@ def test_pool_plus_last_readout_appends_the_last_state():
     # A config saved before the option existed loads as the paper's readout.
     old = {k: v for k, v in pool.config.to_dict().items() if k != "readout"}
     assert SIDMLPConfig.from_dict(old).readout == "pool"
+
+
+def test_with_readout_converts_between_readouts():
+    pool = make_student(readout="pool").eval()
+    states, mask = torch.randn(3, 6, 16), torch.ones(3, 6, dtype=torch.bool)
+    codes = torch.stack([torch.randint(0, k, (3,)) for k in (5, 7, 3)], 1)
+    grown = pool.with_readout("pool+last").eval()
+    assert grown.config.readout == "pool+last"
+    for a, b in zip(pool(states, mask, codes), grown(states, mask, codes)):  # zero weights on the last state
+        torch.testing.assert_close(a, b)
+    back = grown.with_readout("pool").eval()
+    for a, b in zip(pool(states, mask, codes), back(states, mask, codes)):
+        torch.testing.assert_close(a, b)
+    same = grown.with_readout("pool+last").eval()
+    for a, b in zip(grown(states, mask, codes), same(states, mask, codes)):
+        torch.testing.assert_close(a, b)
