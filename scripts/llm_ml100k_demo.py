@@ -108,8 +108,9 @@ class DemoOptions:
         need(self.lr > 0, "lr", "> 0", self.lr)
         need(self.weight_decay >= 0, "weight-decay", ">= 0", self.weight_decay)
         need(0 <= self.warmup_frac < 1, "warmup-frac", "in [0, 1)", self.warmup_frac)
-        need(self.beam >= TOP_K and self.eval_beam >= TOP_K, "beam", f">= {TOP_K} (top {TOP_K} of the beams)",
-             min(self.beam, self.eval_beam))
+        for name in ("beam", "eval_beam"):
+            need(getattr(self, name) >= TOP_K, name.replace("_", "-"), f">= {TOP_K} (top {TOP_K} of the beams)",
+                 getattr(self, name))
         need(self.test_users is None or self.test_users >= 1, "test-users", ">= 1", self.test_users)
         need(self.readout in ("pool", "pool+last"), "readout", "'pool' or 'pool+last'", self.readout)
         need(self.select_by in ("teacher", "ndcg"), "select-by", "'teacher' or 'ndcg'", self.select_by)

@@ -157,7 +157,7 @@ def test_check_items_refuses_non_catalog_and_repeated_items(demo, data):
 
 def test_bad_options_are_clear_errors(demo, capsys):
     for changes, flag in ((dict(minutes=5.0), "exactly one of --steps and --minutes"), (dict(hidden=30), "--hidden"),
-                          (dict(kv_heads=3), "--kv-heads"), (dict(beam=5), "--beam"), (dict(lr=0.0), "--lr"),
+                          (dict(kv_heads=3), "--kv-heads"), (dict(beam=5), "--beam"), (dict(eval_beam=5), "--eval-beam"), (dict(lr=0.0), "--lr"),
                           (dict(readout="mean"), "--readout"), (dict(test_users=0), "--test-users")):
         with pytest.raises(ValueError, match=flag):
             tiny(demo, **changes)
