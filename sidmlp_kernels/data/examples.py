@@ -87,10 +87,11 @@ class Examples:
             yield self.batch(order[start : start + batch_size])
 
 
-def _train_pairs(
+def train_pairs(
     sequences: Sequence[Sequence[int]], max_history: int, cap: Optional[int], seed: int
 ) -> tuple[list[list[int]], list[int], list[int]]:
-    """Every (seq[:t][-max_history:], seq[t]) for t >= 1, at most `cap` random ones per user."""
+    """Every (seq[:t][-max_history:], seq[t]) for t >= 1, at most `cap` random ones per user (seeded):
+    (histories, targets, users), the training pairs build_examples encodes (also for other prompt formats)."""
     rng = np.random.default_rng(seed)
     histories: list[list[int]] = []
     targets: list[int] = []
@@ -127,7 +128,7 @@ def build_examples(
         raise InvalidInput(f"max_prefixes_per_user must be None or >= 1, got {max_prefixes_per_user}")
     layout.validate_against(catalog)
     if part == "train":
-        histories, targets, users = _train_pairs(
+        histories, targets, users = train_pairs(
             split.train_sequences, split.max_history, max_prefixes_per_user, seed
         )
     elif part == "valid":
