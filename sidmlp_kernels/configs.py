@@ -138,6 +138,9 @@ class TrainConfig(TrainerConfig):
         _check_int(self, "eval_users", 1, optional=True)
 
 
+READOUTS = ("pool", "pool+last")  # the SID-MLP user contexts (distill/student.py)
+
+
 @dataclass
 class StudentSizes:
     """Sizes of a SID-MLP student that are free choices (the rest follow from the teacher and catalog)."""
@@ -153,8 +156,8 @@ class StudentSizes:
     readout: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.readout not in ("auto", "pool", "pool+last"):
-            raise InvalidInput(f"readout must be 'auto', 'pool' or 'pool+last', got {self.readout!r}")
+        if self.readout not in ("auto",) + READOUTS:
+            raise InvalidInput(f"readout must be one of {('auto',) + READOUTS}, got {self.readout!r}")
 
 
 @dataclass

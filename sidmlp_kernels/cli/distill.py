@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..configs import AccelerateConfig, DistillConfig, EncoderTrainConfig, MLPEncoderSizes, StudentSizes
+from ..configs import READOUTS, AccelerateConfig, DistillConfig, EncoderTrainConfig, MLPEncoderSizes, StudentSizes
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--num-heads", type=int, default=sizes.num_heads)
     p.add_argument("--attn-dim", type=int, default=sizes.attn_dim, help="cross-attention width (0 = context width)")
     p.add_argument("--ffn-dim", type=int, default=sizes.ffn_dim)
-    p.add_argument("--readout", choices=("auto", "pool", "pool+last"), default=sizes.readout,
+    p.add_argument("--readout", choices=("auto",) + READOUTS, default=sizes.readout,
                    help="the heads' user context: pool = the paper's cross-attention readout; pool+last = also "
                         "the last real encoder state (for a decoder-only teacher, the state its LM head reads); "
                         "auto = pool+last for SID-MLP, pool for SID-MLP++ (the MLP encoder's last state is a poor "

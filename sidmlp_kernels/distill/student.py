@@ -21,11 +21,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..configs import READOUTS
 from ..errors import InvalidInput
 
 __all__ = ["READOUTS", "SIDMLPConfig", "SIDMLP", "CrossAttentionReadout", "last_real_state"]
-
-READOUTS = ("pool", "pool+last")
 
 
 @dataclass
@@ -194,7 +193,7 @@ class SIDMLP(nn.Module):
         return ctx
 
     def head_logits(self, level: int, ctx: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
-        """Unfolded head `level`: ctx (B, C), prefixes (B, W, level) codes -> logits (B, W, K_level)."""
+        """Unfolded head `level`: ctx (B, context_width), prefixes (B, W, level) codes -> logits (B, W, K_level)."""
         b, w = prefixes.shape[:2]
         parts = [ctx.unsqueeze(1).expand(b, w, ctx.shape[-1])]
         for j in range(level):
@@ -222,17 +221,15 @@ class SIDMLP(nn.Module):
         cfg = SIDMLPConfig.from_dict({**self.config.to_dict(), "readout": readout})
         other = SIDMLP(cfg, [self.code_embedding(j) for j in range(len(cfg.embed_dims))])
         state = self.state_dict()
-        c_old, c_new, c = self.config.context_width, cfg.context_width, cfg.context_dim
+        c_old, c_new = self.config.context_width, cfg.context_width
+        shared = min(c_old, c_new)  # the pooled context, and the last state if both read it
         for level in range(self.num_levels):
             key = f"heads.{level}.0.weight"
             w = state[key]
-            grown = w.new_zeros(w.shape[0], w.shape[1] - c_old + c_new)
-            keep = min(c_old, c_new)
-            grown[:, :c] = w[:, :c]  # the pooled context
-            grown[:, c_new:] = w[:, c_old:]  # the prefix embeddings
-            if keep > c:  # both read the last state
-                grown[:, c:keep] = w[:, c:keep]
-            state[key] = grown
+            converted = w.new_zeros(w.shape[0], w.shape[1] - c_old + c_new)
+            converted[:, :shared] = w[:, :shared]
+            converted[:, c_new:] = w[:, c_old:]  # the prefix embeddings
+            state[key] = converted
         other.load_state_dict(state)
         other.train(self.training)
         return other
