@@ -33,7 +33,7 @@ from .distill.features import (FeatureStore, encode_in_batches, extract_features
 from .distill.mlp_encoder import MLPEncoder, MLPEncoderConfig, train_mlp_encoder
 from .distill.student import SIDMLP, SIDMLPConfig
 from .io import ArtifactError, load_tensors, provenance, read_meta, save_tensors, write_meta
-from .teacher.adapters import as_adapter
+from .teacher.adapters import CausalLMTeacherAdapter, as_adapter, prompt_format
 from .teacher.hf_output import SequenceFormat, hf_output
 from .training import TrainResult, barrier, dist_info, forked_rng
 from .errors import InvalidInput, InvalidInputType
@@ -474,14 +474,22 @@ def new_mlp_encoder(adapter, config: Optional[AccelerateConfig] = None, max_inpu
     """A freshly initialised SID-MLP++ MLP encoder for a teacher adapter (sizes from config.encoder).
 
     Unset sizes resolve to: width 2 x the teacher's (cheaper per token than its attention encoder,
-    which is the point of SID-MLP++), positions max(512, max_input_len).
+    which is the point of SID-MLP++), positions max(512, max_input_len); mixer "auto" to "causal" for a
+    decoder-only teacher (its states see only earlier tokens), the paper's "mean" otherwise.
     """
     cfg = config or AccelerateConfig()
     sizes = cfg.encoder
+    mixer = sizes.mixer
+    causal = isinstance(adapter, CausalLMTeacherAdapter)
+    if mixer == "auto":
+        mixer = "causal" if causal else "mean"
+    # The teacher's prompt (hence every stored state) may lack the inputs' EOS: the encoder then drops it too.
+    strip_eos = causal and prompt_format(adapter.model) == "items"
     with forked_rng(cfg.distill.seed if seed is None else seed):
         return MLPEncoder.for_layout(
             adapter.layout, adapter.hidden_size, adapter, ffn_dim=sizes.ffn_dim or 2 * adapter.hidden_size,
             num_layers=sizes.layers, dropout=sizes.dropout, max_len=sizes.max_len or max(512, max_input_len),
+            mixer=mixer, strip_eos_id=adapter.layout.eos_id if strip_eos else None,
         )
 
 

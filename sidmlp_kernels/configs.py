@@ -168,6 +168,12 @@ class MLPEncoderSizes:
     layers: int = 2
     dropout: float = 0.1
     max_len: Optional[int] = None  # default max(512, longest training input)
+    # "mean" (the paper's), "causal" (means over tokens <= t), or "auto": causal for a decoder-only teacher.
+    mixer: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mixer not in ("auto", "mean", "causal"):
+            raise InvalidInput(f"mixer must be one of ('auto', 'mean', 'causal'), got {self.mixer!r}")
 
 
 @dataclass

@@ -55,6 +55,11 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--encoder-layers", type=int, default=enc.layers)
     p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
     p.add_argument("--encoder-lr", type=float, default=enc_train.lr)
+    p.add_argument("--encoder-mixer", choices=("auto", "mean", "causal"), default=enc.mixer,
+                   help="how each MLP-encoder token sees its sequence: mean = the paper's whole-sequence mean; "
+                        "causal = means over earlier tokens, uniform and recency-weighted (half-lives of 1 and 4 "
+                        "items), as a decoder-only teacher's states see them; auto = causal for a decoder-only "
+                        "teacher, mean otherwise")
     p.add_argument("--beam", type=int, default=50, help="beam of the final test evaluation")
     p.add_argument("--test-users", type=int, default=None, help="evaluate the first N test users only")
     p.add_argument("--seed", type=int, default=DistillConfig.seed)
@@ -75,7 +80,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, readout=args.readout,
         encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
-        teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder, select_by=args.select_by,
+        encoder_mixer=args.encoder_mixer, teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder, select_by=args.select_by,
     )
     import torch
     import torch.distributed as dist

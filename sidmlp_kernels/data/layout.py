@@ -554,6 +554,14 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
     return torch.gather(input_ids, 1, order), torch.gather(attention_mask, 1, order)
 
 
+def drop_final_eos(input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows without their final EOS ([user, SIDs..., EOS] -> [user, SIDs...]); ValueError if one lacks it."""
+    ids, mask = to_left_padding(input_ids, attention_mask)
+    if ids.shape[0] and not bool((ids[:, -1] == eos_id).all()):
+        raise InvalidInput(f"input_ids rows must end with the EOS token {eos_id} ([user, SIDs..., EOS])")
+    return ids[:, :-1], mask[:, :-1]
+
+
 def to_right_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-pad rows on the right (real tokens, in order, start in column 0); any padding in."""
     order = torch.sort((~attention_mask.bool()).to(torch.uint8), dim=1, stable=True).indices

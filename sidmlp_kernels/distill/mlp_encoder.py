@@ -1,10 +1,14 @@
 """SID-MLP++ encoder: an attention-free stand-in for the teacher's encoder.
 
-Each layer mixes every token with the masked mean of its sequence through a
-position-specific MLP (one MLP per SID digit, one shared by the special tokens),
-as in the SID-MLP paper code; no attention, so cost is linear in T with no
-T x T term. Stage 1 fits it to the teacher's encoder states (MSE on real
-tokens); stage 2 (in accelerate.py) retrains the SID-MLP heads on its outputs.
+Each layer mixes every token with a summary of its sequence through a
+position-specific MLP (one MLP per SID digit, one shared by the special tokens).
+The paper's mixer ("mean") is the masked mean of the whole sequence: no
+attention, cost linear in T. A decoder-only teacher's state at t sees only
+tokens <= t and weighs recent ones most, so the "causal" mixer gives each token
+the mean of the tokens up to it and two recency-weighted means of them
+(half-lives of one and four items): fixed weights, no scores, no softmax.
+Stage 1 fits the encoder to the teacher's encoder states (MSE on real tokens);
+stage 2 (in accelerate.py) retrains the SID-MLP heads on its outputs.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from ..decode.types import Encoded
 from ..configs import EncoderTrainConfig
 from ..training import TrainResult, run_training, split_config
 from .features import FeatureStore
-from ..data.layout import TokenLayout
+from ..data.layout import TokenLayout, drop_final_eos
 from ..errors import InvalidInput
 
-__all__ = ["MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
+# "mean": the paper's whole-sequence mean; "causal": means over tokens <= t (for decoder-only teachers).
+MIXERS = ("mean", "causal")
+CAUSAL_HALF_LIVES_ITEMS = (1, 4)  # recency-weighted means of the causal mixer, in items (L tokens each)
+
+__all__ = ["MIXERS", "MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
 
 
 @dataclass
@@ -37,11 +45,17 @@ class MLPEncoderConfig:
     num_layers: int = 2
     dropout: float = 0.1
     max_len: int = 512
+    mixer: str = "mean"  # one of MIXERS; configs saved before the option load as "mean"
+    # The teacher's prompt drops the inputs' final EOS (a full-sequence decoder-only teacher, prompt format
+    # "items"), so its states, which stage 1 fits, have no EOS position: forward() drops this EOS id too.
+    strip_eos_id: Optional[int] = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_levels", "ffn_dim", "num_layers", "max_len"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixer not in MIXERS:
+            raise InvalidInput(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise InvalidInput(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -70,10 +84,11 @@ class MLPEncoder(nn.Module):
         if token_role is None:
             token_role = torch.full((config.vocab_size,), config.num_levels, dtype=torch.long)
         self.register_buffer("token_role", token_role.long().clone())
+        summaries = 1 if config.mixer == "mean" else 1 + len(CAUSAL_HALF_LIVES_ITEMS)
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 nn.Sequential(
-                    nn.Linear(2 * d, config.ffn_dim), nn.LayerNorm(config.ffn_dim), nn.GELU(),
+                    nn.Linear((1 + summaries) * d, config.ffn_dim), nn.LayerNorm(config.ffn_dim), nn.GELU(),
                     nn.Dropout(config.dropout), nn.Linear(config.ffn_dim, d),
                 )
                 for _ in range(roles)
@@ -108,9 +123,15 @@ class MLPEncoder(nn.Module):
         valid = mask.to(x.dtype).unsqueeze(-1)
         denom = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
         selectors = [(role == r) & mask for r in range(self.config.num_levels + 1)]
+        kernels = self._causal_kernels(x.shape[1], x.device) if self.config.mixer == "causal" else None
+        # Weighted means over real tokens; a row with none (a pad before a left-padded prompt) gets 0.
+        norms = None if kernels is None else [(k @ valid).clamp_min(1e-12) for k in kernels]
         for ffns in self.layers:
-            ctx = (x * valid).sum(dim=1, keepdim=True) / denom
-            inp = torch.cat([x, ctx.expand_as(x)], dim=-1)
+            if kernels is None:
+                ctx = ((x * valid).sum(dim=1, keepdim=True) / denom).expand_as(x)
+            else:
+                ctx = torch.cat([(k @ (x * valid)) / n for k, n in zip(kernels, norms)], dim=-1)
+            inp = torch.cat([x, ctx], dim=-1)
             update = torch.zeros_like(x)
             for sel, ffn in zip(selectors, ffns):
                 # Each MLP sees only its own tokens: no compute spent on the other roles.
@@ -118,11 +139,32 @@ class MLPEncoder(nn.Module):
             x = x + update
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
-        """Encode like a teacher adapter: Encoded(states (B, T, D), mask (B, T))."""
+    def _causal_kernels(self, length: int, device) -> list[torch.Tensor]:
+        """(T, T) weights of token s in the summaries of token t: 1 for s <= t, then 2^(-(t - s) / half-life).
+
+        Real tokens are contiguous (left or right padding), so t - s counts the real tokens between them;
+        pads get weight 0 through the mask in states().
+        """
+        idx = torch.arange(length, device=device)
+        gap = (idx[:, None] - idx[None, :]).to(self.token_emb.weight.dtype)  # t - s
+        causal = gap >= 0
+        kernels = [causal.to(gap.dtype)]
+        for half_life in CAUSAL_HALF_LIVES_ITEMS:
+            tokens = half_life * self.config.num_levels
+            kernels.append(torch.exp2(-gap.clamp_min(0) / tokens) * causal)
+        return kernels
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_prompt: bool = False) -> Encoded:
+        """Encode like a teacher adapter: inputs [user, SIDs..., EOS] -> Encoded(states (B, T', D), mask, input_ids).
+
+        For a teacher whose prompt has no EOS (`strip_eos_id`) the EOS is dropped first, as the teacher does;
+        is_prompt=True: the ids are the teacher's prompt already (what stored features hold), used as they are.
+        """
         if input_ids.shape[1] > self.config.max_len:
             raise InvalidInput(f"input_ids has {input_ids.shape[1]} tokens, this encoder takes at most {self.config.max_len}")
-        return Encoded(states=self.states(input_ids, attention_mask), mask=attention_mask.bool())
+        if self.config.strip_eos_id is not None and not is_prompt:
+            input_ids, attention_mask = drop_final_eos(input_ids, attention_mask, self.config.strip_eos_id)
+        return Encoded(states=self.states(input_ids, attention_mask), mask=attention_mask.bool(), input_ids=input_ids)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -145,7 +187,7 @@ def train_mlp_encoder(
 
     def batch_loss(model, index):
         b = features.batch(index)
-        return masked_mse(model(b["input_ids"], b["mask"]).states, b["states"], b["mask"])
+        return masked_mse(model(b["input_ids"], b["mask"], is_prompt=True).states, b["states"], b["mask"])
 
     trainer_config, run_config = split_config(cfg)
     return run_training(

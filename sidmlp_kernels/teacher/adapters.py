@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..data.catalog import SIDCatalog
-from ..data.layout import TokenLayout, to_left_padding
+from ..data.layout import TokenLayout, drop_final_eos, to_left_padding
 from ..decode.types import Encoded
 from ..errors import InvalidInput, InvalidInputType
 
@@ -235,14 +235,11 @@ def prompt_ids(
     """causal_prompt for a prompt format (PROMPT_FORMATS) instead of a model."""
     if fmt not in PROMPT_FORMATS:
         raise InvalidInput(f"prompt format must be one of {PROMPT_FORMATS}, got {fmt!r}")
-    ids, mask = to_left_padding(input_ids, attention_mask)
     if fmt == "text" and layout.contiguous:
         raise InvalidInput("prompt format 'text' goes with a 'tokenizer' token layout (teacher/llm.py)")
     if fmt == "items":
-        if ids.shape[0] and not bool((ids[:, -1] == layout.eos_id).all()):
-            raise InvalidInput("input_ids rows must end with the layout's EOS token ([user, SIDs..., EOS])")
-        ids, mask = ids[:, :-1], mask[:, :-1]
-    return ids, mask
+        return drop_final_eos(input_ids, attention_mask, layout.eos_id)
+    return to_left_padding(input_ids, attention_mask)
 
 
 def left_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -148,11 +148,12 @@ def test_checkpoints_of_the_previous_version_are_refused(tmp_path):
                           checkpoint=tmp_path / "mlp_encoder.ckpt", **QUIET)
 
 
-def test_mlp_encoder_stage1_fits_teacher_states():
+@pytest.mark.parametrize("mixer", ["mean", "causal"])
+def test_mlp_encoder_stage1_fits_teacher_states(mixer):
     cat, ad, ex = setup_data(n=128)
     feats = extract_features(ad, ex, None, storage_dtype="float32", show_progress=False)
     torch.manual_seed(0)
-    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=32, num_layers=2)
+    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=32, num_layers=2, mixer=mixer)
     res = train_mlp_encoder(enc, feats, EncoderTrainConfig(epochs=8, batch_size=32, lr=3e-3), **QUIET)
     losses = [h["train_loss"] for h in res.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -164,6 +165,32 @@ def test_mlp_encoder_stage1_fits_teacher_states():
     right = enc(ids, mask).states[mask.bool()]
     left = enc(lids, lmask).states[lmask.bool()]
     torch.testing.assert_close(right, left, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_mixer_states_ignore_later_tokens_and_weigh_recent_ones():
+    cat, ad, ex = setup_data(n=8)
+    torch.manual_seed(0)
+    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=16, num_layers=2, mixer="causal").eval()
+    ids = torch.randint(1, ad.layout.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    later = ids.clone()
+    later[:, 7:] = ids[:, 7:].flip(0)  # other tokens after position 6
+    with torch.no_grad():
+        a, b = enc.states(ids, mask), enc.states(later, mask)
+        torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
+        assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-3
+        # The summaries: uniform over s <= t, then halving every half-life (in tokens).
+        uniform, *recency = enc._causal_kernels(5, ids.device)
+        torch.testing.assert_close(uniform, torch.ones(5, 5).tril())
+        halves = 1 * ad.layout.num_levels
+        torch.testing.assert_close(recency[0][4, 4 - halves], torch.tensor(0.5))
+        assert recency[0][1, 2] == 0
+    # The paper's mixer sees the whole sequence, so later tokens move earlier states.
+    mean = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=16, num_layers=2, mixer="mean").eval()
+    with torch.no_grad():
+        assert (mean.states(ids, mask)[:, :7] - mean.states(later, mask)[:, :7]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="mixer"):
+        MLPEncoder.for_layout(ad.layout, 8, ad, mixer="attention")
 
 
 DDP_SCRIPT = textwrap.dedent(

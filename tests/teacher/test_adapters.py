@@ -8,6 +8,7 @@ from sidmlp_kernels.teacher.adapters import (
     T5TeacherAdapter,
     TeacherAdapter,
     adapter_for,
+    as_adapter,
 )
 from sidmlp_kernels.data.examples import build_examples, synthetic_data
 from sidmlp_kernels.data.layout import TokenLayout, to_left_padding
@@ -138,3 +139,41 @@ def test_adapter_errors(setup):
     causal = adapter_for(ms["gpt2"], layout)
     with pytest.raises(ValueError, match="input_ids is None"):
         causal.digit_logits(Encoded(torch.zeros(5, 3, 32), torch.ones(5, 3, dtype=torch.bool)), codes)
+
+
+def test_sidmlp_pp_encoder_mixer_auto_follows_the_teacher(setup):
+    from sidmlp_kernels.accelerated import new_mlp_encoder
+    from sidmlp_kernels.configs import AccelerateConfig
+
+    cat, layout = setup[0], setup[1]
+    ms = models(layout)
+    # A decoder-only teacher's states see only earlier tokens: the MLP encoder mixes causally for it.
+    assert new_mlp_encoder(as_adapter(ms["gpt2"], layout)).config.mixer == "causal"
+    assert new_mlp_encoder(as_adapter(ms["t5"], layout)).config.mixer == "mean"
+    forced = AccelerateConfig().with_overrides(encoder_mixer="mean")
+    assert new_mlp_encoder(as_adapter(ms["gpt2"], layout), forced).config.mixer == "mean"
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        AccelerateConfig().with_overrides(encoder_mixer="attention")
+
+
+@torch.no_grad()
+def test_sidmlp_pp_encoder_drops_the_eos_an_items_prompt_lacks(setup):
+    """Stage 1 fits states of the teacher's prompt; inference must feed the encoder that same prompt."""
+    from sidmlp_kernels.accelerated import new_mlp_encoder
+    from sidmlp_kernels.teacher.adapters import causal_prompt
+
+    cat, layout, ids, mask, codes = setup
+    model = build_gpt2_teacher(layout, "tiny", max_positions=64, seed=0, prompt="items").eval()
+    enc = new_mlp_encoder(as_adapter(model, layout)).eval()
+    assert enc.config.strip_eos_id == layout.eos_id
+    pids, pmask = causal_prompt(model, layout, ids, mask)
+    assert not (pids[pmask.bool()] == layout.eos_id).any()
+    out = enc(ids, mask)
+    torch.testing.assert_close(out.input_ids, pids, rtol=0, atol=0)
+    torch.testing.assert_close(out.states[out.mask], enc.states(pids, pmask)[pmask.bool()], rtol=0, atol=0)
+    torch.testing.assert_close(enc(pids, pmask, is_prompt=True).states, out.states, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="must end with the EOS token"):
+        enc(pids, pmask)
+    # An "eos" prompt and an encoder-decoder teacher keep the inputs' EOS.
+    for other in (models(layout)["gpt2"], models(layout)["t5"]):
+        assert new_mlp_encoder(as_adapter(other, layout)).config.strip_eos_id is None

@@ -96,7 +96,7 @@ def test_prompt_formats(data):
     assert torch.equal(a[:, :-1], b) and (a[:, -1] == layout.eos_id).all() and torch.equal(am[:, :-1], bm)
     with pytest.raises(ValueError, match="prompt must be one of"):
         build_gpt2_teacher(layout, "tiny", prompt="sep")
-    with pytest.raises(ValueError, match="end with the layout's EOS"):
+    with pytest.raises(ValueError, match="must end with the EOS token"):
         causal_prompt(items_model(layout), layout, ids[:, :-1], mask[:, :-1])
     windows = build_windows(split, catalog, layout)
     t, m = windows.batch(torch.arange(2))
