@@ -456,14 +456,11 @@ def new_student(adapter, config: Optional[AccelerateConfig] = None, seed: Option
     cfg = config or AccelerateConfig()
     layout = adapter.layout
     code_embs = [adapter.code_embeddings(j).detach().float().cpu() for j in range(layout.num_levels - 1)]
-    sizes = asdict(cfg.student)
-    if sizes["readout"] == "auto":
-        sizes["readout"] = "pool" if cfg.replace_encoder else "pool+last"
     scfg = SIDMLPConfig(
         encoder_dim=adapter.hidden_size,
         codebook_sizes=tuple(layout.codebook_sizes),
         embed_dims=tuple(int(e.shape[1]) for e in code_embs),
-        **sizes,
+        **asdict(cfg.student),
     )
     with forked_rng(cfg.distill.seed if seed is None else seed):
         return SIDMLP(scfg, code_embs)

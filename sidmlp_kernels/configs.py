@@ -151,13 +151,13 @@ class StudentSizes:
     ffn_dim: int = 1024
     head_hidden: int = 512  # H
     dropout: float = 0.2
-    # "pool+last": ctx also holds the last real encoder state; "pool": the paper's readout alone; "auto":
-    # pool+last for SID-MLP, pool for SID-MLP++ (docs/architecture.md, "The student's user context").
-    readout: str = "auto"
+    # "pool+last": ctx also holds the last real encoder state; "pool": the paper's readout alone
+    # (docs/architecture.md, "The student's user context").
+    readout: str = "pool+last"
 
     def __post_init__(self) -> None:
-        if self.readout not in ("auto",) + READOUTS:
-            raise InvalidInput(f"readout must be one of {('auto',) + READOUTS}, got {self.readout!r}")
+        if self.readout not in READOUTS:
+            raise InvalidInput(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
 
 @dataclass

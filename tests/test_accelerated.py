@@ -253,16 +253,20 @@ def test_accelerate_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_readout_auto_and_sidmlp_pp_heads_from_a_pool_last_student(trained):
+def test_readout_default_and_sidmlp_pp_heads_from_another_readout(trained):
     ad, cat, ex, rec, pp = trained
-    # auto: SID-MLP reads the last encoder state too, SID-MLP++ (an MLP encoder's states) the pool only.
-    assert rec.student.config.readout == "pool+last" and pp.student.config.readout == "pool"
+    # Both students read the last encoder state too by default.
+    assert rec.student.config.readout == "pool+last" and pp.student.config.readout == "pool+last"
+    pool = accelerate(ad, cat, ex, epochs=1, readout="pool", **TINY)
+    assert pool.student.config.readout == "pool"
+    # SID-MLP++ heads may start from a student with the other readout: its weights are converted.
     pp2 = accelerate(ad, cat, ex, replace_encoder=True, epochs=1, encoder_epochs=1, encoder_ffn_dim=16,
-                     init_student=rec.student, **TINY)
-    assert pp2.student.config.readout == "pool"
-    assert accelerate(ad, cat, ex, epochs=1, readout="pool", **TINY).student.config.readout == "pool"
+                     init_student=pool.student, **TINY)
+    assert pp2.student.config.readout == "pool+last"
     with pytest.raises(ValueError, match="readout must be"):
         accelerate(ad, cat, ex, epochs=1, readout="last", **TINY)
+    with pytest.raises(ValueError, match="readout must be"):
+        accelerate(ad, cat, ex, epochs=1, readout="auto", **TINY)
 
 
 def test_accelerate_config_and_overrides():

@@ -46,11 +46,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--num-heads", type=int, default=sizes.num_heads)
     p.add_argument("--attn-dim", type=int, default=sizes.attn_dim, help="cross-attention width (0 = context width)")
     p.add_argument("--ffn-dim", type=int, default=sizes.ffn_dim)
-    p.add_argument("--readout", choices=("auto",) + READOUTS, default=sizes.readout,
+    p.add_argument("--readout", choices=READOUTS, default=sizes.readout,
                    help="the heads' user context: pool = the paper's cross-attention readout; pool+last = also "
-                        "the last real encoder state (for a decoder-only teacher, the state its LM head reads); "
-                        "auto = pool+last for SID-MLP, pool for SID-MLP++ (the MLP encoder's last state is a poor "
-                        "copy of the teacher's)")
+                        "the last real encoder state (for a decoder-only teacher, the state its LM head reads)")
     p.add_argument("--encoder-epochs", type=int, default=enc_train.epochs, help="SID-MLP++ stage-1 epochs")
     p.add_argument("--encoder-layers", type=int, default=enc.layers)
     p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
