@@ -139,6 +139,8 @@ class TrainConfig(TrainerConfig):
 
 
 READOUTS = ("pool", "pool+last")  # the SID-MLP user contexts (distill/student.py)
+# The MLP encoder's sequence summaries (distill/mlp_encoder.py): the paper's whole-sequence mean; means over tokens <= t.
+MIXERS = ("mean", "causal")
 
 
 @dataclass
@@ -172,8 +174,8 @@ class MLPEncoderSizes:
     mixer: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.mixer not in ("auto", "mean", "causal"):
-            raise InvalidInput(f"mixer must be one of ('auto', 'mean', 'causal'), got {self.mixer!r}")
+        if self.mixer not in ("auto",) + MIXERS:
+            raise InvalidInput(f"mixer must be one of {('auto',) + MIXERS}, got {self.mixer!r}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..configs import READOUTS, AccelerateConfig, DistillConfig, EncoderTrainConfig, MLPEncoderSizes, StudentSizes
+from ..configs import MIXERS, READOUTS, AccelerateConfig, DistillConfig, EncoderTrainConfig, MLPEncoderSizes, StudentSizes
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--encoder-layers", type=int, default=enc.layers)
     p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
     p.add_argument("--encoder-lr", type=float, default=enc_train.lr)
-    p.add_argument("--encoder-mixer", choices=("auto", "mean", "causal"), default=enc.mixer,
+    p.add_argument("--encoder-mixer", choices=("auto",) + MIXERS, default=enc.mixer,
                    help="how each MLP-encoder token sees its sequence: mean = the paper's whole-sequence mean; "
                         "causal = means over earlier tokens, uniform and recency-weighted (half-lives of 1 and 4 "
                         "items), as a decoder-only teacher's states see them; auto = causal for a decoder-only "

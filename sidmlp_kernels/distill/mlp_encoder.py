@@ -21,14 +21,12 @@ import torch
 import torch.nn as nn
 
 from ..decode.types import Encoded
-from ..configs import EncoderTrainConfig
+from ..configs import MIXERS, EncoderTrainConfig
 from ..training import TrainResult, run_training, split_config
 from .features import FeatureStore
 from ..data.layout import TokenLayout, drop_final_eos
 from ..errors import InvalidInput
 
-# "mean": the paper's whole-sequence mean; "causal": means over tokens <= t (for decoder-only teachers).
-MIXERS = ("mean", "causal")
 CAUSAL_HALF_LIVES_ITEMS = (1, 4)  # recency-weighted means of the causal mixer, in items (L tokens each)
 
 __all__ = ["MIXERS", "MLPEncoderConfig", "MLPEncoder", "EncoderTrainConfig", "train_mlp_encoder", "masked_mse"]
