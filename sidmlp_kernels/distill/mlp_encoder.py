@@ -117,24 +117,32 @@ class MLPEncoder(nn.Module):
         # Positions count real tokens, so left and right padding encode alike.
         pos = (mask.long().cumsum(dim=1) - 1).clamp(0, self.config.max_len - 1)
         x = self.token_emb(input_ids) + self.pos_emb(pos)
-        role = self.token_role[input_ids]
+        b, t, d = x.shape
+        # The real tokens as flat rows grouped by role, found once: each role's MLP reads one contiguous
+        # slice (no compute on other roles' tokens or on pads); x is scattered back to (B, T) only to mix.
+        role = torch.where(mask, self.token_role[input_ids], -1).flatten()
+        groups = [(role == r).nonzero().squeeze(1) for r in range(self.config.num_levels + 1)]
+        rows, sizes = torch.cat(groups), [len(g) for g in groups]
+        xs = x.flatten(0, 1).index_select(0, rows)
         valid = mask.to(x.dtype).unsqueeze(-1)
-        denom = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
-        selectors = [(role == r) & mask for r in range(self.config.num_levels + 1)]
-        kernels = self._causal_kernels(x.shape[1], x.device) if self.config.mixer == "causal" else None
-        # Weighted means over real tokens; a row with none (a pad before a left-padded prompt) gets 0.
-        norms = None if kernels is None else [(k @ valid).clamp_min(1e-12) for k in kernels]
+        if self.config.mixer == "causal":
+            # All summaries in one GEMM of the stacked (S*T, T) kernels; weighted means over real tokens
+            # (a row with none, a pad before a left-padded prompt, gets 0).
+            kernels = torch.cat(self._causal_kernels(t, x.device))
+            norms = (kernels @ valid).clamp_min(1e-12)
+        else:
+            users = torch.div(rows, t, rounding_mode="floor")
+            denom = valid.sum(dim=1).clamp_min(1.0)
         for ffns in self.layers:
-            if kernels is None:
-                ctx = ((x * valid).sum(dim=1, keepdim=True) / denom).expand_as(x)
+            dense = xs.new_zeros(b * t, d).index_copy(0, rows, xs).view(b, t, d)  # pads are 0
+            if self.config.mixer == "causal":
+                mixed = ((kernels @ dense) / norms).unflatten(1, (-1, t)).permute(0, 2, 1, 3).reshape(b * t, -1)
+                ctx = mixed.index_select(0, rows)
             else:
-                ctx = torch.cat([(k @ (x * valid)) / n for k, n in zip(kernels, norms)], dim=-1)
-            inp = torch.cat([x, ctx], dim=-1)
-            update = torch.zeros_like(x)
-            for sel, ffn in zip(selectors, ffns):
-                # Each MLP sees only its own tokens: no compute spent on the other roles.
-                update = update.index_put((sel,), ffn(inp[sel]))
-            x = x + update
+                ctx = (dense.sum(dim=1) / denom).index_select(0, users)
+            inp = torch.cat([xs, ctx], dim=-1)
+            xs = xs + torch.cat([ffn(part) for part, ffn in zip(inp.split(sizes), ffns)])
+        x = x.flatten(0, 1).index_copy(0, rows, xs).view(b, t, d)
         return self.norm(x)
 
     def _causal_kernels(self, length: int, device) -> list[torch.Tensor]:

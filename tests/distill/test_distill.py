@@ -167,6 +167,49 @@ def test_mlp_encoder_stage1_fits_teacher_states(mixer):
     torch.testing.assert_close(right, left, rtol=1e-5, atol=1e-5)
 
 
+def reference_mlp_encoder_states(enc, ids, mask):
+    """MLPEncoder.states by its definition, one real token at a time: x + ffn_role([x, summaries])."""
+    from sidmlp_kernels.distill.mlp_encoder import CAUSAL_HALF_LIVES_ITEMS
+
+    levels = enc.config.num_levels
+    x = [enc.token_emb(ids[b, mask[b]]) + enc.pos_emb(torch.arange(int(mask[b].sum()))) for b in range(len(ids))]
+    for ffns in enc.layers:
+        new = []
+        for xb, roles in zip(x, (enc.token_role[ids[b, mask[b]]] for b in range(len(ids)))):
+            rows = []
+            for i in range(len(xb)):
+                if enc.config.mixer == "mean":
+                    summary = xb.mean(dim=0)
+                else:
+                    gap = (i - torch.arange(i + 1)).float()
+                    weights = [torch.ones(i + 1)] + [2.0 ** (-gap / (h * levels)) for h in CAUSAL_HALF_LIVES_ITEMS]
+                    summary = torch.cat([(w[:, None] * xb[: i + 1]).sum(0) / w.sum() for w in weights])
+                rows.append(xb[i] + ffns[int(roles[i])](torch.cat([xb[i], summary])[None])[0])
+            new.append(torch.stack(rows))
+        x = new
+    return [enc.norm(xb) for xb in x]
+
+
+@pytest.mark.parametrize("mixer", ["mean", "causal"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_mlp_encoder_states_equal_the_per_token_reference(mixer, side):
+    from sidmlp_kernels.data.layout import to_left_padding
+
+    cat, ad, ex = setup_data(n=8)
+    torch.manual_seed(0)
+    enc = MLPEncoder.for_layout(ad.layout, 8, ad, ffn_dim=16, num_layers=2, mixer=mixer).eval()
+    ids, mask = ex.input_ids[:6], ex.attention_mask[:6].bool()
+    if side == "left":
+        ids, mask = to_left_padding(ids, mask)
+        mask = mask.bool()
+    assert not mask.all(), "the batch must hold padding"
+    with torch.no_grad():
+        got = enc.states(ids, mask)
+        want = reference_mlp_encoder_states(enc, ids, mask)
+    for b in range(len(ids)):
+        torch.testing.assert_close(got[b, mask[b]], want[b], rtol=1e-5, atol=1e-5)
+
+
 def test_causal_mixer_states_ignore_later_tokens_and_weigh_recent_ones():
     cat, ad, ex = setup_data(n=8)
     torch.manual_seed(0)
