@@ -193,12 +193,22 @@ class SIDMLP(nn.Module):
         return ctx
 
     def head_logits(self, level: int, ctx: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
-        """Unfolded head `level`: ctx (B, context_width), prefixes (B, W, level) codes -> logits (B, W, K_level)."""
-        b, w = prefixes.shape[:2]
-        parts = [ctx.unsqueeze(1).expand(b, w, ctx.shape[-1])]
+        """Head `level`: ctx (B, context_width), prefixes (B, W, level) codes -> logits (B, W, K_level).
+
+        The first Linear over [ctx, e(d_1), ..., e(d_l)] is computed as the decode's folded heads compute it
+        (the same function, summed in another order): ctx's part once per user, each digit's part once per
+        code (a (K_j, H) table), then per prefix only gathers and adds. Training on W beam prefixes per
+        user then costs W table lookups, not W products with the whole input.
+        """
+        first = self.heads[level][0]
+        width = ctx.shape[-1]
+        pre = F.linear(ctx, first.weight[:, :width], first.bias).unsqueeze(1)  # (B, 1, H)
         for j in range(level):
-            parts.append(self.code_embedding(j)[prefixes[:, :, j]])
-        return self.heads[level](torch.cat(parts, dim=-1))
+            dim = self.config.embed_dims[j]
+            table = self.code_embedding(j) @ first.weight[:, width:width + dim].T  # (K_j, H)
+            pre = pre + table[prefixes[:, :, j]]
+            width += dim
+        return self.heads[level][1:](pre.expand(prefixes.shape[0], prefixes.shape[1], -1))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor,
                 beam_prefixes: Optional[Sequence[torch.Tensor]] = None):

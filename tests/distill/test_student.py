@@ -127,3 +127,18 @@ def test_with_readout_converts_between_readouts():
     same = grown.with_readout("pool+last").eval()
     for a, b in zip(grown(states, mask, codes), same(states, mask, codes)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("readout", ["pool", "pool+last"])
+def test_head_logits_equal_the_heads_applied_to_the_concatenated_input(readout):
+    # The plain definition: head l reads [ctx, e(d_1), ..., e(d_l)] (head_logits factors its first Linear).
+    torch.manual_seed(0)
+    cfg = SIDMLPConfig(encoder_dim=16, codebook_sizes=(5, 6, 7), embed_dims=(8, 4), head_hidden=24, readout=readout)
+    model = SIDMLP(cfg, [torch.randn(5, 8), torch.randn(6, 4)]).eval()
+    ctx = torch.randn(3, cfg.context_width)
+    for level in range(3):
+        prefixes = torch.stack([torch.randint(0, k, (3, 4)) for k in cfg.codebook_sizes[:level]], dim=-1) \
+            if level else torch.zeros(3, 4, 0, dtype=torch.long)
+        parts = [ctx[:, None].expand(3, 4, -1)] + [model.code_embedding(j)[prefixes[..., j]] for j in range(level)]
+        want = model.heads[level](torch.cat(parts, dim=-1))
+        torch.testing.assert_close(model.head_logits(level, ctx, prefixes), want, rtol=1e-5, atol=1e-5)
