@@ -1,6 +1,6 @@
 """AcceleratedRecommender.generate in HF generate's convention, per teacher kind.
 
-For each teacher (T5 in the tiger layout, a decoder-only GPT-2, an imported sidmlp-official T5)
+For each teacher (T5 in the tiger layout, a decoder-only GPT-2, imported sidmlp-official and tiger-xlt T5s)
 the sequences must decode back (layout.tokens_to_codes -> catalog) to the ranked items in score
 order, and have the shape and fixed positions (decoder start / prompt, EOS) of the sequences HF's
 own generate returns for that teacher on the same inputs (TIGER-style: digit tokens, then EOS).
@@ -12,13 +12,15 @@ import torch
 import sidmlp_kernels as sk
 from sidmlp_kernels.data.examples import Examples, build_examples
 from sidmlp_kernels.teacher.attention_decode import digit_allowed_tokens_fn, run_hf_generate
+from tests.helpers import assert_sequences_decode_to_ranked_items
 from tests.teacher.test_attention_decode import data, inputs, make_model  # noqa: F401
 from tests.teacher.test_exact_generate import prompt_length
-from tests.teacher.test_import import TINY, imported_case, official, random_histories  # noqa: F401
+from tests.teacher.test_import import TINY, imported_case, official, random_histories, xlt  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEACHERS = ["t5", "gpt2", "sidmlp-official"]
+IMPORTED = ["sidmlp-official", "tiger-xlt"]
+TEACHERS = ["t5", "gpt2", *IMPORTED]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,11 @@ def accelerated(request):
 
 
 def _build(request, teacher):
-    if teacher == "sidmlp-official":
+    if teacher in IMPORTED:
         _, model, layout, catalog, ids, mask = imported_case(request, teacher, n=4, seed=3)
         hist = [[int(catalog.item_ids[i - 1]) for i in h] for h in random_histories(catalog.num_items, 64, seed=0)]
-        tids, tmask = layout.encode_histories(hist, catalog, users=list(range(len(hist))))
+        users = list(range(len(hist))) if layout.num_user_tokens else None
+        tids, tmask = layout.encode_histories(hist, catalog, users=users)
         rows = torch.randint(0, catalog.num_items, (len(hist),), generator=torch.Generator().manual_seed(0))
         train = Examples(tids, tmask, catalog.codes[rows], catalog.item_ids[rows])
     else:
@@ -60,10 +63,8 @@ def test_sequences_decode_to_the_ranked_items_in_hf_layout(accelerated, teacher)
     legacy = rec.generate(ids, mask, beams, n)
     assert seqs.dtype == torch.long and torch.equal(out.sequences, seqs)
     assert torch.equal(out.items, legacy.items) and torch.equal(out.scores, legacy.scores)
-    assert bool((out.scores[:, :-1] >= out.scores[:, 1:]).all())
     start = prompt_length(model, layout, ids, mask)
-    codes = layout.tokens_to_codes(seqs[:, start:start + layout.num_levels])
-    assert torch.equal(catalog.lookup(codes).reshape(ids.shape[0], n), out.items)
+    assert_sequences_decode_to_ranked_items(out, layout, catalog, start)
     # HF's own generate on the same teacher and inputs, TIGER-style (digit tokens, then EOS).
     hf, hf_start = run_hf_generate(model, layout, ids, mask, beams, n,
                                    prefix_allowed_tokens_fn=digit_allowed_tokens_fn(layout, start))

@@ -13,8 +13,9 @@ import sidmlp_kernels as sk
 from sidmlp_kernels.decode.reference import beam_search_reference
 from sidmlp_kernels.teacher.adapters import causal_prompt
 from sidmlp_kernels.teacher.attention_decode import run_hf_generate
+from tests.helpers import assert_sequences_decode_to_ranked_items
 from tests.teacher.test_attention_decode import data, inputs, make_model, stateless_prefix_logits  # noqa: F401
-from tests.teacher.test_import import imported_case, official  # noqa: F401
+from tests.teacher.test_import import imported_case, official, xlt  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +56,7 @@ def assert_matches_hf(ours, hf, catalog, layout):
 
 def case(request, teacher):
     """(model given to constrained_generate, the original HF model, layout, catalog, ids, mask)."""
-    if teacher == "sidmlp-official":
+    if teacher in ("sidmlp-official", "tiger-xlt"):  # imported from the code base's checkpoint; original = its T5
         original, model, layout, catalog, ids, mask = imported_case(request, teacher, n=4, seed=2)
         return model, original, layout, catalog, ids, mask
     catalog, _, layout = request.getfixturevalue("data")
@@ -65,7 +66,7 @@ def case(request, teacher):
 
 
 # The official test catalog has 3 first digits: 3 beams keep every HF beam a real one.
-CASES = [("t5", 6, 4), ("gpt2", 6, 4), ("gpt2-items", 5, 5), ("sidmlp-official", 3, 3)]
+CASES = [("t5", 6, 4), ("gpt2", 6, 4), ("gpt2-items", 5, 5), ("sidmlp-official", 3, 3), ("tiger-xlt", 6, 4)]
 
 
 @pytest.mark.parametrize("teacher, beams, n", CASES)
@@ -78,13 +79,10 @@ def test_unnormalized_equals_hf_generate_with_a_catalog_trie(request, teacher, b
     hf = hf_with_trie(original, layout, catalog, ids, mask, beams, n, length_penalty=length_penalty)
     assert_matches_hf(ours, hf, catalog, layout)
     # The sequences decode back to the ranked items, in order.
-    start = prompt_length(model, layout, ids, mask)
-    codes = layout.tokens_to_codes(ours.sequences[:, start:start + layout.num_levels])
-    assert torch.equal(catalog.lookup(codes).reshape(ids.shape[0], n), ours.items)
-    assert bool((ours.scores[:, :-1] >= ours.scores[:, 1:]).all())
+    assert_sequences_decode_to_ranked_items(ours, layout, catalog, prompt_length(model, layout, ids, mask))
 
 
-@pytest.mark.parametrize("teacher, beams, n", [("t5", 6, 4), ("sidmlp-official", 3, 3)])
+@pytest.mark.parametrize("teacher, beams, n", [("t5", 6, 4), ("sidmlp-official", 3, 3), ("tiger-xlt", 6, 4)])
 def test_renormalized_equals_the_reference_and_hf_renormalize_logits(request, teacher, beams, n):
     model, original, layout, catalog, ids, mask = case(request, teacher)
     ours = sk.constrained_generate(model, catalog, ids, mask, beams, n, renormalize=True,

@@ -4,8 +4,8 @@ The model is cornac's: fit by cornac for a few steps on a tiny dataset and saved
 Recommender.save (cornac_tiger.py, the session fixture `cornac_saved`). Every expected value comes
 from cornac's own code: its forward (the training loss), its score / rank APIs in both scoring modes
 ('exact': every item's log-likelihood; 'beam': its constrained beam search), its item-id map.
-The per-digit log-probs and the accelerate() path are also checked for cornac, with GRID and
-RQ-VAE-Recommender, in test_import_digit_heads.py.
+The per-digit log-probs and the accelerate() path (its HF-style generate() included) are also checked
+for cornac, with GRID and RQ-VAE-Recommender, in test_import_digit_heads.py.
 """
 
 import json
@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import sidmlp_kernels as sk
-from sidmlp_kernels.data.examples import Examples
 from sidmlp_kernels.io import ArtifactError
 from sidmlp_kernels.teacher.adapters import adapter_for
+from tests.helpers import assert_sequences_decode_to_ranked_items
 from tests.teacher import cornac_tiger
 
 pytest.importorskip("cornac")
@@ -116,27 +116,7 @@ def test_beam_recommendations_equal_cornacs(imported, n_beams):
         assert out.items[u].tolist() == ranked[:n_beams].tolist()
         torch.testing.assert_close(out.scores[u], torch.as_tensor(scores[ranked[:n_beams]], dtype=torch.float32),
                                    atol=1e-5, rtol=0)
-    digits = out.sequences[:, 1 : 1 + layout.num_levels]
-    assert torch.equal(catalog.lookup(layout.tokens_to_codes(digits)), out.items.reshape(-1))
-    assert torch.all(out.sequences_scores.view(4, n_beams).diff(dim=1) <= 0)
-
-
-def test_accelerated_hf_style_generate_returns_catalog_items(imported):
-    rec, model, layout, catalog = imported
-    hist = histories(rec, 48, seed=4)
-    ids, mask = our_inputs(layout, catalog, hist)
-    rows = torch.randint(0, catalog.num_items, (48,), generator=torch.Generator().manual_seed(0))
-    train = Examples(ids, mask, catalog.codes[rows], catalog.item_ids[rows])
-    fast = sk.accelerate(model, catalog, train, layout=layout, epochs=1, head_hidden=16, ffn_dim=16, num_heads=2,
-                         batch_size=16)
-    out = fast.generate(ids[:5], mask[:5], num_beams=8, num_return_sequences=5, return_dict_in_generate=True,
-                        output_scores=True)
-    assert set(out.items.flatten().tolist()) <= set(catalog.item_ids.tolist())
-    for row in out.items.tolist():
-        assert len(set(row)) == len(row)
-    digits = out.sequences[:, 1 : 1 + layout.num_levels]
-    assert torch.equal(catalog.lookup(layout.tokens_to_codes(digits)), out.items.reshape(-1))
-    assert torch.all(out.sequences_scores.view(5, 5).diff(dim=1) <= 0)
+    assert_sequences_decode_to_ranked_items(out, layout, catalog, start=1)  # [decoder start, digits..., EOS]
 
 
 def test_cli_imports_without_cornac_installed(cornac_saved, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from sidmlp_kernels.decode.reference import beam_search_reference
 from sidmlp_kernels.io import ArtifactError
 from sidmlp_kernels.teacher.adapters import adapter_for
 from sidmlp_kernels.teacher.attention_decode import attention_beam_search
+from tests.helpers import assert_sequences_decode_to_ranked_items
 from tests.teacher import digit_head_originals as orig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +156,8 @@ def test_constrained_decode_equals_the_reference_search_on_its_logits(imported, 
 
 
 def test_accelerate_generates_catalog_items(imported):
+    """accelerate() distils the imported teacher: its generate() names distinct catalog items, and its HF-style
+    generate() returns sequences ([decoder start, digits..., EOS]) that decode to those items in score order."""
     model, layout, catalog = imported
     hist = histories(catalog.num_items, 64, seed=0)
     users = list(range(64)) if layout.num_user_tokens else None
@@ -167,6 +170,13 @@ def test_accelerate_generates_catalog_items(imported):
     assert set(out.items.flatten().tolist()) <= set(catalog.item_ids.tolist())
     for row in out.items.tolist():
         assert len(set(row)) == len(row)
+    hf = rec.generate(ids[:5], mask[:5], num_beams=8, num_return_sequences=5, return_dict_in_generate=True,
+                      output_scores=True)
+    assert torch.equal(hf.items, out.items) and torch.equal(hf.scores, out.scores)
+    assert_sequences_decode_to_ranked_items(hf, layout, catalog, start=1)
+    assert bool((hf.sequences[:, 0] == layout.decoder_start_id).all())
+    assert bool((hf.sequences[:, 1 + layout.num_levels] == layout.eos_id).all())
+    assert hf.sequences.shape == (5 * 5, layout.num_levels + 2)
 
 
 # ---- errors ------------------------------------------------------------------------------------------------
@@ -262,7 +272,8 @@ def test_rqvae_items_sharing_a_sid_import_as_one_to_many(tmp_path):
     ids, mask = layout.encode_histories([[1, 2], [5]], catalog, users=[0, 1] if layout.num_user_tokens else None)
     with torch.no_grad():
         res = sk.constrained_generate(teacher, catalog, ids, mask, num_beams=20, num_return_sequences=20,
-                                      layout=layout, return_dict_in_generate=True)
+                                      layout=layout, return_dict_in_generate=True, output_scores=True)
+    assert_sequences_decode_to_ranked_items(res, layout, catalog, start=1)  # one sequence per SID
     for row in res.items.tolist():
         real = [i for i in row if i >= 0]
         assert sorted(real) == list(range(23))  # every SID ranked: every item listed once
