@@ -1,18 +1,29 @@
-"""LLM SID teachers (MiniOneRec-style Qwen2): HF generate + trie vs sk.constrained_generate (vs accelerate()), side by side.
+"""LLM SID teachers (MiniOneRec-style Qwen2): HF generate vs sk.constrained_generate (vs accelerate()), side by side.
 
     python bench/llm_generate.py                   # small Qwen2 shape, batch 8, beam 20, 256-token prompts (~1-2 min)
-    python bench/llm_generate.py --quick           # smoke run (seconds)
+    python bench/llm_generate.py --quick           # smoke run (seconds; also times hf_trie)
     python bench/llm_generate.py --shape qwen2.5-0.5b --beam 50   # the real 0.5B shape (random weights; slow on CPU)
 
 Random weights (speed and memory do not depend on their values). The SID tokens sit at the end of
 the vocabulary in sorted-string order (as MiniOneRec adds them), codes 256 per digit, 3 digits,
 then the answer suffix token and EOS. Providers (each returns the top --top-n of --beam beams per user):
-  hf_trie               model.generate(num_beams, prefix_allowed_tokens_fn=catalog trie): the exact HF oracle
-                        (MiniOneRec's own per-beam LogitsProcessor computes the same mask, slower)
+  hf_minionerec         the baseline: model.generate(num_beams, logits_processor=[PerBeamSIDProcessor]), a
+                        MiniOneRec-style constraint written from its description (below), not copied
+  hf_trie               (with --hf-trie; on in --quick) model.generate(prefix_allowed_tokens_fn=catalog trie),
+                        HF's own prefix constraint: the oracle the tests use
   constrained_generate  sk.constrained_generate: one prefill per user, the beams attend to the shared
                         prompt cache (teacher/llm_decode.py), constrained on the C++ index
   accelerated           (with --accelerated) AcceleratedRecommender.generate after accelerate() for one
                         epoch on random examples (heads for speed only, not quality)
+PerBeamSIDProcessor does what MiniOneRec's ConstrainedLogitsProcessor (LogitProcessor.py, run by its
+evaluate.py and GRPO rollouts) does each step: a Python loop over every batch row and every beam, a
+dict lookup of that beam's generated answer prefix (a tuple of token ids) for its allowed next
+tokens, every other token's score set to -inf. Two differences, both fixes of its bugs: the key is
+the whole generated prefix (MiniOneRec keys on a step counter's tail, issue #50) and an unknown
+prefix allows only EOS (MiniOneRec leaves the beam unconstrained); it masks with -inf where
+MiniOneRec adds -1e6 (the same beams whenever every step has >= 2 x beam allowed continuations).
+The bench checks that hf_minionerec (and hf_trie) return the same sequences as constrained_generate,
+scores within 1e-4 (renormalize=False, length_penalty 0).
 Providers alternate inside every round; medians over --repeats after --warmup. Peak memory: the
 growth of the process's peak RSS over one call (bench/common.PeakRSS, glibc fresh pages), and the
 prompt KV cache each provider holds, computed from the shapes. Writes bench/results/<--name>.json.
@@ -32,6 +43,7 @@ import sidmlp_kernels as sk
 from sidmlp_kernels.data.examples import Examples
 from sidmlp_kernels.data.layout import TokenLayout
 from sidmlp_kernels.teacher.attention_decode import run_hf_generate
+from transformers import LogitsProcessor, LogitsProcessorList
 
 SHAPES = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -73,16 +85,35 @@ def prompts(batch: int, length: int, text_vocab: int, seed: int = 1) -> tuple[to
     return torch.where(mask.bool(), ids, torch.zeros_like(ids)), mask
 
 
-def trie_fn(layout: TokenLayout, catalog, prompt_len: int, suffix: list[int]):
-    """HF prefix_allowed_tokens_fn: the catalog's next SID token after each answer prefix, then suffix, EOS."""
-    rows = layout.codes_to_tokens(catalog.codes).tolist()
+def answer_children(layout: TokenLayout, catalog, suffix: list[int]) -> dict[tuple, list[int]]:
+    """{answer prefix (token ids): allowed next tokens}: the catalog's SID tokens, then the suffix, then EOS."""
     children: dict[tuple, set] = {}
-    for row in rows:
+    for row in layout.codes_to_tokens(catalog.codes).tolist():
         answer = row + suffix + [layout.eos_id]
         for j in range(len(answer)):
             children.setdefault(tuple(answer[:j]), set()).add(answer[j])
-    allowed = {key: sorted(v) for key, v in children.items()}
-    return lambda batch_id, ids: allowed.get(tuple(ids[prompt_len:].tolist()), [layout.eos_id])
+    return {key: sorted(v) for key, v in children.items()}
+
+
+def trie_fn(allowed: dict, prompt_len: int, eos: int):
+    """HF prefix_allowed_tokens_fn over the answer-prefix table (an unknown prefix: EOS only)."""
+    return lambda batch_id, ids: allowed.get(tuple(ids[prompt_len:].tolist()), [eos])
+
+
+class PerBeamSIDProcessor(LogitsProcessor):
+    """MiniOneRec-style constraint (module docstring): per step, a Python loop over batch rows and beams, each
+    beam's generated prefix looked up in `allowed`, every other token set to -inf."""
+
+    def __init__(self, allowed: dict, num_beams: int, prompt_len: int, eos: int):
+        self.allowed, self.num_beams, self.prompt_len, self.eos = allowed, num_beams, prompt_len, eos
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = torch.full_like(scores, float("-inf"))
+        for batch_id, beams in enumerate(input_ids.view(-1, self.num_beams, input_ids.shape[-1])):
+            for beam_id, sent in enumerate(beams):
+                tokens = self.allowed.get(tuple(sent[self.prompt_len:].tolist()), [self.eos])
+                mask[batch_id * self.num_beams + beam_id, tokens] = 0.0
+        return scores + mask
 
 
 def prompt_kv_mib(model, batch: int, copies: int, length: int) -> float:
@@ -104,23 +135,31 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--accelerated", action="store_true", help="also time accelerate()'s generate")
-    p.add_argument("--quick", action="store_true", help="tiny shape, 2 users, beam 5, 32-token prompts")
+    p.add_argument("--hf-trie", action="store_true", help="also time HF generate with prefix_allowed_tokens_fn")
+    p.add_argument("--quick", action="store_true", help="tiny shape, 2 users, beam 5, 32-token prompts, --hf-trie")
     p.add_argument("--name", default="llm_generate")
     p.add_argument("--out", default=str(common.RESULTS))
     args = p.parse_args(argv)
     if args.quick:
         args.shape, args.batch, args.beam, args.top_n, args.prompt, args.items, args.repeats = \
             "tiny", 2, 5, 3, 32, 300, 1
+        args.hf_trie = True
     threads = common.set_threads(args.threads)
     model, layout, catalog = build(args.shape, args.items)
     ids, mask = prompts(args.batch, args.prompt, SHAPES[args.shape]["text_vocab"])
-    trie = trie_fn(layout, catalog, ids.shape[1], list(model.config.sid_answer_suffix))
+    allowed = answer_children(layout, catalog, list(model.config.sid_answer_suffix))
     beam, n = args.beam, args.top_n
 
-    def hf(phases):
+    def hf_minionerec(phases):
+        proc = PerBeamSIDProcessor(allowed, beam, ids.shape[1], layout.eos_id)
         with torch.inference_mode():
             return run_hf_generate(model, layout, ids, mask, beam, n, length_penalty=0.0,
-                                   prefix_allowed_tokens_fn=trie)[0]
+                                   logits_processor=LogitsProcessorList([proc]))[0]
+
+    def hf_trie(phases):
+        with torch.inference_mode():
+            return run_hf_generate(model, layout, ids, mask, beam, n, length_penalty=0.0,
+                                   prefix_allowed_tokens_fn=trie_fn(allowed, ids.shape[1], layout.eos_id))[0]
 
     def ours(phases):
         with torch.inference_mode():
@@ -128,7 +167,9 @@ def main(argv=None) -> int:
                                            length_penalty=0.0, return_dict_in_generate=True, output_scores=True,
                                            layout=layout)
 
-    providers = {"hf_trie": hf, "constrained_generate": ours}
+    providers = {"hf_minionerec": hf_minionerec, "constrained_generate": ours}
+    if args.hf_trie:
+        providers["hf_trie"] = hf_trie
     if args.accelerated:
         g = torch.Generator().manual_seed(2)
         pick = torch.randint(0, catalog.num_items, (64,), generator=g)
@@ -144,19 +185,22 @@ def main(argv=None) -> int:
         common.trim_heap()
         sample, _ = common.time_call(fn)
         memory[name] = sample.peak_rss_delta_mib
-    same = torch.equal(outputs["hf_trie"].sequences, outputs["constrained_generate"].sequences)
-    gap = float((outputs["hf_trie"].sequences_scores - outputs["constrained_generate"].sequences_scores).abs().max())
+    ref = outputs["constrained_generate"]
+    hf_names = [name for name in providers if name.startswith("hf_")]
+    same = {name: torch.equal(outputs[name].sequences, ref.sequences) for name in hf_names}
+    gap = {name: float((outputs[name].sequences_scores - ref.sequences_scores).abs().max()) for name in hf_names}
     stats = {name: common.stats_of(s) for name, s in samples.items()}
-    base = stats["hf_trie"]["median_ms"]
+    base = stats["hf_minionerec"]["median_ms"]
     record = {
         "machine": common.machine_info(), "threads": threads, "dtype": "float32", "shape": args.shape,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": args.batch, "beam": beam,
         "top_n": n, "prompt_tokens": int(ids.shape[1]), "catalog_items": catalog.num_items,
         "providers": stats, "peak_rss_growth_mib": memory,
-        "prompt_kv_cache_mib": {"hf_trie": prompt_kv_mib(model, args.batch, beam, ids.shape[1]),
+        "prompt_kv_cache_mib": {"hf_generate": prompt_kv_mib(model, args.batch, beam, ids.shape[1]),
                                 "constrained_generate": prompt_kv_mib(model, args.batch, 1, ids.shape[1])},
+        "baseline": "hf_minionerec",
         "speedup_vs_hf": {name: base / s["median_ms"] for name, s in stats.items()},
-        "same_sequences_as_hf": same, "max_score_gap": gap,
+        "same_sequences_as_constrained_generate": same, "max_score_gap_to_constrained_generate": gap,
     }
     path = Path(args.out) / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,11 +208,12 @@ def main(argv=None) -> int:
     print(f"Qwen2 {args.shape} ({record['params_m']}M params), batch {args.batch}, beam {beam}, prompt "
           f"{ids.shape[1]} tokens, {catalog.num_items} items, {threads} threads, fp32")
     for name, s in stats.items():
-        print(f"  {name:22s} {common.fmt_ms(s['median_ms'])} ms  x{record['speedup_vs_hf'][name]:.2f} vs HF   "
+        print(f"  {name:22s} {common.fmt_ms(s['median_ms'])} ms  x{record['speedup_vs_hf'][name]:.2f} vs HF+proc   "
               f"peak RSS +{memory[name] or 0:.0f} MiB")
-    print(f"  prompt KV cache: HF {record['prompt_kv_cache_mib']['hf_trie']:.1f} MiB (beam copies), ours "
-          f"{record['prompt_kv_cache_mib']['constrained_generate']:.1f} MiB; same sequences as HF: {same}, "
-          f"max score gap {gap:.2e}")
+    print(f"  prompt KV cache: HF {record['prompt_kv_cache_mib']['hf_generate']:.1f} MiB (beam copies), ours "
+          f"{record['prompt_kv_cache_mib']['constrained_generate']:.1f} MiB")
+    for name in hf_names:
+        print(f"  {name} vs constrained_generate: same sequences {same[name]}, max score gap {gap[name]:.2e}")
     print(f"  -> {path}")
     return 0
 

@@ -181,3 +181,19 @@ def test_cornac_tiger_quick_run(tmp_path):
         assert p["valid_returned_share"] == 1.0, name
     agree = rep["agreement"]
     assert agree["cornac_rank_equals_constrained_generate_users"] == agree["users"] == rep["config"]["batch"]
+
+
+def test_llm_generate_quick_run(tmp_path):
+    """bench/llm_generate.py --quick: HF generate with the MiniOneRec-style per-beam LogitsProcessor (the
+    baseline), HF with a trie and sk.constrained_generate timed; both HF runs return our sequences and scores."""
+    proc = subprocess.run([sys.executable, str(BENCH / "llm_generate.py"), "--quick", "--threads", "1", "--out",
+                           str(tmp_path), "--name", "smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    rep = _strict_json((tmp_path / "smoke.json").read_text())
+    assert set(rep["providers"]) == {"hf_minionerec", "hf_trie", "constrained_generate"}
+    assert rep["baseline"] == "hf_minionerec" and rep["speedup_vs_hf"]["hf_minionerec"] == 1.0
+    for name in ("hf_minionerec", "hf_trie"):
+        assert rep["same_sequences_as_constrained_generate"][name], name
+        assert rep["max_score_gap_to_constrained_generate"][name] <= 1e-4, name
+    for name, p in rep["providers"].items():
+        assert math.isfinite(p["median_ms"]) and p["median_ms"] > 0, name

@@ -7,11 +7,13 @@ import argparse
 import sys
 
 # The formats, as plain data (teacher/importers.py holds the readers; the parser imports no torch).
-IMPORT_FORMAT_NAMES = ("sidmlp-official", "tiger-xlt", "grid", "rqvae", "cornac", "minionerec", "lcrec")
+IMPORT_FORMAT_NAMES = ("sidmlp-official", "tiger-xlt", "grid", "rqvae", "cornac", "minionerec", "lcrec",
+                       "openonerec")
 # Per-digit-head formats: sizes come from the checkpoint, the SIDs from --sids (grid) or the checkpoint itself.
 DIGIT_HEAD_FORMAT_NAMES = ("grid", "rqvae", "cornac")
-# LLMs with SID tokens in their tokenizer: --model (a save_pretrained directory) and --index (its .index.json).
-LLM_FORMAT_NAMES = ("minionerec", "lcrec")
+# LLMs with SID tokens in their tokenizer: --model (a save_pretrained directory) and --index (its .index.json;
+# OpenOneRec: its sid2pid.json).
+LLM_FORMAT_NAMES = ("minionerec", "lcrec", "openonerec")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -35,7 +37,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _import_llm(args: argparse.Namespace, import_teacher) -> int:
-    """`sidmlp import --format minionerec|lcrec --model DIR --index FILE [--base-model DIR] --out DIR`."""
+    """`sidmlp import --format minionerec|lcrec|openonerec --model DIR --index FILE [--base-model DIR] --out DIR`."""
     missing = [flag for flag, value in (("--model", args.model), ("--index", args.index)) if value is None]
     if missing:
         print(f"sidmlp import: {' and '.join(missing)} required for --format {args.format}", file=sys.stderr)
@@ -50,7 +52,7 @@ def _import_llm(args: argparse.Namespace, import_teacher) -> int:
 def register(sub) -> None:
     """Add `sidmlp import` to the subcommands."""
     p = sub.add_parser("import", help="import a teacher saved by another code base (SID-MLP official, TIGER, GRID, "
-                                      "RQ-VAE-Recommender, cornac, MiniOneRec, LC-Rec)")
+                                      "RQ-VAE-Recommender, cornac, MiniOneRec, LC-Rec, OpenOneRec)")
     p.add_argument("--format", required=True, choices=IMPORT_FORMAT_NAMES,
                    help="sidmlp-official: ztguo715/SID-MLP (keys t5.*, JSON .sem_ids); "
                         "tiger-xlt: XiaoLongtaoo/TIGER (keys model.*, .npy codes); "
@@ -58,11 +60,14 @@ def register(sub) -> None:
                         "--config its .hydra/config.yaml); rqvae: RQ-VAE-Recommender checkpoint_{iter}.pt "
                         "(SIDs inside); cornac: cornac TIGER's saved .pkl (SIDs inside); "
                         "minionerec: AkaliKong/MiniOneRec (Qwen2, --model, --index); "
-                        "lcrec: zhengbw0324/LC-Rec (LLaMA, --model, --index, --base-model for a LoRA adapter)")
+                        "lcrec: zhengbw0324/LC-Rec (LLaMA, --model, --index, --base-model for a LoRA adapter); "
+                        "openonerec: Kuaishou-OneRec/OpenOneRec (Qwen3, --model, --index sid2pid.json)")
     p.add_argument("--checkpoint", default=None, help="the code base's saved state_dict (.pth); T5 / digit-head formats")
-    p.add_argument("--model", default=None, help="minionerec / lcrec: the save_pretrained directory (model + tokenizer), "
-                                                 "or the PEFT LoRA adapter directory with --base-model")
-    p.add_argument("--index", default=None, help="minionerec / lcrec: the SID index <name>.index.json")
+    p.add_argument("--model", default=None, help="minionerec / lcrec / openonerec: the save_pretrained directory "
+                                                 "(model + tokenizer), or the PEFT LoRA adapter directory with "
+                                                 "--base-model")
+    p.add_argument("--index", default=None, help="minionerec / lcrec: the SID index <name>.index.json; "
+                                                 "openonerec: its sid2pid.json")
     p.add_argument("--base-model", default=None, help="lcrec / minionerec LoRA: the base model the adapter was "
                                                       "trained on (needs peft)")
     p.add_argument("--sids", default=None, help="its SID file (.sem_ids JSON, the .npy of codes, GRID's "

@@ -288,7 +288,11 @@ def extract_features(
         raise InvalidInput(
             f"examples have {examples.target_codes.shape[1]}-digit targets, the teacher layout {layout.num_levels}"
         )
-    layout.check_inputs(examples.input_ids, examples.attention_mask)
+    # A text prompt (a 'tokenizer' layout) may use any token of the teacher's vocabulary (OpenOneRec's <|sid_begin|>
+    # sits after its SID tokens).
+    model = getattr(adapter, "model", None)
+    vocab = model.get_input_embeddings().weight.shape[0] if not layout.contiguous and model is not None else None
+    layout.check_inputs(examples.input_ids, examples.attention_mask, vocab_size=vocab)
     meta = {
         "format": _FORMAT,
         "format_version": FORMAT_VERSION,

@@ -39,7 +39,8 @@ __all__ = [
 # "items" [user, SIDs...], the next item's first digit follows the last history item: the
 #         full-sequence teacher (teacher/sequence.py), trained with a loss at every position.
 # "text"  a text prompt given as it is (an LLM with SID tokens in its tokenizer: teacher/llm.py);
-#         the answer is the L SID tokens, then model.config.sid_answer_suffix (token ids), then EOS.
+#         the answer is the L SID tokens, then model.config.sid_answer_suffix (token ids), then EOS
+#         (none where model.config.sid_answer_eos is False: OpenOneRec).
 PROMPT_FORMATS = ("eos", "items", "text")
 
 

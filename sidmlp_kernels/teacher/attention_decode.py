@@ -443,8 +443,9 @@ def attention_beam_search(
             return beam_search(UnconstrainedSteps(step_fn, catalog), batch, beam_size, top_n)
         final = None
         fmt = None if renormalize or own else SequenceFormat.of(model)  # per-digit heads score no EOS
-        if fmt is not None and fmt.ends_with_eos:
-            final = _final_logp(stepper, fmt.suffix + (layout.eos_id,))
+        fixed = () if fmt is None else fmt.suffix + ((layout.eos_id,) if fmt.ends_with_eos else ())
+        if fixed:
+            final = _final_logp(stepper, fixed)
         out = constrained_beam_search(step_fn, catalog, batch, beam_size, top_n, device=input_ids.device,
                                       renormalize=renormalize, final_logp=final)
     finally:

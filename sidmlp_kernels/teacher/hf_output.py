@@ -32,6 +32,7 @@ class SequenceFormat:
     encoder_decoder: bool = True
     prompt: str = "eos"  # decoder-only only: adapters.PROMPT_FORMATS
     suffix: tuple[int, ...] = ()  # "text" prompts: tokens between the L digits and EOS (MiniOneRec: "\n")
+    answer_eos: bool = True  # "text" prompts: EOS after the suffix (False: OpenOneRec's 3 SID tokens, nothing after)
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_FORMATS:
@@ -41,6 +42,10 @@ class SequenceFormat:
             raise InvalidInput(f"SequenceFormat.suffix must hold token ids (ints >= 0), got {self.suffix!r}")
         if suffix and self.prompt != "text":
             raise InvalidInput("an answer suffix goes with the 'text' prompt format only")
+        if not isinstance(self.answer_eos, bool):
+            raise InvalidInputType(f"SequenceFormat.answer_eos must be a bool, got {type(self.answer_eos).__name__}")
+        if not self.answer_eos and self.prompt != "text":
+            raise InvalidInput("answer_eos=False goes with the 'text' prompt format only")
         object.__setattr__(self, "suffix", suffix)
 
     @classmethod
@@ -60,7 +65,8 @@ class SequenceFormat:
             return cls(True)
         fmt = prompt_format(model)
         suffix = (getattr(model.config, "sid_answer_suffix", None) or ()) if fmt == "text" else ()
-        return cls(False, fmt, tuple(int(t) for t in suffix))
+        answer_eos = bool(getattr(model.config, "sid_answer_eos", True)) if fmt == "text" else True
+        return cls(False, fmt, tuple(int(t) for t in suffix), answer_eos)
 
     @classmethod
     def from_dict(cls, blob: Optional[dict]) -> "SequenceFormat":
@@ -75,7 +81,7 @@ class SequenceFormat:
     @property
     def ends_with_eos(self) -> bool:
         """Whether an item's L digit tokens are followed by EOS (HF generate with max_new_tokens = L + 1)."""
-        return self.encoder_decoder or self.prompt in ("eos", "text")
+        return self.encoder_decoder or self.prompt == "eos" or (self.prompt == "text" and self.answer_eos)
 
     def new_tokens(self, layout: TokenLayout) -> int:
         """Tokens HF generates per item: L digits, the answer suffix, plus EOS if ends_with_eos."""

@@ -16,6 +16,18 @@ sorted as strings, so a code's token id is not offset + code and is read through
   each as its SID tokens or a given text such as its title), whether BOS leads, and the answer
   suffix (the text between the SID tokens and EOS: MiniOneRec "\\n", LC-Rec none).
   `TEMPLATES["minionerec"]` / `TEMPLATES["lcrec"]` are their sequential-recommendation prompts.
+- OpenOneRec (Kuaishou-OneRec/OpenOneRec, Qwen3), read from its sources (FORMATS.md, "Family 3"):
+  pretrain/tools/model_converter/expand_qwen3_vocab.py appends `<s_a_0>..<s_a_{K-1}>`, `<s_b_..>`,
+  `<s_c_..>`, then `<|sid_begin|>`, `<|sid_end|>` with `add_tokens` in that order (so ids are
+  offset + code) and pads the embedding to a multiple of 256; data/onerec_data/sft/video_rec.py
+  writes every item as `<|sid_begin|><s_a_c0><s_b_c1><s_c_c2><|sid_end|>`, history items joined by
+  nothing, in a Qwen3 chat (system + user message); benchmarks/.../recommendation/config.py appends
+  `<|sid_begin|>` to the chat prompt (qwen3_soft_switch.jinja2, enable_thinking False: "/no_think"
+  after the user text, an empty think block) and generates max_new_tokens=3 with 16 beams, so an
+  answer is its 3 SID tokens, nothing scored after them (`PromptTemplate.answer_eos=False`);
+  .../recommendation/utils_by_pid.py reads `sid2pid.json`, keyed by c1*8192^2 + c2*8192 + c3, each
+  key a list of {"pid" (or "iid"), "count", "count_after_downsample"}: `SIDIndex.read_sid2pid`.
+  `TEMPLATES["openonerec"]` is its video-recommendation prompt (first system / user prompt).
 - `llm_teacher(model, tokenizer, index, "minionerec")` ties them together (`LLMTeacher`): left-padded
   prompts, `Examples` for `accelerate()`, and the model marked as a "text"-prompt teacher
   (`config.sid_prompt = "text"`, `config.sid_answer_suffix` = the suffix's token ids; pad / EOS ids
@@ -42,7 +54,8 @@ from ..io import ArtifactError
 
 __all__ = ["LLMTeacher", "PromptTemplate", "SIDIndex", "TEMPLATES", "llm_teacher", "sid_catalog", "sid_layout"]
 
-_TOKEN = re.compile(r"^<([A-Za-z]+)_(\d+)>$")
+_TOKEN = re.compile(r"^<([A-Za-z]+(?:_[A-Za-z]+)*)_(\d+)>$")  # <a_12> (MiniOneRec, LC-Rec), <s_a_12> (OpenOneRec)
+SID2PID_BASE = 8192  # OpenOneRec's sid2pid.json key: c1 * 8192**2 + c2 * 8192 + c3 (utils_by_pid.encode_sid)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,10 @@ class PromptTemplate:
     """A text prompt: parts tokenized one by one (no special tokens) and concatenated, `{history}` in one part.
 
     bos: prepend the tokenizer's BOS (when it has one); answer_suffix: text after the SID tokens,
-    before EOS; max_history: keep only the last N history items (None: all).
+    before EOS; answer_eos: whether EOS ends the answer (False: the answer is its SID tokens and
+    suffix, nothing scored after them, as OpenOneRec generates 3 tokens); item_format: how a
+    history item's SID tokens are written ("{sid}" replaced by them); max_history: keep only the
+    last N history items (None: all).
     """
 
     parts: tuple[str, ...]
@@ -58,6 +74,8 @@ class PromptTemplate:
     answer_suffix: str = ""
     bos: bool = True
     max_history: Optional[int] = None
+    answer_eos: bool = True
+    item_format: str = "{sid}"
 
     def __post_init__(self) -> None:
         parts = (self.parts,) if isinstance(self.parts, str) else tuple(self.parts)
@@ -68,6 +86,10 @@ class PromptTemplate:
                                f"{sum(p.count('{history}') for p in parts)}")
         if self.max_history is not None and (not isinstance(self.max_history, int) or self.max_history < 1):
             raise InvalidInput(f"max_history must be None or an int >= 1, got {self.max_history!r}")
+        if not isinstance(self.answer_eos, bool):
+            raise InvalidInputType(f"answer_eos must be a bool, got {type(self.answer_eos).__name__}")
+        if not isinstance(self.item_format, str) or self.item_format.count("{sid}") != 1:
+            raise InvalidInput(f"item_format must be a string with one '{{sid}}', got {self.item_format!r}")
         object.__setattr__(self, "parts", parts)
 
     def texts(self, history: str) -> list[str]:
@@ -93,6 +115,13 @@ TEMPLATES: dict[str, PromptTemplate] = {
         parts=("Below is an instruction that describes a task. Write a response that appropriately completes the "
                "request.\n\n### Instruction:\n" + _SEQREC + "\n\n### Response:",),
         max_history=20),
+    # OpenOneRec's video recommendation (data/onerec_data/sft/video_rec.py, first system and user prompt) in the
+    # Qwen3 chat its benchmark renders (qwen3_soft_switch.jinja2, enable_thinking False), then "<|sid_begin|>".
+    "openonerec": PromptTemplate(
+        parts=("<|im_start|>system\n你是一个智能推荐助手，能够根据用户的浏览历史预测用户可能感兴趣的下一个内容。"
+               "<|im_end|>\n<|im_start|>user\n根据以下用户浏览记录，请预测用户接下来可能观看的内容：\n"
+               "{history}/no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|sid_begin|>",),
+        history_sep="", bos=False, answer_eos=False, item_format="<|sid_begin|>{sid}<|sid_end|>"),
 }
 
 
@@ -133,10 +162,44 @@ class SIDIndex:
                 raise InvalidInput(f"{source}: item {key!r} has {len(toks)} SID tokens, item {keys[0]!r} has {length}")
             for tok in toks:
                 if not _TOKEN.match(tok):
-                    raise InvalidInput(f"{source}: item {key!r} token {tok!r} is not of the form <x_N>")
+                    raise InvalidInput(f"{source}: item {key!r} token {tok!r} is not of the form <x_N> or <s_x_N>")
         index = cls(keys, tokens, source)
         index.digit_tokens()  # validates one letter per digit
         return index
+
+    @classmethod
+    def read_sid2pid(cls, path: str | Path) -> "SIDIndex":
+        """Read OpenOneRec's `sid2pid.json` (module docstring); ArtifactError naming the file when it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no sid2pid.json at {path}")
+        try:
+            return cls.from_sid2pid(json.loads(path.read_text()), source=str(path))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ArtifactError(path, f"is not an OpenOneRec sid2pid.json ({err})") from err
+
+    @classmethod
+    def from_sid2pid(cls, blob: Mapping[str, Sequence[Mapping]], source: str = "sid2pid") -> "SIDIndex":
+        """From sid2pid.json's object {c1*8192^2 + c2*8192 + c3: [{"pid": ...}, ...]}: one entry per item
+        (key = its pid or iid), tokens <s_a_c1><s_b_c2><s_c_c3>; items sharing a SID all kept."""
+        if not isinstance(blob, Mapping) or not blob:
+            raise InvalidInput(f"{source}: sid2pid.json is a non-empty JSON object of SID key -> item list")
+        out: dict[str, list[str]] = {}
+        for key, items in blob.items():
+            if not str(key).isdigit():
+                raise InvalidInput(f"{source}: SID key {key!r} is not a non-negative integer")
+            code = int(key)
+            codes = (code // SID2PID_BASE ** 2, code // SID2PID_BASE % SID2PID_BASE, code % SID2PID_BASE)
+            if isinstance(items, (str, Mapping)) or not isinstance(items, Sequence) or not items:
+                raise InvalidInput(f"{source}: SID {key} must map to a non-empty list of items, got {items!r}")
+            for entry in items:
+                pid = entry.get("pid", entry.get("iid")) if isinstance(entry, Mapping) else None
+                if isinstance(pid, bool) or not isinstance(pid, int):
+                    raise InvalidInput(f"{source}: SID {key} lists {entry!r}, not an item with an int 'pid' or 'iid'")
+                if str(pid) in out:
+                    raise InvalidInput(f"{source}: item {pid} is listed under two SIDs")
+                out[str(pid)] = [f"<s_{letter}_{c}>" for letter, c in zip("abc", codes)]
+        return cls.from_dict(out, source=source)
 
     @property
     def num_levels(self) -> int:
@@ -221,7 +284,8 @@ class LLMTeacher:
 
     def __post_init__(self) -> None:
         ids = self.index.item_ids().tolist()
-        self._sid_text = {i: "".join(toks) for i, toks in zip(ids, self.index.tokens)}
+        fmt = self.template.item_format
+        self._sid_text = {i: fmt.replace("{sid}", "".join(toks)) for i, toks in zip(ids, self.index.tokens)}
 
     @property
     def adapter(self):
@@ -272,10 +336,11 @@ class LLMTeacher:
         return ids, mask
 
     def answer_ids(self, item: int) -> list[int]:
-        """The tokens the model is trained to answer with for `item`: its SID tokens, the suffix, EOS."""
+        """The tokens the model is trained to answer with for `item`: its SID tokens, the suffix, EOS (unless
+        the template's answer_eos is False)."""
         digits = self.layout.codes_to_tokens(self.catalog.codes_of([item])[0]).tolist()
         suffix = self._ids(self.template.answer_suffix) if self.template.answer_suffix else []
-        return digits + suffix + [self.layout.eos_id]
+        return digits + suffix + ([self.layout.eos_id] if self.template.answer_eos else [])
 
     def examples(self, histories: Sequence[Sequence[int]], targets: Sequence[int],
                  item_text: Optional[Mapping[int, str]] = None) -> Examples:
@@ -289,8 +354,9 @@ class LLMTeacher:
 
 def llm_teacher(model: nn.Module, tokenizer, index, format: str = "minionerec",
                 template: Optional[PromptTemplate | str] = None) -> LLMTeacher:
-    """An LLMTeacher for a MiniOneRec / LC-Rec model (format), or any causal LM with SID tokens and a given
-    template (a PromptTemplate or a string with '{history}'); `index` is a SIDIndex, its dict or its file."""
+    """An LLMTeacher for a MiniOneRec / LC-Rec / OpenOneRec model (format), or any causal LM with SID tokens and
+    a given template (a PromptTemplate or a string with '{history}', which keeps the format's answer ending and
+    item format); `index` is a SIDIndex, its dict or its file (an index file; OpenOneRec: SIDIndex.read_sid2pid)."""
     if format not in TEMPLATES:
         raise InvalidInput(f"format must be one of {sorted(TEMPLATES)}, got {format!r}")
     if getattr(model.config, "is_encoder_decoder", False):
@@ -304,7 +370,9 @@ def llm_teacher(model: nn.Module, tokenizer, index, format: str = "minionerec",
     if template is None:
         template = TEMPLATES[format]
     elif isinstance(template, str):
-        template = PromptTemplate((template,), answer_suffix=TEMPLATES[format].answer_suffix)
+        base = TEMPLATES[format]
+        template = PromptTemplate((template,), answer_suffix=base.answer_suffix, answer_eos=base.answer_eos,
+                                  item_format=base.item_format, bos=base.bos)
     elif not isinstance(template, PromptTemplate):
         raise InvalidInputType(f"template must be a PromptTemplate or a string, got {type(template).__name__}")
     # LC-Rec pads with id 0 when the LLaMA tokenizer has no pad; MiniOneRec pads with EOS.
@@ -321,6 +389,7 @@ def llm_teacher(model: nn.Module, tokenizer, index, format: str = "minionerec",
     cfg = model.config
     cfg.sid_prompt = "text"
     cfg.sid_answer_suffix = suffix
+    cfg.sid_answer_eos = template.answer_eos
     cfg.pad_token_id = layout.pad_id
     cfg.eos_token_id = layout.eos_id
     return LLMTeacher(model, tokenizer, layout, catalog, template, index)

@@ -1,16 +1,16 @@
-"""Import a MiniOneRec / LC-Rec teacher (an HF causal LM with SID tokens) into a teacher directory.
+"""Import a MiniOneRec / LC-Rec / OpenOneRec teacher (an HF causal LM with SID tokens) into a teacher directory.
 
 `import_llm_teacher(format, model, index, out, base_model=None)` reads the code base's
 `save_pretrained` directory (model + tokenizer; for a PEFT LoRA adapter, `model` is the adapter
 directory and `base_model` the model it was trained on, which gets the tokenizer's size and the
 adapter merged in, as LC-Rec's test.py loads it; needs `pip install peft`) and its
-`<name>.index.json`, and writes:
+`<name>.index.json` (OpenOneRec: its `sid2pid.json`, read by SIDIndex.read_sid2pid), and writes:
 
     out/config.json, model.safetensors   the (merged) model, marked as a "text"-prompt SID teacher
     out/tokenizer files                  the code base's tokenizer, SID tokens included
     out/layout.json                      TokenLayout kind "tokenizer" (each code's token id)
     out/teacher.json                     arch "causal-lm", the format, the prompt template, provenance
-    out/sid_index.json                   the index as read
+    out/sid_index.json                   the index as read (MiniOneRec's format; OpenOneRec: one entry per pid)
     out/catalog/, out/item_keys.json     the catalog (shared SIDs kept) and the index's item keys
 
 `load_llm_teacher(out)` gives the LLMTeacher back; `load_teacher(out)` the (model, layout) pair.
@@ -29,7 +29,8 @@ from .models import load_teacher, save_teacher
 
 __all__ = ["LLM_FORMATS", "import_llm_teacher", "load_llm_teacher"]
 
-LLM_FORMATS = {"minionerec": "AkaliKong/MiniOneRec", "lcrec": "zhengbw0324/LC-Rec"}
+LLM_FORMATS = {"minionerec": "AkaliKong/MiniOneRec", "lcrec": "zhengbw0324/LC-Rec",
+               "openonerec": "Kuaishou-OneRec/OpenOneRec"}
 
 
 def _load_model(model_dir: Path, base_model: Optional[Path], tokenizer):
@@ -54,7 +55,8 @@ def _load_model(model_dir: Path, base_model: Optional[Path], tokenizer):
 
 def import_llm_teacher(format: str, model: str | Path, index: str | Path, out: str | Path,
                        base_model: Optional[str | Path] = None, template: Optional[PromptTemplate | str] = None):
-    """Import a MiniOneRec / LC-Rec model and its SID index into the teacher directory `out` (module docstring).
+    """Import a MiniOneRec / LC-Rec / OpenOneRec model and its SID index into the teacher directory `out` (module
+    docstring).
 
     Returns (model, layout, catalog) as written.
     """
@@ -67,7 +69,7 @@ def import_llm_teacher(format: str, model: str | Path, index: str | Path, out: s
         raise FileNotFoundError(f"no model directory at {model_dir}")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise InvalidInput(f"out {out} exists and is not an empty directory; choose a new one")
-    sid_index = SIDIndex.read(index_path)
+    sid_index = SIDIndex.read_sid2pid(index_path) if format == "openonerec" else SIDIndex.read(index_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     lm = _load_model(model_dir, Path(base_model) if base_model is not None else None, tokenizer).eval()
     teacher = llm_teacher(lm, tokenizer, sid_index, format, template)
@@ -89,7 +91,7 @@ def load_llm_teacher(directory: str | Path, device: str = "cpu") -> LLMTeacher:
     from transformers import AutoTokenizer
 
     directory = Path(directory)
-    hint = "re-create it with `sidmlp import --format minionerec|lcrec`"
+    hint = "re-create it with `sidmlp import --format minionerec|lcrec|openonerec`"
     meta = read_meta(directory / "teacher.json", "sidmlp-teacher", 1, required=("arch", "llm_format", "template"),
                      hint=hint)
     model, layout = load_teacher(directory, device=device)

@@ -24,12 +24,14 @@ def case(request):
 
 
 def trie_fn(teacher, index, prompt_len):
-    """HF prefix_allowed_tokens_fn: next tokens of [SID tokens, answer suffix, EOS] after each answer prefix."""
+    """HF prefix_allowed_tokens_fn: next tokens of [SID tokens, answer suffix, EOS] after each answer prefix (no EOS
+    where config.sid_answer_eos is False: OpenOneRec)."""
     tok = teacher.tokenizer
     suffix = list(teacher.model.config.sid_answer_suffix)
+    eos = [tok.eos_token_id] if getattr(teacher.model.config, "sid_answer_eos", True) else []
     children = {}
     for tokens in index.values():
-        answer = tok.convert_tokens_to_ids(tokens) + suffix + [tok.eos_token_id]
+        answer = tok.convert_tokens_to_ids(tokens) + suffix + eos
         for j in range(len(answer)):
             children.setdefault(tuple(answer[:j]), set()).add(answer[j])
     allowed = {k: sorted(v) for k, v in children.items()}
