@@ -2,6 +2,7 @@
 
     python bench/llm_generate.py                   # small Qwen2 shape, batch 8, beam 20, 256-token prompts (~1-2 min)
     python bench/llm_generate.py --quick           # smoke run (seconds; also times hf_trie)
+    python bench/llm_generate.py --shape medium --name llm_generate_medium   # 8 layers x 512 (~42M params)
     python bench/llm_generate.py --shape qwen2.5-0.5b --beam 50   # the real 0.5B shape (random weights; slow on CPU)
 
 Random weights (speed and memory do not depend on their values). The SID tokens sit at the end of
@@ -50,6 +51,8 @@ SHAPES = {
                  num_key_value_heads=2, text_vocab=512),
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, text_vocab=8192),
+    "medium": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+                   num_key_value_heads=2, text_vocab=32768),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, text_vocab=151665),
 }
