@@ -206,7 +206,7 @@ class SIDMLP(nn.Module):
         for j in range(level):
             dim = self.config.embed_dims[j]
             table = self.code_embedding(j) @ first.weight[:, width:width + dim].T  # (K_j, H)
-            pre = pre + table[prefixes[:, :, j]]
+            pre = pre + F.embedding(prefixes[:, :, j], table)  # not table[...]: its backward is not deterministic
             width += dim
         return self.heads[level][1:](pre.expand(prefixes.shape[0], prefixes.shape[1], -1))
 

@@ -4,9 +4,9 @@ import torch
 from sidmlp_kernels.distill.student import SIDMLP, SIDMLPConfig, last_real_state
 
 
-def make_student(sizes=(5, 7, 3), d=16, embed=(8, 6), seed=0, **kw):
+def make_student(sizes=(5, 7, 3), d=16, embed=(8, 6), seed=0, head_hidden=24, **kw):
     torch.manual_seed(seed)
-    cfg = SIDMLPConfig(encoder_dim=d, codebook_sizes=sizes, embed_dims=embed, head_hidden=24, ffn_dim=20,
+    cfg = SIDMLPConfig(encoder_dim=d, codebook_sizes=sizes, embed_dims=embed, head_hidden=head_hidden, ffn_dim=20,
                        num_heads=2, **kw)
     tables = [torch.randn(k, e) for k, e in zip(sizes, embed)]
     return SIDMLP(cfg, tables)
@@ -142,3 +142,24 @@ def test_head_logits_equal_the_heads_applied_to_the_concatenated_input(readout):
         parts = [ctx[:, None].expand(3, 4, -1)] + [model.code_embedding(j)[prefixes[..., j]] for j in range(level)]
         want = model.heads[level](torch.cat(parts, dim=-1))
         torch.testing.assert_close(model.head_logits(level, ctx, prefixes), want, rtol=1e-5, atol=1e-5)
+
+
+def test_training_gradients_are_deterministic_on_several_threads():
+    # A table lookup whose backward accumulates by atomics (advanced indexing) gives another sum order on
+    # each run at 2+ threads; the heads' prefix lookup must not (the quickstart promises repeatable numbers).
+    m = make_student(sizes=(8, 8, 8), embed=(6, 6), head_hidden=64, dropout=0.0)
+    states, mask = torch.randn(64, 9, 16), torch.ones(64, 9, dtype=torch.bool)
+    codes = torch.stack([torch.randint(0, 8, (64,)) for _ in range(3)], 1)
+    beams = [torch.randint(0, 8, (64, 16, level)) for level in (1, 2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = set()
+        for _ in range(8):
+            m.zero_grad()
+            on_path, beam = m(states, mask, codes, beams)
+            sum(x.logsumexp(-1).sum() for x in on_path + beam).backward()
+            seen.add(b"".join(p.grad.numpy().tobytes() for p in m.parameters() if p.grad is not None))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 1
