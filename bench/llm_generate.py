@@ -2,7 +2,7 @@
 
     python bench/llm_generate.py                   # small Qwen2 shape, batch 8, beam 20, 256-token prompts (~1-2 min)
     python bench/llm_generate.py --quick           # smoke run (seconds; also times hf_trie)
-    python bench/llm_generate.py --shape medium --name llm_generate_medium   # 8 layers x 512 (~42M params)
+    python bench/llm_generate.py --shape medium --name llm_generate_medium   # 8 layers x 512 (65M params with the embeddings, ~6 min on 1 thread)
     python bench/llm_generate.py --shape qwen2.5-0.5b --beam 50   # the real 0.5B shape (random weights; slow on CPU)
 
 Random weights (speed and memory do not depend on their values). The SID tokens sit at the end of
