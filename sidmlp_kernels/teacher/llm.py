@@ -58,6 +58,18 @@ _TOKEN = re.compile(r"^<([A-Za-z]+(?:_[A-Za-z]+)*)_(\d+)>$")  # <a_12> (MiniOneR
 SID2PID_BASE = 8192  # OpenOneRec's sid2pid.json key: c1 * 8192**2 + c2 * 8192 + c3 (utils_by_pid.encode_sid)
 
 
+def _read_json(path: str | Path, name: str, what: str, parse):
+    """parse(blob, source=str(path)) of the JSON file at path; FileNotFoundError when it is missing,
+    ArtifactError naming the file when it is not `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} at {path}")
+    try:
+        return parse(json.loads(path.read_text()), source=str(path))
+    except (json.JSONDecodeError, ValueError) as err:
+        raise ArtifactError(path, f"is not {what} ({err})") from err
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A text prompt: parts tokenized one by one (no special tokens) and concatenated, `{history}` in one part.
@@ -136,14 +148,7 @@ class SIDIndex:
     @classmethod
     def read(cls, path: str | Path) -> "SIDIndex":
         """Read `<name>.index.json`; ArtifactError naming the file when it is not an index."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no SID index file at {path}")
-        try:
-            blob = json.loads(path.read_text())
-            return cls.from_dict(blob, source=str(path))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise ArtifactError(path, f"is not a SID index ({err})") from err
+        return _read_json(path, "SID index file", "a SID index", cls.from_dict)
 
     @classmethod
     def from_dict(cls, blob: Mapping[str, Sequence[str]], source: str = "index") -> "SIDIndex":
@@ -170,13 +175,7 @@ class SIDIndex:
     @classmethod
     def read_sid2pid(cls, path: str | Path) -> "SIDIndex":
         """Read OpenOneRec's `sid2pid.json` (module docstring); ArtifactError naming the file when it is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no sid2pid.json at {path}")
-        try:
-            return cls.from_sid2pid(json.loads(path.read_text()), source=str(path))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise ArtifactError(path, f"is not an OpenOneRec sid2pid.json ({err})") from err
+        return _read_json(path, "sid2pid.json", "an OpenOneRec sid2pid.json", cls.from_sid2pid)
 
     @classmethod
     def from_sid2pid(cls, blob: Mapping[str, Sequence[Mapping]], source: str = "sid2pid") -> "SIDIndex":

@@ -70,11 +70,9 @@ def test_prompts_are_the_templates_left_padded(case):
     assert (lead is not None) == bool((ids[mask.bool()][:1] == lead).all()) if lead is not None else True
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_constrained_generate_equals_hf_generate_with_a_trie(case, length_penalty):
-    teacher, index = case
-    ids, mask = teacher.prompts(histories(3))
-    beams, n = 6, 4
+def assert_constrained_equals_hf_with_a_trie(teacher, index, ids, mask, length_penalty, beams=6, n=4):
+    """sk.constrained_generate(renormalize=False) = HF generate with a catalog trie: same beams, scores
+    within 1e-4; returns HF's output."""
     ours = sk.constrained_generate(teacher.model, teacher.catalog, ids, mask, num_beams=beams, num_return_sequences=n,
                                    return_dict_in_generate=True, output_scores=True, length_penalty=length_penalty,
                                    layout=teacher.layout)
@@ -84,6 +82,14 @@ def test_constrained_generate_equals_hf_generate_with_a_trie(case, length_penalt
     assert torch.equal(ours.sequences, hf.sequences)
     torch.testing.assert_close(ours.sequences_scores, hf.sequences_scores, atol=1e-4, rtol=0)
     assert start == ids.shape[1]
+    return hf
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_constrained_generate_equals_hf_generate_with_a_trie(case, length_penalty):
+    teacher, index = case
+    ids, mask = teacher.prompts(histories(3))
+    assert_constrained_equals_hf_with_a_trie(teacher, index, ids, mask, length_penalty)
 
 
 def test_every_item_is_valid_and_colliding_sids_return_all_their_items(case):
