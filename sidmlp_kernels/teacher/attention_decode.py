@@ -431,7 +431,7 @@ def attention_beam_search(
         else:
             if getattr(model.config, "is_encoder_decoder", False):
                 stepper = _T5Stepper(model, layout, input_ids, attention_mask)
-            elif uses_shared_prompt(model):  # LLaMA family: one prompt cache per user, shared by its beams
+            elif uses_shared_prompt(model):  # LLaMA family, GPT-2: one prompt cache per user, shared by its beams
                 stepper = SharedPromptStepper(model, layout, input_ids, attention_mask)
             else:
                 stepper = _CausalStepper(model, layout, input_ids, attention_mask)

@@ -1,4 +1,4 @@
-"""Beam decoding of a LLaMA-family causal LM (LLaMA, Qwen2, Qwen3) with one prompt KV cache per user.
+"""Beam decoding of a causal LM (LLaMA, Qwen2, Qwen3, GPT-2) with one prompt KV cache per user.
 
 HF `generate(num_beams=W)` copies every prompt W times before its prefill, so the prompt's
 KV cache (and its prefill compute) is W times a user's. `SharedPromptDecoder` runs the model's
@@ -10,8 +10,9 @@ only per-beam cache, reordered by parent beam each step (t <= L + the answer suf
 
 Softmax over [prompt keys, new keys] in float32, scaled by the module's own `scaling`; grouped
 query heads share their KV head as HF's `repeat_kv` pairs them (query head h reads KV head
-h // G). Tested against HF generate (teacher/exact_generate.py's oracle) on tiny random LLaMA
-and Qwen2 models.
+h // G). GPT-2 blocks (learned positions, fused c_attn, no rotation) take the same path. Tested
+against HF generate (teacher/exact_generate.py's oracle) on tiny random LLaMA and Qwen2 models,
+and against HF's own beam search and an uncached reference on GPT-2 (tests/teacher/test_attention_decode.py).
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from .adapters import CausalOutputHeads, causal_prompt, left_positions, output_c
 
 __all__ = ["SHARED_PROMPT_MODEL_TYPES", "SharedPromptDecoder", "SharedPromptStepper", "uses_shared_prompt"]
 
-# Decoder layers of the form x + attn(norm(x)), x + mlp(norm(x)) with rotary q/k (q_norm/k_norm: Qwen3).
-SHARED_PROMPT_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+# Decoder layers of the form x + attn(norm(x)), x + mlp(norm(x)): rotary q/k (q_norm/k_norm: Qwen3), or
+# GPT-2's learned positions and fused q/k/v projection.
+SHARED_PROMPT_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gpt2")
 
 
 def uses_shared_prompt(model: nn.Module) -> bool:
-    """Whether `model` decodes with SharedPromptDecoder (a LLaMA-family model without a sliding window)."""
+    """Whether `model` decodes with SharedPromptDecoder (a LLaMA-family model without a sliding window, GPT-2)."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
         return False
+    if cfg.model_type == "gpt2":
+        return not getattr(cfg, "add_cross_attention", False)
     if getattr(cfg, "use_sliding_window", False):
         raise InvalidInput("this model uses a sliding attention window, which SharedPromptDecoder does not "
                            "implement (config.use_sliding_window=True)")
@@ -61,11 +65,12 @@ class SharedPromptDecoder:
     """Prefill once per user, then feed (B, W) beam tokens step by step (see the module docstring)."""
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        self.base = model.model
+        self.base = model.base_model
+        self.gpt2 = model.config.model_type == "gpt2"
         mask = attention_mask.long()
         out = self.base(input_ids=input_ids, attention_mask=mask, position_ids=left_positions(mask), use_cache=True)
         cache = output_cache(out)
-        self.layers = list(self.base.layers)
+        self.layers = list(self.base.h if self.gpt2 else self.base.layers)
         kv = [_layer_kv(cache, i) for i in range(len(self.layers))]
         self.prompt_k = [k for k, _ in kv]
         self.prompt_v = [v for _, v in kv]
@@ -106,12 +111,23 @@ class SharedPromptDecoder:
         out = out + torch.einsum("bkwgt,bwktd->bkwgd", pn, vn)
         return out.permute(0, 2, 1, 3, 4).reshape(b, w, hq * d)
 
+    def _append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add this step's keys and values (B, W, H_kv, d) to layer i's per-beam cache."""
+        k, v = k.unsqueeze(3), v.unsqueeze(3)  # (B, W, H_kv, 1, d)
+        if self.new_k[i] is None:
+            self.new_k[i], self.new_v[i] = k, v
+        else:
+            self.new_k[i] = torch.cat([self.new_k[i], k], dim=3)
+            self.new_v[i] = torch.cat([self.new_v[i], v], dim=3)
+
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per beam (B, W); return the (B, W, D) last hidden states (after the final norm)."""
         self.steps += 1
         b, w = tokens.shape
-        x = self.base.embed_tokens(tokens)
         positions = (self.last_position + self.steps).unsqueeze(1).expand(b, w)
+        if self.gpt2:
+            return self._feed_gpt2(tokens, positions)
+        x = self.base.embed_tokens(tokens)
         cos, sin = self.base.rotary_emb(x, positions)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -123,15 +139,24 @@ class SharedPromptDecoder:
             if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            k, v = k.unsqueeze(3), v.unsqueeze(3)  # (B, W, H_kv, 1, d)
-            if self.new_k[i] is None:
-                self.new_k[i], self.new_v[i] = k, v
-            else:
-                self.new_k[i] = torch.cat([self.new_k[i], k], dim=3)
-                self.new_v[i] = torch.cat([self.new_v[i], v], dim=3)
+            self._append(i, k, v)
             x = x + attn.o_proj(self._attend(i, q, float(attn.scaling)))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.base.norm(x)
+
+    def _feed_gpt2(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """GPT-2 blocks: learned position embeddings, q/k/v from one c_attn, x + attn(ln_1 x), x + mlp(ln_2 x)."""
+        b, w = tokens.shape
+        x = self.base.wte(tokens) + self.base.wpe(positions)
+        for i, block in enumerate(self.layers):
+            attn = block.attn
+            q, k, v = attn.c_attn(block.ln_1(x)).split(attn.split_size, dim=-1)
+            d = attn.head_dim
+            q, k, v = q.view(b, w, -1, d), k.view(b, w, -1, d), v.view(b, w, -1, d)
+            self._append(i, k, v)
+            x = x + attn.c_proj(self._attend(i, q, float(attn.scaling)))
+            x = x + block.mlp(block.ln_2(x))
+        return self.base.ln_f(x)
 
 
 class SharedPromptStepper(CausalOutputHeads):
