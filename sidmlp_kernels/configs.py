@@ -176,6 +176,7 @@ class MLPEncoderSizes:
     def __post_init__(self) -> None:
         if self.mixer not in ("auto",) + MIXERS:
             raise InvalidInput(f"mixer must be one of {('auto',) + MIXERS}, got {self.mixer!r}")
+        _check(0.0 <= self.dropout < 1.0, "encoder_dropout", "in [0, 1)", self.dropout)
 
 
 @dataclass

@@ -53,6 +53,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("--encoder-layers", type=int, default=enc.layers)
     p.add_argument("--encoder-ffn-dim", type=int, default=enc.ffn_dim, help="default: 2 x teacher hidden size")
     p.add_argument("--encoder-lr", type=float, default=enc_train.lr)
+    p.add_argument("--encoder-dropout", type=float, default=enc.dropout,
+                   help="SID-MLP++ MLP-encoder dropout (the quickstart uses 0: stage 1 regresses a frozen teacher)")
     p.add_argument("--encoder-mixer", choices=("auto",) + MIXERS, default=enc.mixer,
                    help="how each MLP-encoder token sees its sequence: mean = the paper's whole-sequence mean; "
                         "causal = means over earlier tokens, uniform and recency-weighted (half-lives of 1 and 4 "
@@ -78,6 +80,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         num_heads=args.num_heads, attn_dim=args.attn_dim, ffn_dim=args.ffn_dim, readout=args.readout,
         encoder_epochs=args.encoder_epochs,
         encoder_layers=args.encoder_layers, encoder_ffn_dim=args.encoder_ffn_dim, encoder_lr=args.encoder_lr,
+        encoder_dropout=args.encoder_dropout,
         encoder_mixer=args.encoder_mixer, teacher_beam=args.teacher_beam, joint_encoder=args.joint_encoder, select_by=args.select_by,
     )
     import torch

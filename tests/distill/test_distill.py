@@ -236,6 +236,16 @@ def test_causal_mixer_states_ignore_later_tokens_and_weigh_recent_ones():
         MLPEncoder.for_layout(ad.layout, 8, ad, mixer="attention")
 
 
+
+def test_encoder_dropout_is_checked_before_any_work():
+    from sidmlp_kernels.configs import AccelerateConfig
+
+    assert AccelerateConfig().with_overrides(encoder_dropout=0.0).encoder.dropout == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"encoder_dropout must be in \[0, 1\) \(--encoder-dropout\)"):
+            AccelerateConfig().with_overrides(encoder_dropout=bad)
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
